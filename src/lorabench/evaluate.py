@@ -1,0 +1,55 @@
+"""Stage 5: class probabilities for a split, and the study's metrics computed locally with scikit-learn.
+
+`evaluate.load` is never used: it downloads metric code from the hub at run time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from lorabench.tokenization import Encoded, length_sorted_batches, pad_batch
+from lorabench.ui import progress_bar
+
+
+def predict_proba(model, encoded: Encoded, batch_size: int, device: torch.device, autocast_dtype, pad_id: int,
+                  padding_side: str = "right", description: str = "evaluate") -> np.ndarray:
+    """Softmax probabilities in the input's row order, computed in length-sorted batches."""
+    model.eval()
+    probabilities = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
+    batches = length_sorted_batches(encoded.lengths, batch_size)
+    with progress_bar(description, len(encoded)) as bar, torch.inference_mode():
+        for rows in batches:
+            batch = pad_batch([encoded.input_ids[i] for i in rows], pad_id, padding_side)
+            batch = {key: value.to(device) for key, value in batch.items()}
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(**batch).logits
+            probabilities[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            bar.advance(len(rows))
+    return probabilities
+
+
+def predicted_labels(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Arg-max class, or for two classes 'positive when P(positive) >= threshold' when one is given."""
+    if threshold is not None and probabilities.shape[1] == 2:
+        return (probabilities[:, 1] >= threshold).astype(np.int64)
+    return probabilities.argmax(axis=1)
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> dict:
+    """Precision, recall and F1 of the positive class (id 1) for two classes, macro averages for more."""
+    if num_labels == 2:
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, predictions, average="binary", pos_label=1, zero_division=0
+        )
+    else:
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, predictions, average="macro", labels=list(range(num_labels)), zero_division=0
+        )
+    return {
+        "f1": round(float(f1), 6),
+        "precision": round(float(precision), 6),
+        "recall": round(float(recall), 6),
+        "accuracy": round(float(accuracy_score(labels, predictions)), 6),
+    }

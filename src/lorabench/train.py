@@ -1,0 +1,266 @@
+"""Stage 4: LoRA fine-tuning with class-weighted cross-entropy, evaluated every epoch, best epoch by F1.
+
+The loop is written out instead of using `transformers.Trainer` because the Trainer keeps the best model by a
+single metric of its own evaluation loop and its samplers; here batches come from (seed, epoch) so a resumed
+run is exact, the best epoch is chosen by validation F1, and the record is written atomically epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorabench import record
+from lorabench.config import RunConfig
+from lorabench.data import TextSplits, class_weights, load_splits
+from lorabench.errors import LorabenchError
+from lorabench.evaluate import classification_metrics, predict_proba, predicted_labels
+from lorabench.model import (
+    add_lora,
+    load_base_model,
+    load_trainable_state,
+    parameter_counts,
+    resolve_source,
+    trainable_state,
+)
+from lorabench.tokenization import Encoded, encode, epoch_batches, load_tokenizer, pad_batch
+from lorabench.tracking import make_tracker
+from lorabench.ui import progress_bar, quiet_libraries, say
+
+
+@dataclass
+class Prepared:
+    """Everything a training run needs before its first step, built and checked before any file is written."""
+
+    config: RunConfig
+    splits: TextSplits
+    tokenizer: object
+    model: object
+    train: Encoded
+    validation: Encoded
+    test: Encoded | None
+
+
+def choose_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device):
+    """bf16 where the device runs it natively, else fp32; fp16 only when asked for (and only on CUDA)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise LorabenchError("--precision fp16 needs a CUDA GPU; use fp32 or bf16 on this machine")
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load and check data, tokenizer and model; raises LorabenchError on bad input before touching the disk."""
+    quiet_libraries()
+    splits = load_splits(config.data)
+    resolved = resolve_source(config.model)
+    tokenizer = load_tokenizer(resolved.source, resolved.gguf_file, config.model.trust_remote_code)
+    torch.manual_seed(config.train.seed)  # the head and LoRA initialisations
+    base = load_base_model(resolved, config.model, splits.num_labels, splits.label_names, tokenizer.pad_token_id)
+    model = add_lora(base, config.lora)
+    max_length = config.train.max_length
+    train = encode(tokenizer, splits.train["text"].tolist(), splits.train["label"].to_numpy(), max_length, "train")
+    validation = encode(tokenizer, splits.validation["text"].tolist(), splits.validation["label"].to_numpy(), max_length, "validation")
+    test = None
+    if splits.test is not None:
+        test = encode(tokenizer, splits.test["text"].tolist(), splits.test["label"].to_numpy(), max_length, "test")
+    for note in splits.notes:
+        say(f"note: {note}")
+    truncated = train.truncated + validation.truncated + (test.truncated if test else 0)
+    if truncated:
+        say(f"note: {truncated} texts longer than {max_length} tokens were truncated")
+    return Prepared(config, splits, tokenizer, model, train, validation, test)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """GPU peak on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
+    """Fine-tune `config.model` on `config.data`, writing the run record to `out_dir`; returns the summary."""
+    prepared = prepare(config)
+    run = record.RunDir(out_dir)
+    can_resume = run.prepare(config, resume)
+    return fit(prepared, run, can_resume)
+
+
+def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False) -> dict:
+    config, model, tokenizer = prepared.config, prepared.model, prepared.tokenizer
+    settings = config.train
+    device = choose_device()
+    amp_dtype = autocast_dtype(settings.precision, device)
+    model.to(device)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    counts = parameter_counts(model)
+    say(f"{config.model.name}: {counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters "
+        f"({counts['trainable_percent']:.4f}%) on {device.type}, "
+        f"precision {str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}")
+
+    weights = class_weights(prepared.train.labels, prepared.splits.num_labels)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(prepared.train) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(settings.scheduler if settings.scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=int(settings.warmup * total_steps), num_training_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    pad_id, side = tokenizer.pad_token_id, tokenizer.padding_side
+
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "train_seconds": 0.0}
+    if can_resume:
+        state = _restore_checkpoint(run, model, optimizer, scheduler)
+        say(f"resuming after epoch {state['epoch']} of {settings.epochs}")
+    tracker = make_tracker(settings.tracking, run.path, config.model_dump(mode="json"), run.path.name)
+
+    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+        torch.manual_seed(settings.seed * 1_000 + epoch)  # dropout draws depend only on (seed, epoch)
+        model.train()
+        started = time.perf_counter()
+        loss_sum, rows_seen = 0.0, 0
+        batches = epoch_batches(len(prepared.train), settings.batch_size, settings.seed, epoch)
+        with progress_bar(f"epoch {epoch}/{settings.epochs}", len(batches)) as bar:
+            for rows in batches:
+                batch = pad_batch([prepared.train.input_ids[i] for i in rows], pad_id, side)
+                batch = {key: value.to(device) for key, value in batch.items()}
+                labels = torch.from_numpy(prepared.train.labels[rows]).to(device)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(**batch).logits
+                loss = loss_fn(logits.float(), labels)
+                if not torch.isfinite(loss):
+                    raise LorabenchError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.item() * len(rows)
+                rows_seen += len(rows)
+                bar.advance(1, info=f"loss {loss_sum / rows_seen:.4f}")
+        state["train_seconds"] += time.perf_counter() - started
+
+        probabilities = predict_proba(model, prepared.validation, settings.eval_batch_size, device, amp_dtype,
+                                      pad_id, side, f"validate epoch {epoch}")
+        val = classification_metrics(prepared.validation.labels, predicted_labels(probabilities),
+                                     prepared.splits.num_labels)
+        row = {"epoch": epoch, "train_loss": round(loss_sum / rows_seen, 6),
+               **{f"val_{k}": v for k, v in val.items()}, "seconds": round(state["train_seconds"], 2)}
+        run.append_metrics(row)
+        tracker.log(row, step=epoch * steps_per_epoch)
+        say(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val F1 {val['f1']:.4f}, accuracy {val['accuracy']:.4f}")
+        if val["f1"] > state["best_f1"]:
+            state["best_f1"], state["best_epoch"] = val["f1"], epoch
+            record.replace_dir(lambda tmp: _save_adapter(model, tokenizer, tmp), run.file(record.ADAPTER_DIR))
+        state["epoch"] = epoch
+        _save_checkpoint(run, model, optimizer, scheduler, state)
+
+    summary = _finish(prepared, run, state, counts, device, amp_dtype)
+    tracker.finish(summary)
+    return summary
+
+
+def _save_adapter(model, tokenizer, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def _save_checkpoint(run: record.RunDir, model, optimizer, scheduler, state: dict) -> None:
+    def build(directory: Path) -> None:
+        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, directory / "state.pt")
+        record.write_json(directory / "progress.json", state)
+
+    record.replace_dir(build, run.file(record.CHECKPOINT_DIR))
+
+
+def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler) -> dict:
+    directory = run.file(record.CHECKPOINT_DIR)
+    try:
+        saved = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
+        state = record.read_json(directory / "progress.json")
+    except Exception as err:
+        raise LorabenchError(f"cannot resume from {directory}: {str(err).splitlines()[0]}") from None
+    load_trainable_state(model, saved["trainable"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return state
+
+
+def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, device, amp_dtype) -> dict:
+    """Reload the best epoch's weights, score validation and test with them, and write the summary."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model, settings = prepared.model, prepared.config.train
+    adapter = load_file(run.file(record.ADAPTER_DIR) / "adapter_model.safetensors")
+    set_peft_model_state_dict(model, adapter)
+    pad_id, side = prepared.tokenizer.pad_token_id, prepared.tokenizer.padding_side
+    names = prepared.splits.label_names
+    results = {}
+    for split_name, encoded, frame in (("val", prepared.validation, prepared.splits.validation),
+                                       ("test", prepared.test, prepared.splits.test)):
+        if encoded is None:
+            results[split_name] = None
+            continue
+        probabilities = predict_proba(model, encoded, settings.eval_batch_size, device, amp_dtype, pad_id, side,
+                                      f"score {split_name}")
+        predictions = predicted_labels(probabilities)
+        table = frame.drop(columns=["text"]).copy()
+        table["prediction"] = [names[i] for i in predictions]
+        for class_id, name in enumerate(names):
+            table[f"prob_{name}"] = probabilities[:, class_id].round(6)
+        record.write_atomic(run.file(f"{split_name}_predictions.csv"), table.to_csv(index=False))
+        labelled = bool((encoded.labels >= 0).all())
+        results[split_name] = classification_metrics(encoded.labels, predictions, len(names)) if labelled else None
+
+    summary = {
+        "model": prepared.config.model.name,
+        "model_source": prepared.config.model.source,
+        "best_epoch": state["best_epoch"],
+        "epochs": settings.epochs,
+        "val": results["val"],
+        "test": results["test"],
+        "train_seconds": round(state["train_seconds"], 2),
+        "peak_memory_mb": peak_memory_mb(device),
+        **counts,
+        "label_names": names,
+        "rows": {"train": len(prepared.train), "validation": len(prepared.validation),
+                 "test": len(prepared.test) if prepared.test is not None else 0},
+        "truncated_texts": prepared.train.truncated + prepared.validation.truncated
+        + (prepared.test.truncated if prepared.test is not None else 0),
+        "class_weights": [round(float(w), 6) for w in class_weights(prepared.train.labels, len(names))],
+        "device": device.type,
+        "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
+        "versions": _versions(),
+        "notes": prepared.splits.notes,
+    }
+    record.write_json(run.file(record.SUMMARY_FILE), summary)
+    say(f"best epoch {state['best_epoch']}: val F1 {results['val']['f1']:.4f}; record in {run.path}")
+    return summary
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "machine": platform.machine()}

@@ -1,0 +1,83 @@
+"""Shared fixtures: the real disaster tweets (read from ../shared), small labelled files, and tiny random
+RoBERTa / Llama / Mistral models with a tokenizer trained on the fly, saved as local model directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lorabench.ui import quiet_libraries, set_progress
+
+ROOT = Path(__file__).resolve().parents[1]
+TWEETS = ROOT.parent / "shared" / "data" / "disaster_tweets"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+set_progress(False)
+quiet_libraries()
+
+
+@pytest.fixture(scope="session")
+def tweets_dir() -> Path:
+    if not (TWEETS / "train.csv").is_file():
+        pytest.skip(f"disaster tweets not found at {TWEETS}")
+    return TWEETS
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, tweets_dir) -> Path:
+    """A directory with 240 real labelled tweets as train.csv and 40 unlabelled ones as test.csv."""
+    directory = tmp_path_factory.mktemp("small_data")
+    pd.read_csv(tweets_dir / "train.csv").head(240).to_csv(directory / "train.csv", index=False)
+    pd.read_csv(tweets_dir / "test.csv").head(40).to_csv(directory / "test.csv", index=False)
+    return directory
+
+
+def _train_tokenizer(texts: list[str], decoder: bool):
+    """A 300-token byte-level BPE tokenizer: RoBERTa-style specials for encoders, eos-only for decoders."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "</s>", "<unk>"] if decoder else ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = ByteLevelBPETokenizer(add_prefix_space=True)
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=2, special_tokens=specials)
+    if not decoder:
+        bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+        return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                       pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    # Decoders like Llama and Mistral ship no pad token: lorabench must supply pad = eos itself.
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def _tiny_config(kind: str, vocab_size: int):
+    from transformers import LlamaConfig, MistralConfig, RobertaConfig
+
+    common = {"vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64}
+    if kind == "roberta":
+        return RobertaConfig(**common, max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    config_class = LlamaConfig if kind == "llama" else MistralConfig
+    return config_class(**common, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
+                        pad_token_id=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tweets_dir) -> dict[str, Path]:
+    """Tiny random RoBERTa, Llama and Mistral base models (no head, like a hub checkpoint), safetensors."""
+    from transformers import AutoModel
+
+    texts = pd.read_csv(tweets_dir / "train.csv")["text"].tolist()[:2000]
+    root = tmp_path_factory.mktemp("tiny_models")
+    paths = {}
+    for kind in ("roberta", "llama", "mistral"):
+        tokenizer = _train_tokenizer(texts, decoder=kind != "roberta")
+        torch.manual_seed(0)
+        model = AutoModel.from_config(_tiny_config(kind, len(tokenizer)))
+        paths[kind] = root / kind
+        model.save_pretrained(paths[kind], safe_serialization=True)
+        tokenizer.save_pretrained(paths[kind])
+    return paths
