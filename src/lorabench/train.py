@@ -90,15 +90,18 @@ def peak_memory_mb(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def train(config: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
-    """Fine-tune `config.model` on `config.data`, writing the run record to `out_dir`; returns the summary."""
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False, on_epoch_end=None) -> dict:
+    """Fine-tune `config.model` on `config.data`, writing the run record to `out_dir`; returns the summary.
+
+    `on_epoch_end(epoch, metrics_row)` is called after each validation (a sweep reports and prunes there).
+    """
     prepared = prepare(config)
     run = record.RunDir(out_dir)
     can_resume = run.prepare(config, resume)
-    return fit(prepared, run, can_resume)
+    return fit(prepared, run, can_resume, on_epoch_end)
 
 
-def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False) -> dict:
+def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epoch_end=None) -> dict:
     config, model, tokenizer = prepared.config, prepared.model, prepared.tokenizer
     settings = config.train
     device = choose_device()
@@ -172,6 +175,8 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False) -> dic
             record.replace_dir(lambda tmp: _save_adapter(model, tokenizer, tmp), run.file(record.ADAPTER_DIR))
         state["epoch"] = epoch
         _save_checkpoint(run, model, optimizer, scheduler, state)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
 
     summary = _finish(prepared, run, state, counts, device, amp_dtype)
     tracker.finish(summary)
