@@ -37,6 +37,18 @@ def predicted_labels(probabilities: np.ndarray, threshold: float | None = None) 
     return probabilities.argmax(axis=1)
 
 
+def best_threshold(labels: np.ndarray, positive_probabilities: np.ndarray) -> float:
+    """The decision threshold on P(positive) that maximises F1 on these (validation) labels.
+
+    Candidates are the observed probabilities themselves (scikit-learn's PR curve), so the result is exact.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(labels, positive_probabilities)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))]) if len(thresholds) else 0.5
+
+
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> dict:
     """Precision, recall and F1 of the positive class (id 1) for two classes, macro averages for more."""
     if num_labels == 2:

@@ -20,7 +20,7 @@ from lorabench import record
 from lorabench.config import RunConfig
 from lorabench.data import TextSplits, class_weights, load_splits
 from lorabench.errors import LorabenchError
-from lorabench.evaluate import classification_metrics, predict_proba, predicted_labels
+from lorabench.evaluate import best_threshold, classification_metrics, predict_proba, predicted_labels
 from lorabench.model import (
     add_lora,
     load_base_model,
@@ -220,7 +220,7 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
     set_peft_model_state_dict(model, adapter)
     pad_id, side = prepared.tokenizer.pad_token_id, prepared.tokenizer.padding_side
     names = prepared.splits.label_names
-    results = {}
+    results, threshold = {}, None
     for split_name, encoded, frame in (("val", prepared.validation, prepared.splits.validation),
                                        ("test", prepared.test, prepared.splits.test)):
         if encoded is None:
@@ -228,6 +228,8 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
             continue
         probabilities = predict_proba(model, encoded, settings.eval_batch_size, device, amp_dtype, pad_id, side,
                                       f"score {split_name}")
+        if split_name == "val" and len(names) == 2:
+            threshold = round(best_threshold(encoded.labels, probabilities[:, 1]), 6)
         predictions = predicted_labels(probabilities)
         table = frame.drop(columns=["text"]).copy()
         table["prediction"] = [names[i] for i in predictions]
@@ -248,6 +250,9 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
         "peak_memory_mb": peak_memory_mb(device),
         **counts,
         "label_names": names,
+        # The F1-maximising threshold on P(positive) found on validation; predict/serve use it. Metrics above
+        # are at the arg-max (0.5) decision, so they compare fairly with the study.
+        "threshold": threshold,
         "rows": {"train": len(prepared.train), "validation": len(prepared.validation),
                  "test": len(prepared.test) if prepared.test is not None else 0},
         "truncated_texts": prepared.train.truncated + prepared.validation.truncated
