@@ -66,7 +66,10 @@ def train(
     test: Optional[str] = typer.Option(None, "--test", help="a test file (labels optional)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON run config"),
     epochs: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, help="rows per batch when --batch-tokens is 0"),
+    batch_tokens: Optional[int] = typer.Option(None, min=0, help="padded tokens per batch of length-sorted rows "
+                                               "(default 2048); 0 = --batch-size rows in random order"),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="padding-free batches"),
     lr: Optional[float] = typer.Option(None),
     lora_r: Optional[int] = typer.Option(None),
     lora_alpha: Optional[float] = typer.Option(None),
@@ -85,6 +88,7 @@ def train(
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow a model's own Python code"),
     allow_pickle: Optional[bool] = typer.Option(None, "--allow-pickle", help="allow pickle (.bin) weights"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    save_every_steps: Optional[int] = typer.Option(None, help="also checkpoint every N steps (mid-epoch)"),
 ) -> None:
     """Fine-tune one model with LoRA and write its run record."""
     from lorabench.api import train as train_run
@@ -95,10 +99,15 @@ def train(
         "data": {"source": data, "test": test, "text_column": text_column, "label_column": label_column,
                  "max_train_rows": max_train_rows, "strict": strict},
         "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "bias": _value(lora_bias)},
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length, "seed": seed,
+        "train": {"epochs": epochs, "batch_size": batch_size, "batch_tokens": batch_tokens, "packing": packing,
+                  "lr": lr, "max_length": max_length, "seed": seed,
                   "precision": _value(precision), "gradient_checkpointing": gradient_checkpointing,
-                  "tracking": _value(tracking)},
+                  "tracking": _value(tracking), "save_every_steps": save_every_steps},
     }
+    if resume and model is None and config is None:  # `train --resume --out RUN` continues RUN as configured
+        if not (out / "config.yaml").is_file():
+            raise LorabenchError(f"nothing to resume: {out} holds no lorabench run (give --model to start one)")
+        config = out / "config.yaml"
     run_config = resolve_config(model, config, overrides)
     summary = train_run(run_config, out, resume=resume)
     typer.echo(json.dumps({key: summary[key] for key in ("model", "best_epoch", "val", "test", "train_seconds",
@@ -111,13 +120,15 @@ def data(
     test: Optional[str] = typer.Option(None, "--test"),
     text_column: Optional[str] = typer.Option(None),
     label_column: Optional[str] = typer.Option(None),
+    strict: Optional[bool] = typer.Option(None, "--strict", help="refuse empty texts instead of skipping them"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights."""
     from lorabench.config import DataConfig
     from lorabench.data import describe
 
-    overrides = {"source": data, "test": test, "text_column": text_column, "label_column": label_column}
+    overrides = {"source": data, "test": test, "text_column": text_column, "label_column": label_column,
+                 "strict": strict}
     stats = describe(DataConfig(**{k: v for k, v in overrides.items() if v is not None}))
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
@@ -161,6 +172,141 @@ def presets() -> None:
         typer.echo(f"{name}\t{preset_dict(name)['model']['source']}")
 
 
+@app.command()
+def compare(
+    models: Optional[str] = typer.Option(None, "--models", help="comma-separated presets, model directories or hub "
+                                         "ids, e.g. tfidf,minilm,smollm2 (default: the models in --config)"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="empty directory for the runs, results and report"),
+    test: Optional[str] = typer.Option(None, "--test", help="a test file (labels optional)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs for every model without its own in --config"),
+    max_train_rows: Optional[int] = typer.Option(None, help="training row cap for every model without its own"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON: shared data/train, per-model entries"),
+) -> None:
+    """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
+    from lorabench.api import compare as run_compare
+    from lorabench.report import display_rows, markdown_table
+
+    names = [name.strip() for name in models.split(",") if name.strip()] if models else None
+    table = run_compare(names, out, data=data, test=test, epochs=epochs, max_train_rows=max_train_rows,
+                        config_file=config)
+    typer.echo(markdown_table(*display_rows(table)) + f"report: {out / 'report.html'}")
+
+
+@app.command()
+def report(directory: Path = typer.Argument(..., help="a directory written by `lorabench compare`")) -> None:
+    """Re-render a comparison's results and report.html from its run records, without training."""
+    from lorabench.api import render_report
+    from lorabench.report import display_rows, markdown_table
+
+    table = render_report(directory)
+    typer.echo(markdown_table(*display_rows(table)) + f"report: {directory / 'report.html'}")
+
+
+THRESHOLD_HELP = "decision threshold on P(positive) for two classes (default: the run's validation-F1 threshold)"
+
+
+@app.command()
+def predict(
+    run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
+    data: Path = typer.Option(..., "--data", "-d", help="CSV / Parquet / JSON Lines file of texts"),
+    out: Path = typer.Option(..., "--out", "-o", help="output file: .csv or .jsonl"),
+    threshold: Optional[float] = typer.Option(None, help=THRESHOLD_HELP),
+    submission: bool = typer.Option(False, "--submission", help="write exactly Kaggle's id,target"),
+    text_column: str = typer.Option("text"),
+    id_column: str = typer.Option("id"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="texts per model call (default: the run's eval batch size)"),
+) -> None:
+    """Score a file of texts with a trained run: id, target (label) and score per row."""
+    from lorabench.predict import predict_file
+
+    result = predict_file(run, data, out, threshold=threshold, submission=submission, text_column=text_column,
+                          id_column=id_column, batch_size=batch_size)
+    typer.echo(json.dumps(result))
+
+
+@app.command()
+def export(
+    run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory to write (new, or an earlier export)"),
+    merge: bool = typer.Option(False, "--merge", help="merge the adapter into the base: a plain Transformers model"),
+) -> None:
+    """Export a run: its adapter + head as they are, or merged into a plain Transformers checkpoint."""
+    from lorabench.export import export_run
+
+    typer.echo(json.dumps(export_run(run, out, merge=merge)))
+
+
+@app.command()
+def serve(
+    run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; the default accepts local clients only"),
+    port: int = typer.Option(8000),
+    max_texts: int = typer.Option(64, min=1, help="most texts per request (413 beyond)"),
+    max_chars: int = typer.Option(2000, min=1, help="most characters per text (413 beyond)"),
+    threshold: Optional[float] = typer.Option(None, help=THRESHOLD_HELP),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="texts per model call"),
+) -> None:
+    """Serve a run over HTTP: POST /predict, GET /health, GET /info, OpenAPI at /docs."""
+    from lorabench.serve import serve as serve_run
+
+    serve_run(run, host=host, port=port, max_texts=max_texts, max_chars=max_chars, threshold=threshold,
+              batch_size=batch_size)
+
+
+class SweepBackend(str, Enum):
+    optuna = "optuna"
+    wandb = "wandb"
+    ray = "ray"
+
+
+SPACE_HELP = "search-space YAML (default: the study's, src/lorabench/presets/spaces/study.yaml)"
+
+
+@app.command()
+def sweep(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="preset name, local model directory or hub id"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="sweep directory: trials, database, report (rerun to resume)"),
+    trials: int = typer.Option(30, min=1, help="finished trials wanted (the study ran 30)"),
+    backend: SweepBackend = typer.Option(SweepBackend.optuna, help="optuna: embedded; wandb: W&B sweep; ray: Ray Tune"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite:///OUT/study.db)"),
+    space: Optional[Path] = typer.Option(None, help=SPACE_HELP),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    max_train_rows: Optional[int] = typer.Option(None, min=1),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="stop hopeless trials after an epoch"),
+    seed: int = typer.Option(0, help="the sampler's seed"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (ray backend; default: a local instance)"),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs each Ray trial reserves"),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs each Ray trial reserves"),
+) -> None:
+    """Tune LoRA hyperparameters (Bayesian search, best validation F1); writes trials.csv, best.json, charts."""
+    from lorabench.api import SweepSettings, sweep as run_sweep
+
+    settings = SweepSettings.build(model=model, data=data, out=out, trials=trials, backend=_value(backend),
+                                   storage=storage, space=space, epochs=epochs, max_train_rows=max_train_rows,
+                                   prune=prune, seed=seed, address=address, cpus_per_trial=cpus_per_trial,
+                                   gpus_per_trial=gpus_per_trial)
+    typer.echo(json.dumps(run_sweep(settings)))
+
+
+@app.command("sweep-agent")
+def sweep_agent(
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    data: Optional[str] = typer.Option(None, "--data", "-d"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    space: Optional[Path] = typer.Option(None, help=SPACE_HELP),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    max_train_rows: Optional[int] = typer.Option(None, min=1),
+) -> None:
+    """One trial of a W&B sweep; `wandb agent` runs this (see OUT/wandb_sweep.yaml)."""
+    from lorabench.api import SweepSettings
+    from lorabench.sweep.wandb_backend import agent
+
+    agent(SweepSettings.build(model=model, data=data, out=out, backend="wandb", space=space, epochs=epochs,
+                              max_train_rows=max_train_rows))
+
+
 def main() -> None:
     """Console entry point: one clear line instead of a traceback unless --debug."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -190,3 +336,7 @@ def _fail(err: BaseException, code: int) -> None:
     prefix = "error" if isinstance(err, LorabenchError) else f"error ({type(err).__name__})"
     print(f"{prefix}: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

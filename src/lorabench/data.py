@@ -6,7 +6,6 @@ test split carries no labels) and `id` when the source has one, plus the class n
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from dataclasses import dataclass, field
@@ -69,18 +68,27 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 ) from None
             if kind == "csv":
                 sep = "\t" if path.suffix.lower() == ".tsv" else ","
-                frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+                try:
+                    frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+                except pd.errors.ParserError as err:
+                    header = text.partition("\n")[0]
+                    hint = _delimiter_hint(header) if sep not in header else ""
+                    raise LorabenchError(f"cannot parse {path} as csv: {str(err).splitlines()[0].strip()}{hint}") from None
             else:
                 frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
     except LorabenchError:
         raise
-    except (ValueError, pd.errors.ParserError, OSError, csv.Error) as err:
-        raise LorabenchError(f"cannot parse {path} as {kind}: {str(err).splitlines()[0]}") from None
-    except Exception as err:  # pyarrow raises its own types for a corrupt Parquet file
+    except Exception as err:  # pandas, csv and pyarrow (corrupt Parquet) each raise their own types
         raise LorabenchError(f"cannot parse {path} as {kind}: {str(err).splitlines()[0]}") from None
     if frame.empty:
         raise LorabenchError(f"{path} has a header but no rows")
     return frame
+
+
+def _delimiter_hint(header: str) -> str:
+    """A hint for a file whose header is split by another delimiter than the one its type implies."""
+    delimiter = next((d for d in (";", "\t", "|", ",") if d in header), None)
+    return f"; the header '{header[:60]}' looks delimited by {delimiter!r} - is the delimiter wrong?" if delimiter else ""
 
 
 def _find_split_file(directory: Path, split: str) -> Path | None:
@@ -131,12 +139,7 @@ def load_raw_splits(config: DataConfig) -> dict[str, pd.DataFrame]:
 def _require_column(frame: pd.DataFrame, column: str, role: str, split: str) -> None:
     if column in frame.columns:
         return
-    hint = ""
-    if len(frame.columns) == 1:
-        header = str(frame.columns[0])
-        delimiter = next((d for d in (";", "\t", "|") if d in header), None)
-        if delimiter:
-            hint = f"; the file has a single column '{header[:60]}' - is it delimited by {delimiter!r} instead of ','?"
+    hint = _delimiter_hint(str(frame.columns[0])) if len(frame.columns) == 1 else ""
     raise LorabenchError(
         f"{split} data has no {role} column '{column}' (columns: {', '.join(map(str, frame.columns))}){hint}"
     )
@@ -156,6 +159,26 @@ def _clean_texts(frame: pd.DataFrame, column: str, split: str, strict: bool, not
     frame = frame.copy()
     frame[column] = frame[column].astype(str)
     return frame
+
+
+def _check_ids(frame: pd.DataFrame, column: str, split: str, notes: list[str]) -> None:
+    """Ids name the rows of the prediction files (a Kaggle submission is the test file's): refuse missing or
+    duplicate test ids, which would corrupt it, and only note them in labelled splits."""
+    if column not in frame.columns:
+        return
+    ids = frame[column]
+    duplicates = ids[ids.notna() & ids.duplicated()].astype(str).unique().tolist()
+    problems = []
+    if duplicates:
+        problems.append(f"{len(duplicates)} duplicate ids (e.g. {', '.join(duplicates[:3])})")
+    if ids.isna().any():
+        problems.append(f"{int(ids.isna().sum())} rows without an id")
+    if not problems:
+        return
+    if split == "test":
+        raise LorabenchError(f"test data has {' and '.join(problems)} in column '{column}'; "
+                             "every test row needs its own id in the predictions")
+    notes.append(f"{split} data has {' and '.join(problems)} in column '{column}'")
 
 
 def _label_values(values: pd.Series, split: str, column: str) -> list:
@@ -224,6 +247,8 @@ def load_splits(config: DataConfig) -> TextSplits:
         _require_column(frame, config.text_column, "text", split)
     _require_column(train_raw, config.label_column, "label", "train")
     frames = {split: _clean_texts(frame, config.text_column, split, config.strict, notes) for split, frame in frames.items()}
+    for split, frame in frames.items():
+        _check_ids(frame, config.id_column, split, notes)
 
     if "validation" in frames:
         _require_column(frames["validation"], config.label_column, "label", "validation")

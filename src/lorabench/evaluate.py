@@ -9,22 +9,22 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from lorabench.tokenization import Encoded, length_sorted_batches, pad_batch
+from lorabench.packing import batch_logits
+from lorabench.tokenization import Encoded, length_sorted_batches
 from lorabench.ui import progress_bar
 
 
 def predict_proba(model, encoded: Encoded, batch_size: int, device: torch.device, autocast_dtype, pad_id: int,
-                  padding_side: str = "right", description: str = "evaluate") -> np.ndarray:
-    """Softmax probabilities in the input's row order, computed in length-sorted batches."""
+                  padding_side: str = "right", description: str = "evaluate", packed: bool = False) -> np.ndarray:
+    """Softmax probabilities in the input's row order, computed in length-sorted batches (packed or padded)."""
     model.eval()
     probabilities = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
     batches = length_sorted_batches(encoded.lengths, batch_size)
     with progress_bar(description, len(encoded)) as bar, torch.inference_mode():
         for rows in batches:
-            batch = pad_batch([encoded.input_ids[i] for i in rows], pad_id, padding_side)
-            batch = {key: value.to(device) for key, value in batch.items()}
+            sequences = [encoded.input_ids[i] for i in rows]
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(**batch).logits
+                logits = batch_logits(model, sequences, pad_id, padding_side, device, packed)
             probabilities[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             bar.advance(len(rows))
     return probabilities

@@ -9,9 +9,8 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-
-import yaml
 
 from lorabench.config import RunConfig, config_to_yaml
 from lorabench.errors import LorabenchError
@@ -23,19 +22,33 @@ ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"
 
 
-def write_atomic(path: Path, content: str | bytes) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_file(path: Path, binary: bool = False):
+    """A handle on a temporary file in the target's folder, renamed to `path` on success and removed on any
+    failure, so a reader never sees a truncated file. Permissions follow the umask like a plain `open`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(content, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
-            handle.write(content)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    with atomic_file(path, binary=isinstance(content, bytes)) as handle:
+        handle.write(content)
 
 
 def write_json(path: Path, data) -> None:
@@ -50,6 +63,7 @@ def replace_dir(build, target: Path) -> None:
     """Fill a fresh temporary directory with `build(tmp_dir)`, then swap it in for `target`."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         build(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
@@ -62,6 +76,16 @@ def replace_dir(build, target: Path) -> None:
         raise
 
 
+def recover_dir(target: Path) -> None:
+    """Undo what a kill inside `replace_dir` leaves: put back the old copy if the new one never arrived,
+    and delete half-built temporary copies."""
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 class RunDir:
     """One training run's directory; refuses to mix two different runs in one place."""
 
@@ -71,20 +95,36 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def prepare(self, config: RunConfig, resume: bool) -> bool:
-        """Create the directory or check it holds this same run; returns True when a checkpoint can resume."""
-        existing = [p for p in self.path.iterdir()] if self.path.is_dir() else []
+    def check(self, config: RunConfig, resume: bool) -> bool:
+        """Refuse an output path that holds anything but this run (before slow loading; writes nothing).
+
+        Returns True when the directory holds this run with a checkpoint to resume from.
+        """
         if self.path.exists() and not self.path.is_dir():
             raise LorabenchError(f"output path exists and is not a directory: {self.path}")
-        if existing:
-            config_path = self.file(CONFIG_FILE)
-            if not config_path.is_file():
-                raise LorabenchError(f"output directory {self.path} is not empty and holds no lorabench run; choose another --out")
-            if yaml.safe_load(config_path.read_text(encoding="utf-8")) != config.model_dump(mode="json"):
-                raise LorabenchError(f"output directory {self.path} already holds a different run; choose another --out")
-            if not resume:
-                raise LorabenchError(f"output directory {self.path} already holds this run; pass --resume to continue it or choose another --out")
-            return self.file(CHECKPOINT_DIR).is_dir()
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return False
+        if not self.file(CONFIG_FILE).is_file():
+            raise LorabenchError(f"output directory {self.path} is not empty and holds no lorabench run; choose another --out")
+        try:
+            same = self.config() == config
+        except LorabenchError:
+            same = False
+        if not same:
+            raise LorabenchError(f"output directory {self.path} already holds a different run; choose another --out")
+        if not resume:
+            raise LorabenchError(f"output directory {self.path} already holds this run; pass --resume to continue it or choose another --out")
+        return any(self.file(name).is_dir() for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old"))
+
+    def prepare(self, config: RunConfig, resume: bool) -> bool:
+        """Create the directory, or check it holds this same run; returns True when a checkpoint can resume."""
+        can_resume = self.check(config, resume)
+        if self.file(CONFIG_FILE).is_file():
+            for name in (ADAPTER_DIR, CHECKPOINT_DIR):
+                recover_dir(self.file(name))
+            for leftover in self.path.glob(".*.tmp"):  # write_atomic's temporary files from a killed run
+                leftover.unlink(missing_ok=True)
+            return can_resume
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.file(CONFIG_FILE), config_to_yaml(config))
         return False

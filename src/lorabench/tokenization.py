@@ -91,14 +91,32 @@ def pad_batch(sequences: list[list[int]], pad_id: int, padding_side: str = "righ
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def epoch_batches(num_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Row indices for one training epoch: a fresh permutation from (seed, epoch), cut into batches.
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  batch_tokens: int | None = None) -> list[np.ndarray]:
+    """Row indices for one training epoch, drawn from (seed, epoch) alone so a resumed run sees exactly the
+    batches an uninterrupted one would.
 
-    Drawing the order from (seed, epoch) alone makes a resumed run see exactly the batches an
-    uninterrupted one would.
+    With `batch_tokens`, rows are sorted by length (ties in a random order) and cut into batches whose padded
+    size, rows x longest row, stays within the budget; the batch order is then shuffled. Batches of one length
+    carry almost no padding, and short texts share a batch with many others, so every step does a full
+    budget of useful work. A row longer than the budget forms a batch alone. Every epoch sorts the same
+    lengths, so the number of batches is the same in every epoch. Without `batch_tokens`: a fresh
+    permutation cut into `batch_size` rows (the study's fixed-size batches).
     """
-    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
-    return [order[start : start + batch_size] for start in range(0, num_rows, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if batch_tokens is None:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches, start = [], 0
+    for end, row in enumerate(order):
+        # sorted ascending, so the row joining the batch is its longest: the padded size is rows * its length
+        if end > start and (end - start + 1) * lengths[row] > batch_tokens:
+            batches.append(order[start:end])
+            start = end
+    if len(order):
+        batches.append(order[start:])
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

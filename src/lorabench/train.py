@@ -7,7 +7,7 @@ run is exact, the best epoch is chosen by validation F1, and the record is writt
 
 from __future__ import annotations
 
-import math
+import os
 import platform
 import resource
 import time
@@ -29,7 +29,8 @@ from lorabench.model import (
     resolve_source,
     trainable_state,
 )
-from lorabench.tokenization import Encoded, encode, epoch_batches, load_tokenizer, pad_batch
+from lorabench.packing import batch_logits, can_pack, choose_attention
+from lorabench.tokenization import Encoded, encode, epoch_batches, load_tokenizer
 from lorabench.tracking import make_tracker
 from lorabench.ui import progress_bar, quiet_libraries, say
 
@@ -69,6 +70,9 @@ def prepare(config: RunConfig) -> Prepared:
     torch.manual_seed(config.train.seed)  # the head and LoRA initialisations
     base = load_base_model(resolved, config.model, splits.num_labels, splits.label_names, tokenizer.pad_token_id)
     model = add_lora(base, config.lora)
+    choose_attention(model)
+    if config.train.packing and not can_pack(model):
+        raise LorabenchError(f"train.packing does not support {base.config.model_type} models; set it to false")
     max_length = config.train.max_length
     train = encode(tokenizer, splits.train["text"].tolist(), splits.train["label"].to_numpy(), max_length, "train")
     validation = encode(tokenizer, splits.validation["text"].tolist(), splits.validation["label"].to_numpy(), max_length, "validation")
@@ -83,6 +87,22 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, splits, tokenizer, model, train, validation, test)
 
 
+def activation_bytes(model, tokens_per_batch: int, longest: int, amp_dtype) -> float:
+    """Activations one training batch keeps for the backward pass: about 34 * hidden + 5 * heads * length
+    bytes per token and layer in 16-bit (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+    Transformer Models"), twice that in fp32; an estimate that decides gradient checkpointing."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    per_token_and_layer = 34 * config.hidden_size + 5 * config.num_attention_heads * longest
+    scale = 1 if amp_dtype is not None else 2
+    return float(scale * per_token_and_layer * config.num_hidden_layers * tokens_per_batch)
+
+
+def free_memory_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """GPU peak on CUDA, else the process's peak resident set size."""
     if device.type == "cuda":
@@ -95,8 +115,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, on_epoch
 
     `on_epoch_end(epoch, metrics_row)` is called after each validation (a sweep reports and prunes there).
     """
-    prepared = prepare(config)
     run = record.RunDir(out_dir)
+    run.check(config, resume)  # a wrong --out is refused before the slow loading
+    prepared = prepare(config)
     can_resume = run.prepare(config, resume)
     return fit(prepared, run, can_resume, on_epoch_end)
 
@@ -107,18 +128,34 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     device = choose_device()
     amp_dtype = autocast_dtype(settings.precision, device)
     model.to(device)
-    if settings.gradient_checkpointing:
+    if amp_dtype == torch.bfloat16 and device.type == "cuda":
+        # the frozen base weights in bf16: half the memory and no cast per step; LoRA and the head stay fp32
+        for param in model.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(amp_dtype)
+    longest = int(prepared.train.lengths.max())
+    tokens_per_batch = max(settings.batch_tokens, longest) if settings.batch_tokens else settings.batch_size * longest
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing == "auto":
+        need = activation_bytes(model, tokens_per_batch, longest, amp_dtype)
+        checkpointing = need > 0.8 * free_memory_bytes(device)
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = parameter_counts(model)
     say(f"{config.model.name}: {counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters "
         f"({counts['trainable_percent']:.4f}%) on {device.type}, "
-        f"precision {str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}")
+        f"precision {str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}, "
+        f"{model.config._attn_implementation} attention, "
+        + (f"batches of {settings.batch_tokens} tokens" if settings.batch_tokens
+           else f"batches of {settings.batch_size} rows")
+        + (", packed" if settings.packing else "") + (", gradient checkpointing" if checkpointing else ""))
 
     weights = class_weights(prepared.train.labels, prepared.splits.num_labels)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(prepared.train) / settings.batch_size)
+    lengths = prepared.train.lengths
+    steps_per_epoch = len(epoch_batches(lengths, settings.batch_size, settings.seed, 1, settings.batch_tokens or None))
     total_steps = steps_per_epoch * settings.epochs
     from transformers import get_scheduler
 
@@ -127,25 +164,30 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     pad_id, side = tokenizer.pad_token_id, tokenizer.padding_side
 
-    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "train_seconds": 0.0}
+    # "step" batches of epoch "epoch" + 1 are done when a mid-epoch checkpoint is resumed (0 otherwise).
+    state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "rows_seen": 0, "best_f1": -1.0, "best_epoch": 0,
+             "train_seconds": 0.0}
     if can_resume:
-        state = _restore_checkpoint(run, model, optimizer, scheduler)
-        say(f"resuming after epoch {state['epoch']} of {settings.epochs}")
+        state = {**state, **_restore_checkpoint(run, model, optimizer, scheduler, scaler)}
+        say(f"resuming after epoch {state['epoch']}" + (f" step {state['step']}" if state["step"] else "")
+            + f" of {settings.epochs}")
     tracker = make_tracker(settings.tracking, run.path, config.model_dump(mode="json"), run.path.name)
 
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
-        torch.manual_seed(settings.seed * 1_000 + epoch)  # dropout draws depend only on (seed, epoch)
+        done = state["step"]  # batches of this epoch already trained before a resume
+        if not done:
+            torch.manual_seed(settings.seed * 1_000 + epoch)  # dropout draws depend only on (seed, epoch)
         model.train()
         started = time.perf_counter()
-        loss_sum, rows_seen = 0.0, 0
-        batches = epoch_batches(len(prepared.train), settings.batch_size, settings.seed, epoch)
+        loss_sum, rows_seen = state["loss_sum"], state["rows_seen"]
+        batches = epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.batch_tokens or None)
         with progress_bar(f"epoch {epoch}/{settings.epochs}", len(batches)) as bar:
-            for rows in batches:
-                batch = pad_batch([prepared.train.input_ids[i] for i in rows], pad_id, side)
-                batch = {key: value.to(device) for key, value in batch.items()}
+            bar.advance(done)
+            for step, rows in enumerate(batches[done:], start=done + 1):
+                sequences = [prepared.train.input_ids[i] for i in rows]
                 labels = torch.from_numpy(prepared.train.labels[rows]).to(device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(**batch).logits
+                    logits = batch_logits(model, sequences, pad_id, side, device, settings.packing)
                 loss = loss_fn(logits.float(), labels)
                 if not torch.isfinite(loss):
                     raise LorabenchError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
@@ -159,10 +201,16 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
                 loss_sum += loss.item() * len(rows)
                 rows_seen += len(rows)
                 bar.advance(1, info=f"loss {loss_sum / rows_seen:.4f}")
-        state["train_seconds"] += time.perf_counter() - started
+                every = settings.save_every_steps
+                if every and step < len(batches) and ((epoch - 1) * steps_per_epoch + step) % every == 0:
+                    _save_checkpoint(run, model, optimizer, scheduler, scaler, {
+                        **state, "step": step, "loss_sum": loss_sum, "rows_seen": rows_seen,
+                        "train_seconds": state["train_seconds"] + time.perf_counter() - started})
+        state.update(step=0, loss_sum=0.0, rows_seen=0,
+                     train_seconds=state["train_seconds"] + time.perf_counter() - started)
 
         probabilities = predict_proba(model, prepared.validation, settings.eval_batch_size, device, amp_dtype,
-                                      pad_id, side, f"validate epoch {epoch}")
+                                      pad_id, side, f"validate epoch {epoch}", settings.packing)
         val = classification_metrics(prepared.validation.labels, predicted_labels(probabilities),
                                      prepared.splits.num_labels)
         row = {"epoch": epoch, "train_loss": round(loss_sum / rows_seen, 6),
@@ -174,7 +222,7 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
             state["best_f1"], state["best_epoch"] = val["f1"], epoch
             record.replace_dir(lambda tmp: _save_adapter(model, tokenizer, tmp), run.file(record.ADAPTER_DIR))
         state["epoch"] = epoch
-        _save_checkpoint(run, model, optimizer, scheduler, state)
+        _save_checkpoint(run, model, optimizer, scheduler, scaler, state)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
@@ -188,16 +236,21 @@ def _save_adapter(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _save_checkpoint(run: record.RunDir, model, optimizer, scheduler, state: dict) -> None:
+def _save_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler, state: dict) -> None:
+    """Everything the loop needs to continue exactly: weights, optimizer, schedule, loss scale, the random
+    state (dropout mid-epoch) and `state` (epoch, step, loss sums, best epoch), swapped in as one directory."""
     def build(directory: Path) -> None:
         torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()}, directory / "state.pt")
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   directory / "state.pt")
         record.write_json(directory / "progress.json", state)
 
     record.replace_dir(build, run.file(record.CHECKPOINT_DIR))
 
 
-def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler) -> dict:
+def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler) -> dict:
     directory = run.file(record.CHECKPOINT_DIR)
     try:
         saved = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
@@ -207,6 +260,12 @@ def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler) -> dict
     load_trainable_state(model, saved["trainable"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    if "rng" in saved:
+        torch.set_rng_state(saved["rng"])
+        if saved["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
     return state
 
 
@@ -227,7 +286,7 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
             results[split_name] = None
             continue
         probabilities = predict_proba(model, encoded, settings.eval_batch_size, device, amp_dtype, pad_id, side,
-                                      f"score {split_name}")
+                                      f"score {split_name}", settings.packing)
         if split_name == "val" and len(names) == 2:
             threshold = round(best_threshold(encoded.labels, probabilities[:, 1]), 6)
         predictions = predicted_labels(probabilities)

@@ -29,6 +29,21 @@ def set_progress(enabled: bool) -> None:
     _enabled["progress"] = enabled
 
 
+def progress_enabled() -> bool:
+    return _enabled["progress"]
+
+
+@contextmanager
+def progress_hidden() -> Iterator[None]:
+    """Silence progress for a block (e.g. the per-chunk bars inside a file-level bar), then restore it."""
+    previous = _enabled["progress"]
+    _enabled["progress"] = False
+    try:
+        yield
+    finally:
+        _enabled["progress"] = previous
+
+
 def say(message: str) -> None:
     """One human-readable line on stderr (stdout stays free for results)."""
     if _enabled["progress"]:

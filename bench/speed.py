@@ -1,0 +1,537 @@
+"""Speed benchmark (not a test): the study's recipe against lorabench's defaults, same model, same rows, one process.
+
+(a) recipe: transformers.Trainer as the study wrote it - batches of 8 random rows padded to their longest
+    (dynamic padding), fp32 weights (+ fp16 autocast on CUDA), gradient checkpointing, constant schedule after
+    warm-up, class-weighted cross-entropy (`compute_loss_func`), the model's default (SDPA) attention.
+(b) lorabench: `lorabench.train.fit` with every default (token-budget batches of sorted rows, no checkpointing
+    unless memory needs it, attention per architecture, bf16 on CUDA).
+Both start from the same initial weights and use the same LoRA settings, learning rate and epochs (the preset's).
+
+CPU mode (`--device cpu`): real models (minilm, smollm2) on the real disaster tweets. The two sides run
+interleaved epoch by epoch in two threads that hand a baton over (only one computes at a time), so load from
+other processes on a shared machine falls on both alike. Both are scored on the full validation split after
+every epoch by the same code (`lorabench.evaluate.predict_proba`, not timed).
+
+GPU mode (`--device cuda`): RoBERTa-large, Mistral-7B and Llama-2-7B built from their configurations (written out
+below, no hub) with random weights, fed random token ids with the real tweets' token lengths
+(bench/tweet_lengths.json), so throughput is real and F1 is meaningless. The recipe runs `--recipe-rows` rows
+(it is slow: seconds per epoch are extrapolated from its steady samples/s), lorabench a full epoch of 6090.
+Stages run in priority order while `--budget-s` lasts; results are rewritten to `--out` after every stage.
+
+MFU = model FLOPs / time / peak. Model FLOPs per training token: 4 x (weights of the linear layers) for a frozen
+base (forward 2N + input gradients 2N; LoRA's own are negligible) + 12 x hidden x layers x length for attention
+scores (forward 4, backward 8); recomputation by checkpointing and padding tokens are not counted (they are the
+waste). Prediction: 2N + 4 x hidden x layers x length. Peak = a large dense matrix product measured in this
+process (fp32 on CPU, bf16 on CUDA); the GPU rows also give the H200's nominal 989 TFLOP/s.
+
+  python bench/speed.py --device cpu --models minilm --rows 1500 --epochs 3 --out bench/results-cpu.json
+  python bench/speed.py --device cuda --budget-s 480 --out $OUT/gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lorabench import record
+from lorabench.config import ModelConfig, RunConfig, TrainSettings, resolve_config
+from lorabench.data import TextSplits, class_weights
+from lorabench.evaluate import classification_metrics, predict_proba, predicted_labels
+from lorabench.model import add_lora
+from lorabench.packing import choose_attention
+from lorabench.tokenization import Encoded, pad_batch
+from lorabench.train import Prepared, fit, prepare
+from lorabench.ui import quiet_libraries, set_progress
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "disaster_tweets"
+LENGTHS = Path(__file__).with_name("tweet_lengths.json")
+H200_BF16_NOMINAL = 989e12
+RECIPE_BATCH = 8
+
+# The real architectures (config.json of FacebookAI/roberta-large, mistralai/Mistral-7B-v0.1, meta-llama/Llama-2-7b-hf);
+# LoRA settings, lr and lengths table per model. Priority order: the issue's main target first.
+GPU_MODELS = {
+    "mistral-7b": {"kind": "mistral", "lengths": "mistral", "config": dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=10000.0,
+        sliding_window=4096, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)},
+    "roberta-large": {"kind": "roberta", "lengths": "roberta", "config": dict(
+        vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2)},
+    "llama-2-7b": {"kind": "llama", "lengths": "mistral", "config": dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+        pad_token_id=2, tie_word_embeddings=False)},
+}
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs and peaks
+
+def linear_weights(model) -> int:
+    """Weights of the base model's linear layers (LoRA's excluded): the N of 2N FLOPs per token."""
+    return sum(module.weight.numel() for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and "lora_" not in name)
+
+
+def model_flops(model, lengths: np.ndarray, training: bool) -> float:
+    config = model.config
+    linear, attention = linear_weights(model), config.hidden_size * config.num_hidden_layers
+    tokens, squares = float(lengths.sum()), float((lengths.astype(np.float64) ** 2).sum())
+    if training:
+        return 4 * linear * tokens + 12 * attention * squares
+    return 2 * linear * tokens + 4 * attention * squares
+
+
+def matmul_peak(device: torch.device) -> float:
+    """FLOP/s of a large dense matrix product here: fp32 on CPU, bf16 on CUDA."""
+    size, dtype = (1024, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    repeats = 3 if device.type == "cpu" else 20
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ---------------------------------------------------------------------------------------------- interleaving
+
+class Baton:
+    """Two threads take turns, one epoch each, so only one computes at a time."""
+
+    def __init__(self, first: str, second: str):
+        self.turn, self.sides, self.finished, self.error = first, (first, second), set(), None
+        self.condition = threading.Condition()
+
+    def wait(self, side: str) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.turn == side or self.error is not None)
+            if self.error is not None:
+                raise RuntimeError("the other side failed")
+
+    def hand_over(self, side: str, finished: bool = False, error: BaseException | None = None) -> None:
+        with self.condition:
+            if finished:
+                self.finished.add(side)
+            if error is not None:
+                self.error = error
+            other = self.sides[1] if side == self.sides[0] else self.sides[0]
+            if other not in self.finished:
+                self.turn = other
+            self.condition.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------- the two sides
+
+def recipe_trainer(model, train: Encoded, settings: TrainSettings, pad_id: int, device: torch.device,
+                   epochs: int, out_dir: Path, callbacks: list):
+    """The study's Trainer set-up. Dynamic padding pads each batch to its longest row, as DataCollatorWithPadding
+    does (the GPU mode has no tokenizer to hand it)."""
+    from transformers import Trainer, TrainingArguments
+
+    weights = torch.tensor(class_weights(train.labels, 2), dtype=torch.float32, device=device)
+
+    def weighted_loss(outputs, labels, num_items_in_batch=None):
+        return torch.nn.functional.cross_entropy(outputs["logits"].float(), labels, weight=weights)
+
+    def collate(rows):
+        batch = pad_batch([row["input_ids"] for row in rows], pad_id, "right")
+        batch["labels"] = torch.tensor([row["label"] for row in rows])
+        return batch
+
+    arguments = TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=RECIPE_BATCH, num_train_epochs=epochs,
+        learning_rate=settings.lr, weight_decay=settings.weight_decay, **_warmup(settings.warmup),
+        lr_scheduler_type="constant_with_warmup", max_grad_norm=settings.max_grad_norm,
+        gradient_checkpointing=True, fp16=device.type == "cuda", eval_strategy="no", save_strategy="no",
+        report_to="none", seed=settings.seed, use_cpu=device.type == "cpu", disable_tqdm=True,
+        logging_strategy="no", dataloader_num_workers=0)
+    dataset = [{"input_ids": ids, "label": int(label)} for ids, label in zip(train.input_ids, train.labels)]
+    return Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=collate,
+                   compute_loss_func=weighted_loss, callbacks=callbacks)
+
+
+def _warmup(fraction: float) -> dict:
+    """transformers 5 takes the warm-up fraction as `warmup_steps` (< 1); older 5.x releases as `warmup_ratio`."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"warmup_ratio": fraction} if "warmup_ratio" in fields else {"warmup_steps": fraction}
+
+
+def recipe_callback(on_epoch_begin, on_epoch_end, on_step_end=None):
+    from transformers import TrainerCallback
+
+    class Hooks(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            on_epoch_begin()
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            on_epoch_end(kwargs["model"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if on_step_end:
+                on_step_end()
+
+    return Hooks()
+
+
+def validation_f1(model, validation: Encoded, pad_id: int, side: str, device, amp_dtype) -> float:
+    probabilities = predict_proba(model, validation, 128, device, amp_dtype, pad_id, side, "bench validation")
+    return classification_metrics(validation.labels, predicted_labels(probabilities), 2)["f1"]
+
+
+def side_summary(rows: int, seconds: list[float], flops_per_epoch: float, peak: float, **extra) -> dict:
+    per_epoch = float(np.median(seconds))
+    return {"seconds_per_epoch": [round(s, 2) for s in seconds], "median_seconds_per_epoch": round(per_epoch, 2),
+            "samples_per_second": round(rows / per_epoch, 2),
+            "model_tflops_per_epoch": round(flops_per_epoch / 1e12, 4),
+            "mfu_vs_measured_matmul": round(flops_per_epoch / per_epoch / peak, 4), **extra}
+
+
+# ---------------------------------------------------------------------------------------------- CPU mode
+
+def cpu_model(name: str, args, peak: float) -> dict:
+    overrides = {"data": {"source": str(args.data), "max_train_rows": args.rows},
+                 "train": {"epochs": args.epochs, "tracking": "none"}}
+    if name == "smollm2":
+        overrides["train"]["max_length"] = 128
+    config = resolve_config(name, overrides=overrides)
+    prepared = prepare(config)
+    prepared.test = prepared.splits.test = None  # Kaggle's unlabelled test rows: nothing to measure there
+    recipe_model = copy.deepcopy(prepared.model)  # the same initial LoRA and head weights on both sides
+    recipe_model.get_base_model().set_attn_implementation("sdpa")  # transformers' default, as the study ran
+    train, validation = prepared.train, prepared.validation
+    pad_id, side = prepared.tokenizer.pad_token_id, prepared.tokenizer.padding_side
+    flops = model_flops(prepared.model.get_base_model(), train.lengths, training=True)
+    cpu = torch.device("cpu")
+    baton = Baton("recipe", "lorabench")
+    results = {"recipe": {"seconds": [], "f1": []}, "lorabench": {"seconds": [], "f1": []}}
+
+    def run_recipe():
+        clock = {}
+
+        def begin():
+            baton.wait("recipe")
+            clock["start"] = time.perf_counter()
+
+        def end(model):
+            results["recipe"]["seconds"].append(time.perf_counter() - clock["start"])
+            results["recipe"]["f1"].append(validation_f1(model, validation, pad_id, side, cpu, None))
+            model.train()
+            baton.hand_over("recipe")
+
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                trainer = recipe_trainer(recipe_model, train, config.train, pad_id, cpu, args.epochs, Path(scratch),
+                                         [recipe_callback(begin, end)])
+                trainer.train()
+            baton.hand_over("recipe", finished=True)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            baton.hand_over("recipe", finished=True, error=err)
+
+    def run_lorabench():
+        def epoch_end(epoch, row):
+            results["lorabench"]["f1"].append(row["val_f1"])
+            baton.hand_over("lorabench")
+            if epoch < args.epochs:
+                baton.wait("lorabench")
+
+        try:
+            baton.wait("lorabench")
+            with tempfile.TemporaryDirectory() as scratch:
+                run = record.RunDir(Path(scratch) / "run")
+                run.prepare(config, resume=False)
+                fit(prepared, run, on_epoch_end=epoch_end)
+                metrics = run.metrics()
+            seconds = [row["seconds"] for row in metrics]
+            results["lorabench"]["seconds"] = list(np.diff([0.0] + seconds))
+            baton.hand_over("lorabench", finished=True)
+        except BaseException as err:  # noqa: BLE001
+            baton.hand_over("lorabench", finished=True, error=err)
+
+    threads = [threading.Thread(target=run_recipe), threading.Thread(target=run_lorabench)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if baton.error is not None:
+        raise baton.error
+    rows = len(train)
+    report = {"model": name, "train_rows": rows, "validation_rows": len(validation), "epochs": args.epochs,
+              "train_tokens": int(train.lengths.sum()),
+              "settings": {"lr": config.train.lr, "lora": config.lora.model_dump(), "batch_tokens":
+                           config.train.batch_tokens, "recipe_batch_size": RECIPE_BATCH},
+              "peak_rss_mb_process": peak_memory_mb(cpu)}
+    for key in ("recipe", "lorabench"):
+        f1 = results[key]["f1"]
+        report[key] = side_summary(rows, results[key]["seconds"], flops, peak, val_f1_per_epoch=f1,
+                                   val_f1_final=f1[-1], val_f1_best=max(f1))
+    report["speedup_b_over_a"] = round(report["recipe"]["median_seconds_per_epoch"]
+                                       / report["lorabench"]["median_seconds_per_epoch"], 2)
+    report["f1_best_b_minus_a"] = round(report["lorabench"]["val_f1_best"] - report["recipe"]["val_f1_best"], 4)
+    report["f1_final_b_minus_a"] = round(report["lorabench"]["val_f1_final"] - report["recipe"]["val_f1_final"], 4)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- GPU mode
+
+class StubTokenizer:
+    """What `fit` asks of a tokenizer when the token ids are already made: pad id, side, and saving (nothing)."""
+
+    padding_side = "right"
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def save_pretrained(self, directory) -> None:
+        pass
+
+
+def random_rows(lengths: list[int], vocab_size: int, bos: int, seed: int) -> Encoded:
+    """Random ids of the given lengths after a <s>, labels 43% positive as in the tweets."""
+    rng = np.random.default_rng(seed)
+    ids = [[bos] + rng.integers(3, vocab_size, size=n - 1).tolist() for n in lengths]
+    return Encoded(input_ids=ids, labels=(rng.random(len(lengths)) < 0.43).astype(np.int64), truncated=0)
+
+
+def build(name: str, dtype: torch.dtype, device: torch.device, tiny: bool = False):
+    """The real architecture with random weights; `tiny` shrinks it to 2 narrow layers for a smoke run."""
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, MistralConfig, RobertaConfig
+
+    spec = GPU_MODELS[name]
+    config_class = {"mistral": MistralConfig, "roberta": RobertaConfig, "llama": LlamaConfig}[spec["kind"]]
+    sizes = dict(spec["config"])
+    if tiny:
+        sizes.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+        if "num_key_value_heads" in sizes:
+            sizes["num_key_value_heads"] = 2
+    config = config_class(**sizes, num_labels=2)
+    torch.manual_seed(0)
+    with torch.device(device):
+        return AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+
+
+def synthetic_model(name: str, args, peak: float, lengths: dict, deadline: float) -> dict:
+    device = torch.device(args.device)
+    preset = resolve_config(name, overrides={"train": {"epochs": 1, "tracking": "none"}})
+    spec = GPU_MODELS[name]
+    table = lengths[spec["lengths"]]
+    vocab, bos, pad_id = spec["config"]["vocab_size"], spec["config"]["bos_token_id"], spec["config"]["pad_token_id"]
+    train = random_rows(table["train"], vocab, bos, 0)
+    validation = random_rows(table["validation"], vocab, bos, 1)
+    test = random_rows(table["test"], vocab, bos, 2)
+    report = {"model": name, "train_rows": len(train), "train_tokens": int(train.lengths.sum()),
+              "mean_tokens": round(float(train.lengths.mean()), 1)}
+
+    # (a) the recipe: fp32 weights, fp16 autocast, checkpointing, batches of 8, on the first --recipe-rows rows
+    started = time.perf_counter()
+    model = add_lora(build(name, torch.float32, device, args.tiny), preset.lora)
+    report["build_seconds"] = round(time.perf_counter() - started, 1)
+    flops_per_epoch = model_flops(model.get_base_model(), train.lengths, training=True)
+    subset = Encoded(train.input_ids[: args.recipe_rows], train.labels[: args.recipe_rows], 0)
+    step_times: list[float] = []
+    _reset_peak(device)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = recipe_trainer(model, subset, preset.train, pad_id, device, 1, Path(scratch), [recipe_callback(
+            lambda: None, lambda model: None, lambda: (_sync(device), step_times.append(time.perf_counter())))])
+        begun = time.perf_counter()
+        trainer.train()
+    steady = np.diff(step_times[4:])  # after 5 steps of warm-up
+    recipe_rate = RECIPE_BATCH / float(np.median(steady))
+    recipe_epoch = len(train) / recipe_rate
+    report["recipe"] = {"rows_run": len(subset), "wall_seconds": round(time.perf_counter() - begun, 1),
+                        "samples_per_second": round(recipe_rate, 2),
+                        "seconds_per_epoch_extrapolated": round(recipe_epoch, 1),
+                        "mfu_vs_measured_matmul": round(flops_per_epoch / recipe_epoch / peak, 4),
+                        "mfu_vs_nominal_989": round(flops_per_epoch / recipe_epoch / H200_BF16_NOMINAL, 4),
+                        "peak_memory_mb": peak_memory_mb(device)}
+    del trainer
+    base = model.unload()  # the same random weights, LoRA removed; lorabench casts the frozen ones to bf16 itself
+    base.gradient_checkpointing_disable()
+    _empty_cache(device)
+    _write(args.out, report, partial=True)
+
+    # (b) lorabench's defaults: a full epoch, then prediction; then other budgets and packing while time lasts
+    variants = [("lorabench", {})] + [(f"lorabench_tokens_{n}", {"batch_tokens": n}) for n in args.more_budgets]
+    if args.packed and GPU_MODELS[name]["kind"] != "roberta":
+        # decoders only: an encoder's packed row needs a dense (sum of lengths)^2 mask under eager attention
+        variants.append(("lorabench_packed", {"packing": True}))
+    for variant, update in variants:
+        if variant != "lorabench" and time.perf_counter() > deadline - 60:
+            report.setdefault("skipped", []).append(variant)
+            continue
+        torch.manual_seed(0)
+        model = add_lora(base, preset.lora)
+        choose_attention(model)
+        settings = preset.train.model_copy(update=update)
+        config = RunConfig(model=ModelConfig(name=name, source="random weights"), lora=preset.lora, train=settings)
+        frame = lambda rows: pd.DataFrame({"text": [""] * len(rows), "label": rows.labels})  # noqa: E731
+        splits = TextSplits(train=frame(train), validation=frame(validation), test=None, label_names=[0, 1])
+        prepared = Prepared(config, splits, StubTokenizer(pad_id), model, train, validation, None)
+        _reset_peak(device)
+        with tempfile.TemporaryDirectory() as scratch:
+            run = record.RunDir(Path(scratch) / "run")
+            run.prepare(config, resume=False)
+            summary = fit(prepared, run)
+            seconds = run.metrics()[0]["seconds"]
+        report[variant] = {"batch_tokens": settings.batch_tokens, "packing": settings.packing,
+                           "seconds_per_epoch": round(seconds, 2),
+                           "samples_per_second": round(len(train) / seconds, 1),
+                           "mfu_vs_measured_matmul": round(flops_per_epoch / seconds / peak, 4),
+                           "mfu_vs_nominal_989": round(flops_per_epoch / seconds / H200_BF16_NOMINAL, 4),
+                           "peak_memory_mb": summary["peak_memory_mb"], "precision": summary["precision"],
+                           "attention": model.config._attn_implementation}
+        if variant == "lorabench":
+            report["speedup_b_over_a"] = round(report["recipe"]["seconds_per_epoch_extrapolated"] / seconds, 2)
+            if name != "roberta-large":
+                report["predict"] = timed_prediction(model, validation, test, args.predict_batch, pad_id, peak,
+                                                     device)
+        base = model.unload()
+        _write(args.out, report, partial=True)
+    del base, model
+    _empty_cache(device)
+    return report
+
+
+def timed_prediction(model, warm_up: Encoded, rows: Encoded, batch_rows: int, pad_id: int, peak: float,
+                     device: torch.device) -> dict:
+    """Prediction throughput (bf16 on CUDA), length-sorted batches of `batch_rows`, after one pass to warm up."""
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    predict_proba(model, warm_up, batch_rows, device, amp, pad_id, "right", "warm-up")
+    _sync(device)
+    started = time.perf_counter()
+    predict_proba(model, rows, batch_rows, device, amp, pad_id, "right", "predict")
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    flops = model_flops(model.get_base_model(), rows.lengths, training=False)
+    return {"rows": len(rows), "batch_rows": batch_rows, "seconds": round(elapsed, 2),
+            "samples_per_second": round(len(rows) / elapsed, 1),
+            "mfu_vs_measured_matmul": round(flops / elapsed / peak, 4),
+            "mfu_vs_nominal_989": round(flops / elapsed / H200_BF16_NOMINAL, 4)}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+RESULTS: dict = {}
+
+
+def _write(path: str | None, model_report: dict | None = None, partial: bool = False) -> None:
+    if model_report is not None:
+        RESULTS.setdefault("models", {})[model_report["model"]] = {**model_report, "complete": not partial}
+    if path:
+        record.write_json(Path(path), RESULTS)
+
+
+def environment(device: torch.device, threads: int) -> dict:
+    import peft
+    import transformers
+
+    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "torch_threads": threads, "nproc": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="the study's recipe vs lorabench's defaults (see the module doc)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated; cpu: minilm,smollm2 (default minilm); cuda: "
+                             + ",".join(GPU_MODELS) + " (default all, in that order)")
+    parser.add_argument("--rows", type=int, default=None, help="cpu: cap the training rows (both sides alike)")
+    parser.add_argument("--epochs", type=int, default=3, help="cpu: epochs for both sides")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--recipe-rows", type=int, default=400, help="cuda: rows the slow recipe runs")
+    parser.add_argument("--predict-batch", type=int, default=256, help="cuda: rows per prediction batch")
+    parser.add_argument("--packed", action="store_true", help="cuda: also train the decoders with packed batches")
+    parser.add_argument("--more-budgets", default="8192", type=lambda text: [int(n) for n in text.split(",") if n],
+                        help="cuda: also train lorabench with these batch_tokens (comma-separated; '' for none)")
+    parser.add_argument("--budget-s", type=float, default=480, help="cuda: stop starting models after this")
+    parser.add_argument("--tiny", action="store_true",
+                        help="run the GPU mode's code with 2-layer versions of its models (a smoke check, any device)")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    quiet_libraries()
+    set_progress(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but no CUDA device is visible")
+    RESULTS["environment"] = environment(device, torch.get_num_threads())
+    peak = matmul_peak(device)
+    RESULTS["environment"]["measured_matmul_tflops"] = round(peak / 1e12, 4)
+    RESULTS["arguments"] = vars(args)
+    _write(args.out)
+    if device.type == "cpu" and not args.tiny:
+        for name in (args.models or "minilm").split(","):
+            report = cpu_model(name, args, peak)
+            _write(args.out, report)
+            print(json.dumps(report, indent=1), flush=True)
+    else:
+        lengths = json.loads(LENGTHS.read_text(encoding="utf-8"))
+        deadline = started + args.budget_s
+        for name in (args.models or ",".join(GPU_MODELS)).split(","):
+            if time.perf_counter() > deadline - 90:
+                RESULTS.setdefault("skipped", []).append(name)
+                continue
+            report = synthetic_model(name, args, peak, lengths, deadline)
+            _write(args.out, report)
+            print(json.dumps(report, indent=1), flush=True)
+    RESULTS["wall_seconds"] = round(time.perf_counter() - started, 1)
+    _write(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Token-budget batches: every row once per epoch, within the budget, reproducible from (seed, epoch); and the
+fast defaults still train."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lorabench.tokenization import epoch_batches
+
+
+def _tweet_like_lengths(rows: int = 6090, seed: int = 0) -> np.ndarray:
+    """Lengths spread like tokenized tweets (3 to 84 tokens, median about 33) plus a few over-long rows."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.normal(33, 13, rows).round(), 3, 84).astype(np.int64)
+    lengths[[5, 17]] = 5000  # longer than any budget below: each must form a batch alone
+    return lengths
+
+
+@pytest.mark.parametrize("budget", [256, 2048, 4096])
+def test_every_row_exactly_once_and_no_batch_over_budget(budget):
+    lengths = _tweet_like_lengths()
+    for epoch in (1, 2, 3):
+        batches = epoch_batches(lengths, 8, seed=0, epoch=epoch, batch_tokens=budget)
+        rows = np.concatenate(batches)
+        assert len(rows) == len(lengths) and sorted(rows.tolist()) == list(range(len(lengths)))
+        for batch in batches:
+            padded = len(batch) * lengths[batch].max()
+            assert padded <= budget or len(batch) == 1  # only a single over-long row may exceed the budget
+        assert sum(1 for batch in batches if lengths[batch].max() > budget) == 2
+
+
+def test_sorted_budget_batches_carry_almost_no_padding():
+    lengths = _tweet_like_lengths()
+    lengths[[5, 17]] = 40
+    batches = epoch_batches(lengths, 8, seed=0, epoch=1, batch_tokens=2048)
+    padded = sum(len(batch) * lengths[batch].max() for batch in batches)
+    real = lengths.sum()
+    assert padded / real < 1.03
+    # while the study's random 8-row batches pad about half as much again as they hold
+    random_batches = epoch_batches(lengths, 8, seed=0, epoch=1)
+    assert sum(len(b) * lengths[b].max() for b in random_batches) / real > 1.3
+    # and every budget batch is nearly full: the step does a full budget of work
+    assert np.median([len(b) * lengths[b].max() for b in batches]) > 0.95 * 2048
+
+
+def test_batches_are_a_function_of_seed_and_epoch():
+    lengths = _tweet_like_lengths(500)
+    first = epoch_batches(lengths, 8, seed=3, epoch=2, batch_tokens=512)
+    again = epoch_batches(lengths, 8, seed=3, epoch=2, batch_tokens=512)
+    assert [b.tolist() for b in first] == [b.tolist() for b in again]
+    next_epoch = epoch_batches(lengths, 8, seed=3, epoch=3, batch_tokens=512)
+    other_seed = epoch_batches(lengths, 8, seed=4, epoch=2, batch_tokens=512)
+    as_sets = lambda batches: {frozenset(b.tolist()) for b in batches}  # noqa: E731
+    # a new epoch draws new batch members (ties of equal length shuffled) and a new batch order; only batches
+    # forced by rare lengths (here the two over-long rows alone, and the extremes) can repeat
+    assert len(as_sets(first) & as_sets(next_epoch)) <= len(first) // 10
+    assert [b.tolist() for b in first] != [b.tolist() for b in next_epoch]
+    assert as_sets(first) != as_sets(other_seed)
+    # the same number of batches every epoch (the same lengths are cut), so steps per epoch are fixed
+    assert {len(epoch_batches(lengths, 8, 3, e, 512)) for e in range(1, 6)} == {len(first)}
+
+
+def test_row_mode_is_the_fixed_size_random_batching():
+    lengths = _tweet_like_lengths(100)
+    batches = epoch_batches(lengths, 8, seed=1, epoch=4)
+    assert [len(b) for b in batches] == [8] * 12 + [4]
+    expected = np.random.default_rng([1, 4]).permutation(100)
+    assert np.concatenate(batches).tolist() == expected.tolist()
+
+
+def test_empty_split_gives_no_batches():
+    assert epoch_batches(np.zeros(0, dtype=np.int64), 8, 0, 1, 2048) == []
+
+
+def _keyword_data(directory, rows_per_class: int = 150):
+    """Two classes told apart by one word among random filler: a tiny model must learn it to score well."""
+    rng = np.random.default_rng(0)
+    filler = ["the", "a", "people", "road", "today", "news", "city", "we", "saw", "there", "after", "big"]
+    records = []
+    for label, word in ((1, "fire"), (0, "sunny")):
+        for _ in range(rows_per_class):
+            words = list(rng.choice(filler, size=rng.integers(2, 14))) + [word]
+            rng.shuffle(words)
+            records.append({"text": " ".join(words), "target": label})
+    pd.DataFrame(records).sample(frac=1, random_state=0).to_csv(directory / "keyword.csv", index=False)
+    return directory / "keyword.csv"
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_token_budget_training_learns(packing, tiny_models, tmp_path):
+    from lorabench.api import resolve_config, train
+
+    source = _keyword_data(tmp_path)
+    # the default batching mode, with a budget scaled to the tiny data (about 16 rows of 10 tokens)
+    config = resolve_config(str(tiny_models["roberta"]), overrides={
+        "data": {"source": str(source)},
+        "train": {"epochs": 8, "lr": 3e-3, "max_length": 48, "batch_tokens": 160, "packing": packing}})
+    assert config.train.batch_tokens == 160 and config.train.gradient_checkpointing == "auto"
+    summary = train(config, tmp_path / "run")
+    losses = [row["train_loss"] for row in pd.read_json(tmp_path / "run" / "metrics.jsonl", lines=True).to_dict("records")]
+    assert losses[-1] < losses[0]
+    assert summary["val"]["accuracy"] > 0.9
+
+
+def test_default_config_uses_token_budget_batches():
+    from lorabench.config import TrainSettings
+
+    settings = TrainSettings()
+    assert settings.batch_tokens == 2048 and settings.packing is False
+    assert settings.gradient_checkpointing == "auto"
+    assert TrainSettings(batch_tokens=0).batch_tokens == 0  # the study's fixed-size batches
+
+
+def test_checkpointing_turns_on_only_when_memory_is_short(tiny_models, small_data, tmp_path, monkeypatch):
+    from lorabench import train as train_module
+    from lorabench.api import resolve_config
+    from lorabench.record import RunDir
+
+    def fit_with_free_memory(free_bytes, name):
+        monkeypatch.setattr(train_module, "free_memory_bytes", lambda device: free_bytes)
+        config = resolve_config(str(tiny_models["llama"]), overrides={
+            "data": {"source": str(small_data), "max_train_rows": 32},
+            "train": {"epochs": 1, "max_length": 32, "batch_tokens": 256}})
+        prepared = train_module.prepare(config)
+        run = RunDir(tmp_path / name)
+        run.prepare(config, resume=False)
+        train_module.fit(prepared, run)
+        return prepared.model.get_base_model().is_gradient_checkpointing
+
+    # tiny llama: 32 hidden, 2 layers, 2 heads, 256 tokens in fp32 -> 2 * (34*32 + 5*2*32) * 2 * 256 bytes
+    assert train_module.activation_bytes(
+        type("M", (), {"config": type("C", (), {"hidden_size": 32, "num_hidden_layers": 2,
+                                                 "num_attention_heads": 2})()})(), 256, 32, None) == 2 * 1408 * 2 * 256
+    assert fit_with_free_memory(1e12, "plenty") is False
+    assert fit_with_free_memory(1e3, "short") is True

@@ -1,0 +1,195 @@
+"""`compare` and `report`: identical splits, per-model settings, failures recorded, re-rendering; the tfidf baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lorabench.api import compare, render_report, resolve_config, train
+from lorabench.baseline import TfidfClassifier
+from lorabench.compare import CompareConfig, load_compare_config, plan_runs, run_dir_name
+from lorabench.config import DataConfig
+from lorabench.data import load_splits
+from lorabench.errors import LorabenchError
+from lorabench.evaluate import best_threshold
+
+MISSING_MODEL = "/nonexistent/model"
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, tiny_models, small_data):
+    """tfidf, a model that cannot load, and a tiny RoBERTa capped at 120 training rows, compared on 240 tweets."""
+    roberta = str(tiny_models["roberta"])
+    config_file = tmp_path_factory.mktemp("compare_config") / "compare.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "train": {"batch_size": 16, "lr": 1e-3, "max_length": 48},
+        "models": {roberta: {"data": {"max_train_rows": 120}, "lora": {"r": 4}}},
+    }))
+    out = tmp_path_factory.mktemp("comparison") / "out"
+    table = compare(["tfidf", MISSING_MODEL, roberta], out, data=str(small_data), epochs=1, config_file=config_file)
+    return out, table, roberta
+
+
+def test_a_failing_model_is_recorded_and_the_next_one_still_runs(comparison):
+    out, table, roberta = comparison
+    assert table["model"].tolist() == ["tfidf", MISSING_MODEL, roberta]
+    assert table["status"].tolist() == ["ok", "failed", "ok"]
+    failed = table.iloc[1]
+    assert failed["error"] == f"model path does not exist: {MISSING_MODEL}"
+    assert pd.isna(failed["val_f1"])
+    results = pd.read_csv(out / "results.csv")
+    assert results["status"].tolist() == ["ok", "failed", "ok"]
+    assert "failed: model path does not exist" in (out / "results.md").read_text()
+    manifest = json.loads((out / "compare.json").read_text())
+    assert [entry["status"] for entry in manifest["models"]] == ["ok", "failed", "ok"]
+
+
+def test_every_model_is_scored_on_the_identical_split(comparison, small_data):
+    out, table, roberta = comparison
+    expected = load_splits(DataConfig(source=str(small_data))).validation
+    run_dirs = [out / "runs" / "tfidf", out / "runs" / run_dir_name(roberta)]
+    for run_dir in run_dirs:
+        validation = pd.read_csv(run_dir / "val_predictions.csv", dtype={"id": str})
+        assert validation["id"].tolist() == expected["id"].tolist()
+        assert validation["label"].tolist() == expected["label"].tolist()
+    # the row cap only shortens the training part: validation (48 rows) and test (40) stay shared
+    summaries = [json.loads((run_dir / "summary.json").read_text()) for run_dir in run_dirs]
+    assert [s["rows"] for s in summaries] == [{"train": 192, "validation": 48, "test": 40},
+                                              {"train": 120, "validation": 48, "test": 40}]
+    assert table["train_rows"].tolist()[0::2] == [192, 120]
+    assert "All 2 trained models were scored on the same 48 validation rows" in (out / "report.html").read_text()
+
+
+def test_results_carry_the_run_records_numbers(comparison):
+    out, table, roberta = comparison
+    for _, row in table[table["status"] == "ok"].iterrows():
+        run_dir = out / "runs" / ("tfidf" if row["model"] == "tfidf" else run_dir_name(roberta))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert row["val_f1"] == summary["val"]["f1"]
+        assert row["train_seconds"] == summary["train_seconds"]
+        assert row["peak_memory_mb"] == summary["peak_memory_mb"] > 0
+        assert row["trainable_params"] == summary["trainable_params"]
+    lora = table.iloc[2]
+    assert lora["epochs"] == 1 and lora["trainable_percent"] < 100
+    lora_config = yaml.safe_load((out / "runs" / run_dir_name(roberta) / "config.yaml").read_text())
+    assert lora_config["train"]["max_length"] == 48 and lora_config["lora"]["r"] == 4
+    assert table.iloc[0]["trainable_percent"] == 100
+    assert {p.name for p in (out / "charts").iterdir()} == {
+        "f1.png", "train_time.png", "pr_curves.png", "confusion_tfidf.png",
+        f"confusion_{run_dir_name(roberta)}.png"}
+
+
+def test_report_rerenders_the_same_outputs_without_training(comparison):
+    from typer.testing import CliRunner
+
+    from lorabench.cli import app
+
+    out, _, _ = comparison
+    csv_before, md_before = (out / "results.csv").read_text(), (out / "results.md").read_text()
+    html_before = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    (out / "charts" / "f1.png").unlink()
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "results.csv").read_text() == csv_before
+    assert (out / "results.md").read_text() == md_before
+    assert md_before in result.output
+    assert (out / "report.html").read_text() == html_before
+    assert (out / "charts" / "f1.png").is_file()
+
+
+def test_report_of_a_directory_without_comparison_is_refused(tmp_path):
+    with pytest.raises(LorabenchError, match="holds no comparison"):
+        render_report(tmp_path)
+
+
+def test_settings_precedence_preset_shared_flags_then_model_entry():
+    settings = CompareConfig.model_validate({
+        "train": {"epochs": 7, "seed": 3},
+        "models": {"minilm": {"train": {"epochs": 4}, "data": {"max_train_rows": 50}}},
+    })
+    plans = plan_runs(["minilm", "smollm2"], settings, data="some/data", epochs=2, max_train_rows=300)
+    assert plans["minilm"].train.epochs == 4 and plans["smollm2"].train.epochs == 2
+    assert plans["minilm"].data.max_train_rows == 50 and plans["smollm2"].data.max_train_rows == 300
+    assert plans["minilm"].train.lr == 1e-3 and plans["smollm2"].train.lr == 2e-4  # presets kept
+    assert plans["minilm"].train.seed == plans["smollm2"].train.seed == 3
+    assert plans["minilm"].data.source == plans["smollm2"].data.source == "some/data"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"models": {"minilm": {"train": {"epoch": 2}}}}, "unknown key 'models.minilm.train.epoch'"),
+    ({"models": {"minilm": {"data": {"source": "other"}}}}, "unknown key 'models.minilm.data.source'"),
+    ({"train": {"epochs": 0}}, "invalid value for 'train.epochs'"),
+])
+def test_bad_compare_config_fails_before_anything_is_written(config, message, tmp_path, small_data):
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(LorabenchError, match=message):
+        load_compare_config(path)
+    with pytest.raises(LorabenchError, match=message):
+        compare(["tfidf"], tmp_path / "out", data=str(small_data), config_file=path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_refuses_duplicates_and_a_non_empty_out(tmp_path, small_data):
+    with pytest.raises(LorabenchError, match="listed twice: tfidf"):
+        compare(["tfidf", "tfidf"], tmp_path / "a", data=str(small_data))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("mine")
+    with pytest.raises(LorabenchError, match="not empty"):
+        compare(["tfidf"], tmp_path / "b", data=str(small_data))
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["keep.txt"]
+
+
+def test_tfidf_baseline_on_real_tweets_and_its_pickle_free_record(tweets_dir, tmp_path):
+    config = resolve_config("tfidf", overrides={"data": {"source": str(tweets_dir)}})
+    summary = train(config, tmp_path / "run")
+    assert summary["val"]["f1"] >= 0.75
+    assert summary["rows"] == {"train": 6090, "validation": 1523, "test": 3263}
+    assert summary["best_epoch"] == 1 and summary["trainable_percent"] == 100
+    assert summary["trainable_params"] == summary["vocabulary_size"] + 1  # one weight per n-gram, one bias
+    assert [row["epoch"] for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [1]
+    files = {p.relative_to(tmp_path / "run").as_posix() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert files == {"config.yaml", "metrics.jsonl", "summary.json", "val_predictions.csv", "test_predictions.csv",
+                     "tfidf/weights.safetensors", "tfidf/vocabulary.json", "tfidf/settings.json"}
+
+    classifier = TfidfClassifier.load(tmp_path / "run")
+    validation = pd.read_csv(tmp_path / "run" / "val_predictions.csv")
+    splits = load_splits(config.data)
+    probabilities = classifier.predict_proba(splits.validation["text"].tolist())
+    assert probabilities.shape == (1523, 2)
+    np.testing.assert_allclose(probabilities[:, 1], validation["prob_1"], atol=1e-6)
+    assert classifier.label_names == [0, 1]
+    assert classifier.threshold == summary["threshold"]
+    assert summary["threshold"] == pytest.approx(best_threshold(validation["label"].to_numpy(), probabilities[:, 1]), abs=1e-6)
+
+
+def test_tfidf_and_lora_runs_write_the_same_summary_keys(comparison):
+    out, _, roberta = comparison
+    tfidf = json.loads((out / "runs" / "tfidf" / "summary.json").read_text())
+    lora = json.loads((out / "runs" / run_dir_name(roberta) / "summary.json").read_text())
+    assert set(lora) <= set(tfidf)
+    lora_predictions = pd.read_csv(out / "runs" / run_dir_name(roberta) / "test_predictions.csv")
+    tfidf_predictions = pd.read_csv(out / "runs" / "tfidf" / "test_predictions.csv")
+    assert list(lora_predictions.columns) == list(tfidf_predictions.columns) == ["id", "label", "prediction",
+                                                                                  "prob_0", "prob_1"]
+
+
+def test_three_string_classes_are_compared_with_macro_scores(tmp_path):
+    rng = np.random.default_rng(0)
+    words = {"fire": "emergency", "sunny": "weather", "match": "sport"}
+    rows = [{"text": f"{word} {' '.join(rng.choice(['a', 'b', 'c', 'd'], 4))}", "target": label}
+            for _ in range(40) for word, label in words.items()]
+    pd.DataFrame(rows).to_csv(tmp_path / "three.csv", index=False)
+    table = compare(["tfidf"], tmp_path / "out", data=str(tmp_path / "three.csv"))
+    assert table.iloc[0]["status"] == "ok"
+    assert table.iloc[0]["val_f1"] == 1.0  # the class word decides, and macro F1 averages the three classes
+    summary = json.loads((tmp_path / "out" / "runs" / "tfidf" / "summary.json").read_text())
+    assert summary["label_names"] == ["emergency", "sport", "weather"] and summary["threshold"] is None
+    charts = tmp_path / "out" / "charts"
+    assert (charts / "pr_curves.png").stat().st_size > 10_000  # micro-averaged over the three classes
+    assert (charts / "confusion_tfidf.png").stat().st_size > 5_000
