@@ -569,7 +569,6 @@ def test_sweep_refuses_bad_data(cli, tmp_path, tiny_models):
     assert_refused(result, "not UTF-8")
 
 
-@pytest.mark.xfail(reason="sweep creates OUT/study.db before it checks the data (sweep module, issue 4)")
 def test_sweep_writes_nothing_for_bad_data(cli, tmp_path, tiny_models):
     cli("-q", "sweep", "--model", tiny_models["roberta"], "--data", _latin1_file(tmp_path), "--out",
         tmp_path / "out", "--trials", 1)

@@ -234,12 +234,15 @@ def test_killed_sweep_resumes_with_the_same_number_of_trials(tiny_models, small_
     assert list(table["state"]) == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 
-def test_rerun_with_another_space_is_refused(resumed_sweep, tiny_models, small_data, cli, tmp_path):
+def test_rerun_with_other_settings_is_refused_by_name(resumed_sweep, tiny_models, small_data, cli, tmp_path):
     out = resumed_sweep[0]
+    same = write_space(tmp_path / "same.yaml")
     other = write_space(tmp_path / "other.yaml", TINY_SPACE.replace("[2, 4]", "[2, 8]"))
-    result = cli("sweep", "--model", tiny_models["roberta"], "--data", small_data, "--out", out, "--space", other,
-                 "--epochs", 1, "--trials", 4)
-    assert result.code == 2 and "already holds a sweep with another" in result.stderr
+    common = ["sweep", "--model", tiny_models["roberta"], "--data", small_data, "--out", out, "--trials", 4]
+    result = cli(*common, "--space", other, "--epochs", 1)
+    assert result.code == 2 and "already holds a sweep with other settings (space)" in result.stderr
+    result = cli(*common, "--space", same, "--epochs", 2, "--max-train-rows", 100)
+    assert result.code == 2 and "other settings (data.max_train_rows, train.epochs)" in result.stderr
     assert len(load_study(out).trials) == 3
 
 

@@ -37,6 +37,12 @@ class Tracking(str, Enum):
     none = "none"
 
 
+class Quantize(str, Enum):
+    none = "none"
+    four = "4bit"
+    eight = "8bit"
+
+
 class LoraBias(str, Enum):
     none = "none"
     all = "all"
@@ -87,6 +93,7 @@ def train(
     strict: Optional[bool] = typer.Option(None, "--strict", help="refuse empty texts instead of skipping them"),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow a model's own Python code"),
     allow_pickle: Optional[bool] = typer.Option(None, "--allow-pickle", help="allow pickle (.bin) weights"),
+    quantize: Optional[Quantize] = typer.Option(None, help="4bit / 8bit base weights (bitsandbytes, CUDA only)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     save_every_steps: Optional[int] = typer.Option(None, help="also checkpoint every N steps (mid-epoch)"),
 ) -> None:
@@ -95,7 +102,8 @@ def train(
     from lorabench.config import resolve_config
 
     overrides = {
-        "model": {"gguf_file": gguf_file, "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle},
+        "model": {"gguf_file": gguf_file, "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle,
+                  "quantize": _value(quantize)},
         "data": {"source": data, "test": test, "text_column": text_column, "label_column": label_column,
                  "max_train_rows": max_train_rows, "strict": strict},
         "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "bias": _value(lora_bias)},
@@ -161,6 +169,41 @@ def _print_stats(stats: dict) -> None:
     console.print("class weights n / (k * count): " + ", ".join(f"{n}: {w}" for n, w in stats["class_weights"].items()))
     for note in stats["notes"]:
         console.print(f"note: {note}")
+
+
+@app.command()
+def plan(
+    model: str = typer.Option("minilm", "--model", "-m", help="preset name, local model directory or hub id"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON run config"),
+    batch_size: Optional[int] = typer.Option(None),
+    batch_tokens: Optional[int] = typer.Option(None, min=0),
+    longest: int = typer.Option(64, min=1, help="longest text in tokens expected in a batch (tweets: ~64)"),
+    num_labels: int = typer.Option(2, min=2),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Estimate training memory for each precision / quantization / checkpointing choice, and what fits here."""
+    from lorabench.config import resolve_config
+    from lorabench.plan import plan as plan_memory
+
+    run_config = resolve_config(model, config, {"train": {"batch_size": batch_size, "batch_tokens": batch_tokens}})
+    result = plan_memory(run_config, num_labels=num_labels, longest=longest)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['model']}: {result['total_params']:,} parameters, {result['trainable_params']:,} "
+                        f"trainable; {result['tokens_per_batch']} tokens per batch; {result['device']} has "
+                        f"{result['free_mb']:,} MB free")
+    table.caption = "MB: frozen weights, LoRA + head with Adam states, activations of one batch, runtime"
+    for column in ("precision", "quant", "ckpt", "weights", "adam", "activ.", "runtime", "total", "fits"):
+        table.add_column(column, justify="left" if column in ("precision", "quant") else "right")
+    for row in result["estimates"]:
+        table.add_row(row["precision"], row["quantize"], "yes" if row["gradient_checkpointing"] else "no",
+                      f"{row['weights_mb']:,}", f"{row['trainable_states_mb']:,}", f"{row['activations_mb']:,}",
+                      f"{row['overhead_mb']:,}", f"{row['total_mb']:,}", "yes" if row["fits"] else "no")
+    Console().print(table)
 
 
 @app.command()

@@ -124,8 +124,10 @@ def machine_info() -> dict:
     memory_gb = None
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         memory_gb = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    # Timings mean little on a machine busy with other work: record how busy it was when the comparison began.
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cpu_cores": os.cpu_count(), "memory_gb": memory_gb, "gpus": gpus,
-            "os": platform.platform(), "python": platform.python_version()}
+            "os": platform.platform(), "python": platform.python_version(), "load_average": load}
 
 
 def package_versions() -> dict:

@@ -28,6 +28,7 @@ class ModelConfig(_Section):
     gguf_file: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    quantize: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes QLoRA; CUDA only")
 
 
 class DataConfig(_Section):

@@ -200,6 +200,8 @@ def load_base_model(resolved: ResolvedModel, config: ModelConfig, num_labels: in
         kwargs["gguf_file"] = resolved.gguf_file
     elif not config.allow_pickle:
         kwargs["use_safetensors"] = True
+    if config.quantize != "none":
+        kwargs.update(quantization_kwargs(config.quantize))
     try:
         with warnings.catch_warnings():  # torch notes the pickle protocol of every .bin it reads (--allow-pickle)
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -217,7 +219,31 @@ def load_base_model(resolved: ResolvedModel, config: ModelConfig, num_labels: in
         raise LorabenchError(f"cannot load model {config.name} from {resolved.source}: {first_line}") from None
     # Decoders find the last real token through pad_token_id; the study sets it on the config too.
     model.config.pad_token_id = pad_token_id
+    if config.quantize != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 layer norms and input gradients for the frozen 4/8-bit base; checkpointing stays a train setting
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def quantization_kwargs(quantize: str) -> dict:
+    """QLoRA's recipe: NF4 weights with double quantization and bf16 compute (or LLM.int8), placed on the GPU."""
+    if not torch.cuda.is_available():
+        raise LorabenchError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this machine has none")
+    try:
+        import bitsandbytes  # noqa: F401  (transformers needs it importable for its quantizer)
+    except ImportError:
+        raise LorabenchError(f"--quantize {quantize} needs the bitsandbytes package: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": quantization, "dtype": torch.bfloat16,
+            "device_map": {"": torch.cuda.current_device()}}
 
 
 def add_lora(model, settings: LoraSettings):

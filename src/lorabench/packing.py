@@ -26,7 +26,7 @@ from lorabench.tokenization import pad_batch
 
 # Encoders pool the first token through their own head; decoders score their last token.
 PACKED_ENCODERS = ("bert", "roberta")
-PACKED_DECODERS = ("llama", "mistral", "qwen2", "qwen3")
+PACKED_DECODERS = ("llama", "mistral")
 
 
 def classifier(model):
@@ -47,9 +47,12 @@ def choose_attention(model) -> str:
     these encoders. Decoders keep SDPA, whose causal kernel is fast and which transformers makes mask-free
     when a batch has no padding.
     """
-    implementation = "sdpa" if is_decoder_classifier(model) else "eager"
-    classifier(model).set_attn_implementation(implementation)
-    return implementation
+    wanted = "sdpa" if is_decoder_classifier(model) else "eager"
+    try:
+        classifier(model).set_attn_implementation(wanted)
+    except (ValueError, ImportError):
+        pass  # an architecture without that implementation keeps the one it loaded with
+    return classifier(model).config._attn_implementation
 
 
 def can_pack(model) -> bool:

@@ -285,6 +285,9 @@ run's test_predictions.csv, unscored.{% endif %}</p>
 <tr><th>memory</th><td>{{ hardware.memory_gb }} GiB</td></tr>
 <tr><th>GPU</th><td>{{ hardware.gpus | join(", ") if hardware.gpus else "none" }}</td></tr>
 <tr><th>system</th><td>{{ hardware.os }}, Python {{ hardware.python }}</td></tr>
+{% if hardware.get("load_average") is not none %}<tr><th>CPU load at start</th><td>{{ hardware.load_average }}
+(1-minute load average; above {{ hardware.cpu_cores }}, other work competed for the cores and times are longer
+than on an idle machine)</td></tr>{% endif %}
 {% for package, number in versions.items() %}<tr><th>{{ package }}</th><td>{{ number }}</td></tr>
 {% endfor %}</tbody></table>
 </body></html>

@@ -98,8 +98,9 @@ def activation_bytes(model, tokens_per_batch: int, longest: int, amp_dtype) -> f
 
 
 def free_memory_bytes(device: torch.device) -> float:
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cuda":  # the driver's free memory plus what torch's allocator holds unused
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return float(torch.cuda.mem_get_info(device)[0] + cached)
     return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError  # optuna's storage layer
 
 from lorabench.errors import LorabenchError
 from lorabench.sweep.objective import Objective, TrialRecord
@@ -35,8 +36,6 @@ def open_study(settings, objective: Objective) -> optuna.Study:
         settings.out.mkdir(parents=True, exist_ok=True)  # for OUT/study.db
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
               if settings.prune else optuna.pruners.NopPruner())
-    from sqlalchemy.exc import SQLAlchemyError
-
     url = storage_url(settings.out, settings.storage)
     try:
         study = optuna.create_study(study_name=settings.out.resolve().name, direction="maximize", pruner=pruner,
@@ -47,12 +46,26 @@ def open_study(settings, objective: Objective) -> optuna.Study:
     stored = study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", identity)
-    elif stored != identity:
-        raise LorabenchError(f"study '{study.study_name}' already holds a sweep with another model, data, epochs or "
-                             "space; choose another --out (or --storage)")
+    elif changed := _changed_settings(stored, identity):
+        raise LorabenchError(f"study '{study.study_name}' already holds a sweep with other settings "
+                             f"({', '.join(changed)}); choose another --out (or --storage)")
     # Seeded from the trial count, so a resumed sweep draws new points instead of replaying its first ones.
     study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials))
     return study
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def _changed_settings(stored: dict, current: dict) -> list[str]:
+    """Config keys (and 'space') that differ; a key only one side has (a field an upgrade added) is no change."""
+    old, new = _flat(stored["base_config"]), _flat(current["base_config"])
+    changed = [key for key in old.keys() & new.keys() if old[key] != new[key]]
+    return sorted(changed) + (["space"] if stored["space"] != current["space"] else [])
 
 
 def _worker() -> str:

@@ -1,0 +1,67 @@
+"""`lorabench plan` against exact parameter counts and a measured run; `--quantize` on and off CUDA."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lorabench.config import resolve_config
+from lorabench.errors import LorabenchError
+from lorabench.plan import plan
+
+
+def lorabench(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lorabench.cli", "-q", *map(str, args)],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_parameter_counts_match_the_study_without_downloading():
+    # The study's printed counts: Mistral-7B r=2 on q/v 860,160 trainable of 7,111,528,448 (0.0121%).
+    mistral = plan(resolve_config("mistral-7b"))
+    assert (mistral["trainable_params"], mistral["total_params"]) == (860_160, 7_111_528_448)
+    llama = plan(resolve_config("llama-2-7b"))
+    assert llama["trainable_params"] == 8_396_800
+    fp32, fp32_checkpointed = llama["estimates"][0], llama["estimates"][1]
+    assert fp32["weights_mb"] == pytest.approx((6_615_748_608 - 8_396_800) * 4 / 2**20, abs=1)
+    assert fp32_checkpointed["activations_mb"] < fp32["activations_mb"] / 5
+
+
+def test_plan_matches_measured_peak_memory_of_minilm_on_cpu(tweets_dir, tmp_path):
+    settings = ["--batch-tokens", "2048"]
+    planned = lorabench("plan", "--model", "minilm", *settings, "--json")
+    assert planned.returncode == 0, planned.stderr
+    estimate = json.loads(planned.stdout)["estimates"][0]
+    assert (estimate["precision"], estimate["gradient_checkpointing"]) == ("fp32", False)
+    trained = lorabench("train", "--model", "minilm", "--data", tweets_dir, "--out", tmp_path / "run", "--epochs", 1,
+                        "--max-train-rows", 600, "--precision", "fp32", "--no-gradient-checkpointing", *settings)
+    assert trained.returncode == 0, trained.stderr
+    measured = json.loads((tmp_path / "run" / "summary.json").read_text())["peak_memory_mb"]
+    assert estimate["total_mb"] == pytest.approx(measured, rel=0.25)
+
+
+def test_quantize_needs_cuda(tiny_models, small_data):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for CPU-only machines")
+    from lorabench.train import prepare
+
+    config = resolve_config(str(tiny_models["llama"]), overrides={"data": {"source": str(small_data)},
+                                                                  "model": {"quantize": "4bit"}})
+    with pytest.raises(LorabenchError, match="needs a CUDA GPU"):
+        prepare(config)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="4-bit QLoRA needs CUDA and bitsandbytes")
+def test_4bit_training_on_cuda(tiny_models, small_data, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from lorabench.api import train
+
+    config = resolve_config(str(tiny_models["llama"]), overrides={
+        "data": {"source": str(small_data)}, "model": {"quantize": "4bit"},
+        "train": {"epochs": 1, "max_length": 48, "batch_tokens": 1024}})
+    summary = train(config, tmp_path / "run")
+    assert summary["precision"] == "bfloat16"
+    assert 0 <= summary["val"]["f1"] <= 1
