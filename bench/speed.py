@@ -54,7 +54,7 @@ from lorabench.data import TextSplits, class_weights
 from lorabench.evaluate import classification_metrics, predict_proba, predicted_labels
 from lorabench.model import add_lora
 from lorabench.packing import choose_attention
-from lorabench.tokenization import Encoded, pad_batch
+from lorabench.tokenization import MIN_STEPS_PER_EPOCH, Encoded, pad_batch
 from lorabench.train import Prepared, fit, prepare
 from lorabench.ui import quiet_libraries, set_progress
 
@@ -458,7 +458,9 @@ def synthetic_model(name: str, args, peak: float, lengths: dict, deadline: float
             run.prepare(config, resume=False)
             summary = fit(prepared, run)
             seconds = run.metrics()[0]["seconds"]
-        report[variant] = {"batch_tokens": settings.batch_tokens, "packing": settings.packing,
+        effective = min(settings.batch_tokens, int(train.lengths.sum()) // MIN_STEPS_PER_EPOCH)
+        report[variant] = {"batch_tokens": settings.batch_tokens, "effective_batch_tokens": effective,
+                           "packing": settings.packing,
                            "seconds_per_epoch": round(seconds, 2),
                            "samples_per_second": round(len(train) / seconds, 1),
                            "mfu_vs_measured_matmul": round(flops_per_epoch / seconds / peak, 4),
@@ -538,8 +540,9 @@ def main() -> None:
     parser.add_argument("--recipe-rows", type=int, default=400, help="cuda: rows the slow recipe runs")
     parser.add_argument("--predict-batch", type=int, default=256, help="cuda: rows per prediction batch")
     parser.add_argument("--packed", action="store_true", help="cuda: also train the decoders with packed batches")
-    parser.add_argument("--more-budgets", default="8192", type=lambda text: [int(n) for n in text.split(",") if n],
-                        help="cuda: also train lorabench with these batch_tokens (comma-separated; '' for none)")
+    parser.add_argument("--more-budgets", default="4096", type=lambda text: [int(n) for n in text.split(",") if n],
+                        help="cuda: also train lorabench with these batch_tokens (comma-separated; '' for none; "
+                             "an epoch of 6090 tweets caps them at about 4300, its 50-step floor)")
     parser.add_argument("--budget-s", type=float, default=480, help="cuda: stop starting models after this")
     parser.add_argument("--tiny", action="store_true",
                         help="run the GPU mode's code with 2-layer versions of its models (a smoke check, any device)")

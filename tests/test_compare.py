@@ -152,7 +152,8 @@ def test_tfidf_baseline_on_real_tweets_and_its_pickle_free_record(tweets_dir, tm
     assert summary["rows"] == {"train": 6090, "validation": 1523, "test": 3263}
     assert summary["best_epoch"] == 1 and summary["trainable_percent"] == 100
     assert summary["trainable_params"] == summary["vocabulary_size"] + 1  # one weight per n-gram, one bias
-    assert [row["epoch"] for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [1]
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1]
     files = {p.relative_to(tmp_path / "run").as_posix() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert files == {"config.yaml", "metrics.jsonl", "summary.json", "val_predictions.csv", "test_predictions.csv",
                      "tfidf/weights.safetensors", "tfidf/vocabulary.json", "tfidf/settings.json"}
@@ -165,7 +166,8 @@ def test_tfidf_baseline_on_real_tweets_and_its_pickle_free_record(tweets_dir, tm
     np.testing.assert_allclose(probabilities[:, 1], validation["prob_1"], atol=1e-6)
     assert classifier.label_names == [0, 1]
     assert classifier.threshold == summary["threshold"]
-    assert summary["threshold"] == pytest.approx(best_threshold(validation["label"].to_numpy(), probabilities[:, 1]), abs=1e-6)
+    best = best_threshold(validation["label"].to_numpy(), probabilities[:, 1])
+    assert summary["threshold"] == pytest.approx(best, abs=1e-6)
 
 
 def test_tfidf_and_lora_runs_write_the_same_summary_keys(comparison):

@@ -15,7 +15,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -24,7 +23,7 @@ from lorabench import record
 from lorabench.config import RunConfig
 from lorabench.data import class_weights, load_splits
 from lorabench.errors import LorabenchError
-from lorabench.evaluate import best_threshold, classification_metrics, predicted_labels
+from lorabench.evaluate import best_threshold, classification_metrics, predicted_labels, write_predictions
 from lorabench.ui import say
 
 MODEL_NAME = "tfidf"
@@ -110,15 +109,6 @@ class TfidfClassifier:
         regression.coef_, regression.intercept_ = arrays["coef"], arrays["intercept"]
         regression.n_features_in_ = arrays["coef"].shape[1]
         return cls(vectorizer, regression, settings["vectorizer"], settings["label_names"], summary.get("threshold"))
-
-
-def write_predictions(path: Path, frame: pd.DataFrame, probabilities: np.ndarray, label_names: list) -> None:
-    """The predictions file of a run: id and label columns, predicted class name, one probability per class."""
-    table = frame.drop(columns=["text"]).copy()
-    table["prediction"] = [label_names[i] for i in predicted_labels(probabilities)]
-    for class_id, name in enumerate(label_names):
-        table[f"prob_{name}"] = probabilities[:, class_id].round(6)
-    record.write_atomic(path, table.to_csv(index=False))
 
 
 def train_tfidf(config: RunConfig, out_dir: str | Path, resume: bool = False, on_epoch_end=None) -> dict:

@@ -23,7 +23,16 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lorabench import record, ui
-from lorabench.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainSettings, merge, read_config_file, resolve_config
+from lorabench.config import (
+    DataConfig,
+    LoraSettings,
+    ModelConfig,
+    RunConfig,
+    TrainSettings,
+    merge,
+    read_config_file,
+    resolve_config,
+)
 from lorabench.errors import LorabenchError
 from lorabench.ui import say
 
@@ -165,7 +174,7 @@ def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
     """Train in a fresh process; returns (status, reason), also when the process dies without a word."""
     context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and memory
     receive, send = context.Pipe(duplex=False)
-    progress = ui._enabled["progress"]  # the child starts with fresh module state: hand on --quiet
+    progress = ui.progress_enabled()  # the child starts with fresh module state: hand on --quiet
     process = context.Process(target=_train_in_child, args=(config, str(out_dir), progress, send))
     process.start()
     send.close()
@@ -188,7 +197,8 @@ def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
 
 def _describe(name: str, config: RunConfig, train_rows: int) -> str:
     cap = config.data.max_train_rows
-    rows = f"training rows capped at {cap} of {train_rows}" if cap and cap < train_rows else f"{train_rows} training rows"
+    capped = cap is not None and cap < train_rows
+    rows = f"training rows capped at {cap} of {train_rows}" if capped else f"{train_rows} training rows"
     epochs = config.train.epochs
     passes = "one pass" if config.model.name == "tfidf" else f"{epochs} epoch{'s' if epochs > 1 else ''}"
     return f"{name}: {passes}, {rows}"

@@ -65,3 +65,14 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labe
         "recall": round(float(recall), 6),
         "accuracy": round(float(accuracy_score(labels, predictions)), 6),
     }
+
+
+def write_predictions(path, frame, probabilities: np.ndarray, label_names: list) -> None:
+    """A run's predictions file: the split's id and label columns, predicted class name, one probability per class."""
+    from lorabench.record import write_atomic
+
+    table = frame.drop(columns=["text"]).copy()
+    table["prediction"] = [label_names[i] for i in predicted_labels(probabilities)]
+    for class_id, name in enumerate(label_names):
+        table[f"prob_{name}"] = probabilities[:, class_id].round(6)
+    write_atomic(path, table.to_csv(index=False))

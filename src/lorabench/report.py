@@ -224,8 +224,8 @@ def split_check(results: list[ModelResult]) -> str:
         return "no model finished training"
     keys = ["id", "label"] if "id" in trained[0].validation.columns else ["label"]
     reference = trained[0].validation[keys]
-    differing = [result.name for result in trained[1:]
-                 if list(result.validation.columns[:len(keys)]) != keys or not result.validation[keys].equals(reference)]
+    differing = [result.name for result in trained[1:] if list(result.validation.columns[:len(keys)]) != keys
+                 or not result.validation[keys].equals(reference)]
     if differing:
         return f"WARNING: {', '.join(differing)} scored other validation rows than {trained[0].name}"
     if len(trained) == 1:
@@ -261,7 +261,7 @@ Created {{ created }}.{% if best %} Best validation F1: <strong>{{ best }}</stro
 <p class="meta">F1, precision and recall are those of the positive class for two classes and macro averages
 for more, at the arg-max decision, for each model's best epoch (chosen by validation F1). Train s counts the
 training loop only; total s includes loading and scoring. Peak memory is GPU memory on CUDA, else the training
-process's peak resident memory.{% if not has_test %} The test split has no labels: its predictions are in each
+process's peak resident memory.{% if rows.test and not has_test %} The test split has no labels: its predictions are in each
 run's test_predictions.csv, unscored.{% endif %}</p>
 
 {% if charts %}<h2>Charts</h2>
@@ -307,8 +307,9 @@ def render_html(manifest: dict, results: list[ModelResult], table: pd.DataFrame,
     statuses = ["best" if name == best else ("failed" if status != "ok" else "")
                 for name, status in zip(table["model"], table["status"])]
     runs = [{"name": result.name, "dir": str(result.run_dir.relative_to(result.run_dir.parents[1])),
-             "device": (result.summary or {}).get("device", "–"), "precision": (result.summary or {}).get("precision", "–"),
-             "notes": "; ".join((result.summary or {}).get("notes", [])) if result.ok else result.error}
+             "device": result.summary["device"] if result.ok else "–",
+             "precision": result.summary["precision"] if result.ok else "–",
+             "notes": "; ".join(result.summary.get("notes", [])) if result.ok else result.error}
             for result in results]
     page = Environment(autoescape=True).from_string(PAGE)
     return page.render(

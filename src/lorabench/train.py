@@ -7,7 +7,6 @@ run is exact, the best epoch is chosen by validation F1, and the record is writt
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import time
@@ -20,7 +19,13 @@ from lorabench import record
 from lorabench.config import RunConfig
 from lorabench.data import TextSplits, class_weights, load_splits
 from lorabench.errors import LorabenchError
-from lorabench.evaluate import best_threshold, classification_metrics, predict_proba, predicted_labels
+from lorabench.evaluate import (
+    best_threshold,
+    classification_metrics,
+    predict_proba,
+    predicted_labels,
+    write_predictions,
+)
 from lorabench.model import (
     add_lora,
     load_base_model,
@@ -30,6 +35,7 @@ from lorabench.model import (
     trainable_state,
 )
 from lorabench.packing import batch_logits, can_pack, choose_attention
+from lorabench.plan import activation_bytes, free_memory_bytes
 from lorabench.tokenization import Encoded, encode, epoch_batches, load_tokenizer
 from lorabench.tracking import make_tracker
 from lorabench.ui import progress_bar, quiet_libraries, say
@@ -87,23 +93,6 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, splits, tokenizer, model, train, validation, test)
 
 
-def activation_bytes(model, tokens_per_batch: int, longest: int, amp_dtype) -> float:
-    """Activations one training batch keeps for the backward pass: about 34 * hidden + 5 * heads * length
-    bytes per token and layer in 16-bit (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
-    Transformer Models"), twice that in fp32; an estimate that decides gradient checkpointing."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    per_token_and_layer = 34 * config.hidden_size + 5 * config.num_attention_heads * longest
-    scale = 1 if amp_dtype is not None else 2
-    return float(scale * per_token_and_layer * config.num_hidden_layers * tokens_per_batch)
-
-
-def free_memory_bytes(device: torch.device) -> float:
-    if device.type == "cuda":  # the driver's free memory plus what torch's allocator holds unused
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return float(torch.cuda.mem_get_info(device)[0] + cached)
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """GPU peak on CUDA, else the process's peak resident set size."""
     if device.type == "cuda":
@@ -128,8 +117,10 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     settings = config.train
     device = choose_device()
     amp_dtype = autocast_dtype(settings.precision, device)
-    model.to(device)
-    if amp_dtype == torch.bfloat16 and device.type == "cuda":
+    quantized = config.model.quantize != "none"  # bitsandbytes already placed and typed the base weights
+    if not quantized:
+        model.to(device)
+    if amp_dtype == torch.bfloat16 and device.type == "cuda" and not quantized:
         # the frozen base weights in bf16: half the memory and no cast per step; LoRA and the head stay fp32
         for param in model.parameters():
             if not param.requires_grad:
@@ -138,7 +129,10 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     tokens_per_batch = max(settings.batch_tokens, longest) if settings.batch_tokens else settings.batch_size * longest
     checkpointing = settings.gradient_checkpointing
     if checkpointing == "auto":
-        need = activation_bytes(model, tokens_per_batch, longest, amp_dtype)
+        text_config = model.config.get_text_config()
+        need = activation_bytes(text_config.hidden_size, text_config.num_attention_heads,
+                                text_config.num_hidden_layers, tokens_per_batch, longest,
+                                sixteen_bit=amp_dtype is not None, checkpointing=False)
         checkpointing = need > 0.8 * free_memory_bytes(device)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -291,11 +285,7 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
         if split_name == "val" and len(names) == 2:
             threshold = round(best_threshold(encoded.labels, probabilities[:, 1]), 6)
         predictions = predicted_labels(probabilities)
-        table = frame.drop(columns=["text"]).copy()
-        table["prediction"] = [names[i] for i in predictions]
-        for class_id, name in enumerate(names):
-            table[f"prob_{name}"] = probabilities[:, class_id].round(6)
-        record.write_atomic(run.file(f"{split_name}_predictions.csv"), table.to_csv(index=False))
+        write_predictions(run.file(f"{split_name}_predictions.csv"), frame, probabilities, names)
         labelled = bool((encoded.labels >= 0).all())
         results[split_name] = classification_metrics(encoded.labels, predictions, len(names)) if labelled else None
 
