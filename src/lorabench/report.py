@@ -233,17 +233,20 @@ def split_check(results: list[ModelResult]) -> str:
     return f"All {len(trained)} trained models were scored on the same {len(reference)} validation rows"
 
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>lorabench comparison</title>
-<style>
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1180px;
+# The look shared by the comparison report and the sweep page (sweep/report.py).
+BASE_CSS = """body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1180px;
        color: #1d2330; background: #fff; padding: 0 16px; }
 h1 { font-size: 1.6em; margin-bottom: 4px; } h2 { margin-top: 32px; border-bottom: 2px solid #e3e7ee; }
 .meta { color: #555e6e; }
 table { border-collapse: collapse; margin: 12px 0; font-size: 0.92em; }
 th, td { border: 1px solid #d5dae3; padding: 5px 9px; text-align: right; }
 th { background: #eef2f8; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
-tr.failed td { background: #fdecec; color: #8a1f1f; } tr.best td { background: #eaf7ea; }
+"""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>lorabench comparison</title>
+<style>
+""" + BASE_CSS + """tr.failed td { background: #fdecec; color: #8a1f1f; } tr.best td { background: #eaf7ea; }
 td.status { text-align: left; } .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .charts img { max-width: 100%; border: 1px solid #e3e7ee; } .charts.pair img { width: calc(50% - 10px); box-sizing: border-box; }
 table.info td, table.info th { text-align: left; font-weight: normal; }

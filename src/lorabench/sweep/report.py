@@ -15,6 +15,7 @@ import pandas as pd
 
 from lorabench.errors import LorabenchError
 from lorabench.record import write_atomic, write_json
+from lorabench.report import BASE_CSS
 from lorabench.sweep.objective import METRIC, Objective, TrialRecord
 from lorabench.ui import say
 
@@ -75,7 +76,10 @@ def write_charts(out: Path, records: list[TrialRecord], objective: Objective) ->
 
     matplotlib.use("Agg")  # files only, never a window
     from optuna.exceptions import ExperimentalWarning
-    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+    from optuna.visualization.matplotlib import (
+        plot_optimization_history,
+        plot_param_importances,
+    )
 
     study = _chart_study(records, objective)
     complete = sum(r.state == "COMPLETE" for r in records)
@@ -118,14 +122,7 @@ def write(out: Path, records: list[TrialRecord], objective: Objective, backend: 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lorabench sweep {{ name }}</title>
 <style>
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1180px;
-       color: #1d2330; background: #fff; padding: 0 16px; }
-h1 { font-size: 1.6em; margin-bottom: 4px; } h2 { margin-top: 32px; border-bottom: 2px solid #e3e7ee; }
-.meta { color: #555e6e; }
-table { border-collapse: collapse; margin: 12px 0; font-size: 0.92em; }
-th, td { border: 1px solid #d5dae3; padding: 5px 9px; text-align: right; }
-th { background: #eef2f8; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
-tr.best td { background: #eaf7ea; } tr.FAIL td, tr.RUNNING td { color: #8a1f1f; } tr.PRUNED td { color: #555e6e; }
+""" + BASE_CSS + """tr.best td { background: #eaf7ea; } tr.FAIL td, tr.RUNNING td { color: #8a1f1f; } tr.PRUNED td { color: #555e6e; }
 .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .charts img { max-width: 100%; border: 1px solid #e3e7ee; }
 </style></head><body>
