@@ -20,8 +20,10 @@ def train(config: RunConfig, out_dir, resume: bool = False, on_epoch_end=None) -
     """
     if config.model.name == "tfidf":
         from lorabench.baseline import train_tfidf
+        from lorabench.distributed import on_main, world
 
-        return train_tfidf(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)
+        # one process fits the baseline; under torchrun the others wait for its summary
+        return on_main(lambda: train_tfidf(config, out_dir, resume=resume, on_epoch_end=on_epoch_end), world())
     from lorabench.train import train as train_lora
 
     return train_lora(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)

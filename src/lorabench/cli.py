@@ -100,6 +100,7 @@ def train(
     """Fine-tune one model with LoRA and write its run record."""
     from lorabench.api import train as train_run
     from lorabench.config import resolve_config
+    from lorabench.distributed import world
 
     overrides = {
         "model": {"gguf_file": gguf_file, "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle,
@@ -118,8 +119,9 @@ def train(
         config = out / "config.yaml"
     run_config = resolve_config(model, config, overrides)
     summary = train_run(run_config, out, resume=resume)
-    typer.echo(json.dumps({key: summary[key] for key in ("model", "best_epoch", "val", "test", "train_seconds",
-                                                          "peak_memory_mb", "trainable_percent")}))
+    if world().is_main:  # under torchrun every process returns the summary; print it once
+        typer.echo(json.dumps({key: summary[key] for key in ("model", "best_epoch", "val", "test", "train_seconds",
+                                                              "peak_memory_mb", "trainable_percent")}))
 
 
 @app.command()
@@ -228,12 +230,14 @@ def compare(
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
     from lorabench.api import compare as run_compare
+    from lorabench.distributed import world
     from lorabench.report import display_rows, markdown_table
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     table = run_compare(names, out, data=data, test=test, epochs=epochs, max_train_rows=max_train_rows,
                         config_file=config)
-    typer.echo(markdown_table(*display_rows(table)) + f"report: {out / 'report.html'}")
+    if world().is_main:  # under torchrun every process returns the table; print it once
+        typer.echo(markdown_table(*display_rows(table)) + f"report: {out / 'report.html'}")
 
 
 @app.command()

@@ -156,16 +156,22 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _train_in_child(config: RunConfig, out_dir: str, progress: bool, conn) -> None:
-    """Runs in the spawned process: train one model, then send back ('ok', '') or ('failed', reason)."""
-    ui.set_progress(progress)
+def train_reporting(config: RunConfig, out_dir: str | Path) -> tuple[str, str]:
+    """Train one model; ('ok', '') or ('failed', reason) instead of an exception."""
     try:
         from lorabench.api import train
 
         train(config, out_dir)
-        conn.send(("ok", ""))
-    except BaseException as err:  # any failure, a library's own bug included, becomes this model's row
-        conn.send(("failed", _one_line(err)))
+        return "ok", ""
+    except Exception as err:  # any failure, a library's own bug included, becomes this model's row
+        return "failed", _one_line(err)
+
+
+def _train_in_child(config: RunConfig, out_dir: str, progress: bool, conn) -> None:
+    """Runs in the spawned process: train one model, then send back ('ok', '') or ('failed', reason)."""
+    ui.set_progress(progress)
+    try:
+        conn.send(train_reporting(config, out_dir))
     finally:
         conn.close()
 
@@ -213,14 +219,24 @@ def compare(models: list[str] | None, out_dir: str | Path, data: str | None = No
     fails to load or train gets a row with its reason and the next model still runs.
     """
     from lorabench.data import load_splits
+    from lorabench.distributed import on_main, world
     from lorabench.report import render
 
     settings = load_compare_config(config_file) if config_file else CompareConfig()
     models = models or list(settings.models)
     plans = plan_runs(models, settings, data, test, epochs, max_train_rows)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise LorabenchError(f"output directory {out_dir} is not empty; choose another --out")
+    # Under torchrun every process runs this function: rank 0 alone checks and writes, and each model
+    # trains in this process (all ranks together) rather than in a child of its own.
+    current = world()
+    if not current.is_main:
+        ui.set_progress(False)
+
+    def check_out_dir() -> None:
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise LorabenchError(f"output directory {out_dir} is not empty; choose another --out")
+
+    on_main(check_out_dir, current)
     names = {name: run_dir_name(name) for name in models}
     if len(set(names.values())) < len(names):
         raise LorabenchError(f"two models share a directory name: {', '.join(names.values())}; rename one")
@@ -233,19 +249,22 @@ def compare(models: list[str] | None, out_dir: str | Path, data: str | None = No
         "data": shared_data.model_dump(mode="json"),
         "rows": {"train": len(splits.train), "validation": len(splits.validation),
                  "test": len(splits.test) if splits.test is not None else 0},
-        "hardware": machine_info(),
+        "hardware": {**machine_info(), "processes": current.size},
         "versions": package_versions(),
         "models": [{"name": name, "run_dir": f"{RUNS_DIR}/{names[name]}", "status": "pending", "error": "",
                     "wall_seconds": None, "plan": _describe(name, plans[name], len(splits.train))}
                    for name in models],
     }
-    record.write_json(out_dir / MANIFEST_FILE, manifest)
+    write_manifest = lambda: record.write_json(out_dir / MANIFEST_FILE, manifest)  # noqa: E731
+    on_main(write_manifest, current)
     for number, entry in enumerate(manifest["models"], start=1):
         say(f"[{number}/{len(models)}] {entry['plan']}")
         started = time.perf_counter()
-        entry["status"], entry["error"] = train_isolated(plans[entry["name"]], out_dir / entry["run_dir"])
+        run_dir = out_dir / entry["run_dir"]
+        entry["status"], entry["error"] = (train_reporting(plans[entry["name"]], run_dir) if current.distributed
+                                           else train_isolated(plans[entry["name"]], run_dir))
         entry["wall_seconds"] = round(time.perf_counter() - started, 1)
         if entry["error"]:
             say(f"{entry['name']} failed: {entry['error']}")
-        record.write_json(out_dir / MANIFEST_FILE, manifest)
-    return render(out_dir)
+        on_main(write_manifest, current)
+    return on_main(lambda: render(out_dir), current)

@@ -32,6 +32,9 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, rows: np.ndarray) -> "Encoded":
+        return Encoded([self.input_ids[i] for i in rows], self.labels[rows], truncated=0)
+
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))

@@ -7,15 +7,17 @@ run is exact, the best epoch is chosen by validation F1, and the record is writt
 
 from __future__ import annotations
 
+import math
 import platform
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from lorabench import record
+from lorabench import distributed, record, ui
 from lorabench.config import RunConfig
 from lorabench.data import TextSplits, class_weights, load_splits
 from lorabench.errors import LorabenchError
@@ -105,17 +107,24 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, on_epoch
 
     `on_epoch_end(epoch, metrics_row)` is called after each validation (a sweep reports and prunes there).
     """
+    current = distributed.world()
+    if not current.is_main:
+        ui.set_progress(False)  # one console: rank 0's
     run = record.RunDir(out_dir)
-    run.check(config, resume)  # a wrong --out is refused before the slow loading
+    # only rank 0 touches the record; a refusal there is raised on every process
+    distributed.on_main(lambda: run.check(config, resume), current)  # before the slow loading
     prepared = prepare(config)
-    can_resume = run.prepare(config, resume)
+    can_resume = distributed.on_main(lambda: run.prepare(config, resume), current)
     return fit(prepared, run, can_resume, on_epoch_end)
 
 
 def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epoch_end=None) -> dict:
     config, model, tokenizer = prepared.config, prepared.model, prepared.tokenizer
     settings = config.train
-    device = choose_device()
+    current = distributed.world()
+    if current.distributed and settings.packing:
+        raise LorabenchError("train.packing does not run under several processes yet; set it to false")
+    device = current.device()
     amp_dtype = autocast_dtype(settings.precision, device)
     quantized = config.model.quantize != "none"  # bitsandbytes already placed and typed the base weights
     if not quantized:
@@ -126,6 +135,9 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
             if not param.requires_grad:
                 param.data = param.data.to(amp_dtype)
     longest = int(prepared.train.lengths.max())
+    # Each step trains one global batch of `processes` x the per-process budget, split across the processes.
+    global_tokens = settings.batch_tokens * current.size or None
+    global_rows = settings.batch_size * current.size
     tokens_per_batch = max(settings.batch_tokens, longest) if settings.batch_tokens else settings.batch_size * longest
     checkpointing = settings.gradient_checkpointing
     if checkpointing == "auto":
@@ -143,14 +155,19 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
         f"{model.config._attn_implementation} attention, "
         + (f"batches of {settings.batch_tokens} tokens" if settings.batch_tokens
            else f"batches of {settings.batch_size} rows")
-        + (", packed" if settings.packing else "") + (", gradient checkpointing" if checkpointing else ""))
+        + (", packed" if settings.packing else "") + (", gradient checkpointing" if checkpointing else "")
+        + (f"; {current.size} processes, effective batch {global_tokens or global_rows} "
+           f"{'tokens' if global_tokens else 'rows'}" if current.distributed else ""))
 
-    weights = class_weights(prepared.train.labels, prepared.splits.num_labels)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+    weights = torch.tensor(class_weights(prepared.train.labels, prepared.splits.num_labels), dtype=torch.float32)
+    # Summed here and divided by the whole (global) batch's weight below: the class-weighted mean of the
+    # batch, split exactly across processes.
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device), reduction="sum")
     trainable = [p for p in model.parameters() if p.requires_grad]
+    trained_model = distributed.wrap(model, current)
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     lengths = prepared.train.lengths
-    steps_per_epoch = len(epoch_batches(lengths, settings.batch_size, settings.seed, 1, settings.batch_tokens or None))
+    steps_per_epoch = len(epoch_batches(lengths, global_rows, settings.seed, 1, global_tokens))
     total_steps = steps_per_epoch * settings.epochs
     from transformers import get_scheduler
 
@@ -166,7 +183,8 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
         state = {**state, **_restore_checkpoint(run, model, optimizer, scheduler, scaler)}
         say(f"resuming after epoch {state['epoch']}" + (f" step {state['step']}" if state["step"] else "")
             + f" of {settings.epochs}")
-    tracker = make_tracker(settings.tracking, run.path, config.model_dump(mode="json"), run.path.name)
+    tracker = make_tracker(settings.tracking if current.is_main else "none", run.path,
+                           config.model_dump(mode="json"), run.path.name)
 
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         done = state["step"]  # batches of this epoch already trained before a resume
@@ -175,53 +193,69 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
         model.train()
         started = time.perf_counter()
         loss_sum, rows_seen = state["loss_sum"], state["rows_seen"]
-        batches = epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.batch_tokens or None)
+        batches = epoch_batches(lengths, global_rows, settings.seed, epoch, global_tokens)
         with progress_bar(f"epoch {epoch}/{settings.epochs}", len(batches)) as bar:
             bar.advance(done)
             for step, rows in enumerate(batches[done:], start=done + 1):
-                sequences = [prepared.train.input_ids[i] for i in rows]
-                labels = torch.from_numpy(prepared.train.labels[rows]).to(device)
+                mine = current.shard(rows)
+                # a process left without rows (a batch smaller than the launch) joins the step with weight 0
+                share = 1.0 if len(mine) else 0.0
+                mine = mine if len(mine) else rows[:1]
+                sequences = [prepared.train.input_ids[i] for i in mine]
+                labels = torch.from_numpy(prepared.train.labels[mine]).to(device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = batch_logits(model, sequences, pad_id, side, device, settings.packing)
-                loss = loss_fn(logits.float(), labels)
-                if not torch.isfinite(loss):
-                    raise LorabenchError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
-                scaler.scale(loss).backward()
+                    logits = batch_logits(trained_model, sequences, pad_id, side, device, settings.packing)
+                batch_weight = weights[prepared.train.labels[rows]].sum().item()
+                loss = share * loss_fn(logits.float(), labels) / batch_weight  # this process's part of the mean
+                batch_loss = distributed.sum_all(loss.item(), current)  # the same on every process
+                if not math.isfinite(batch_loss):
+                    raise LorabenchError(f"training diverged at epoch {epoch} (loss {batch_loss}); lower --lr")
+                # DDP averages gradients over the processes; scaling by their number makes that a sum
+                scaler.scale(loss * current.size).backward()
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.item() * len(rows)
+                loss_sum += batch_loss * len(rows)
                 rows_seen += len(rows)
                 bar.advance(1, info=f"loss {loss_sum / rows_seen:.4f}")
                 every = settings.save_every_steps
-                if every and step < len(batches) and ((epoch - 1) * steps_per_epoch + step) % every == 0:
+                if (every and step < len(batches) and ((epoch - 1) * steps_per_epoch + step) % every == 0
+                        and current.is_main):
                     _save_checkpoint(run, model, optimizer, scheduler, scaler, {
                         **state, "step": step, "loss_sum": loss_sum, "rows_seen": rows_seen,
                         "train_seconds": state["train_seconds"] + time.perf_counter() - started})
         state.update(step=0, loss_sum=0.0, rows_seen=0,
                      train_seconds=state["train_seconds"] + time.perf_counter() - started)
 
-        probabilities = predict_proba(model, prepared.validation, settings.eval_batch_size, device, amp_dtype,
-                                      pad_id, side, f"validate epoch {epoch}", settings.packing)
+        # each process scores every N-th validation row; the metrics are computed over all of them
+        shown = current.shard(np.arange(len(prepared.validation)))
+        probabilities = distributed.gather_rows(
+            predict_proba(model, prepared.validation.subset(shown), settings.eval_batch_size, device, amp_dtype,
+                          pad_id, side, f"validate epoch {epoch}", settings.packing),
+            shown, len(prepared.validation), current)
         val = classification_metrics(prepared.validation.labels, predicted_labels(probabilities),
                                      prepared.splits.num_labels)
         row = {"epoch": epoch, "train_loss": round(loss_sum / rows_seen, 6),
                **{f"val_{k}": v for k, v in val.items()}, "seconds": round(state["train_seconds"], 2)}
-        run.append_metrics(row)
         tracker.log(row, step=epoch * steps_per_epoch)
         say(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val F1 {val['f1']:.4f}, accuracy {val['accuracy']:.4f}")
-        if val["f1"] > state["best_f1"]:
+        improved = val["f1"] > state["best_f1"]
+        if improved:
             state["best_f1"], state["best_epoch"] = val["f1"], epoch
-            record.replace_dir(lambda tmp: _save_adapter(model, tokenizer, tmp), run.file(record.ADAPTER_DIR))
         state["epoch"] = epoch
-        _save_checkpoint(run, model, optimizer, scheduler, scaler, state)
+        if current.is_main:
+            run.append_metrics(row)
+            if improved:
+                record.replace_dir(lambda tmp: _save_adapter(model, tokenizer, tmp), run.file(record.ADAPTER_DIR))
+            _save_checkpoint(run, model, optimizer, scheduler, scaler, state)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
-    summary = _finish(prepared, run, state, counts, device, amp_dtype)
+    # rank 0 scores the best epoch and writes the summary; every process returns it
+    summary = distributed.on_main(lambda: _finish(prepared, run, state, counts, device, amp_dtype), current)
     tracker.finish(summary)
     return summary
 
@@ -270,6 +304,7 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
     from safetensors.torch import load_file
 
     model, settings = prepared.model, prepared.config.train
+    processes = distributed.world().size
     adapter = load_file(run.file(record.ADAPTER_DIR) / "adapter_model.safetensors")
     set_peft_model_state_dict(model, adapter)
     pad_id, side = prepared.tokenizer.pad_token_id, prepared.tokenizer.padding_side
@@ -309,6 +344,10 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
         + (prepared.test.truncated if prepared.test is not None else 0),
         "class_weights": [round(float(w), 6) for w in class_weights(prepared.train.labels, len(names))],
         "device": device.type,
+        # N processes train one global batch per step: N x the per-process budget (tokens, or rows)
+        "processes": processes,
+        "effective_batch": ({"tokens": settings.batch_tokens * processes} if settings.batch_tokens
+                            else {"rows": settings.batch_size * processes}),
         "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
         "versions": _versions(),
         "notes": prepared.splits.notes,

@@ -1,0 +1,90 @@
+"""Data parallelism: `torchrun --nproc_per_node 2` (gloo on CPU) takes the same steps as one process with twice
+the batch, writes one record from rank 0 and scores the whole validation set."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+CLI = str(Path(sys.executable).parent / "lorabench")
+
+
+def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_tokens: int, extra: list[str]) -> dict:
+    command = [CLI, "-q", "train", "--model", model, "--data", str(data), "--out", str(tmp / out),
+               "--batch-tokens", str(batch_tokens), "--epochs", "2", *extra]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                   str(processes), *command]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((tmp / out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_runs(tiny_models, small_data, tmp_path_factory):
+    """A dropout-free tiny Llama (LoRA dropout 0): the two launches must agree to float rounding."""
+    tmp = tmp_path_factory.mktemp("ddp_tiny")
+    extra = ["--lora-dropout", "0", "--lr", "3e-3"]
+    return (_train(tmp, small_data, str(tiny_models["llama"]), "single", 1, 512, extra),
+            _train(tmp, small_data, str(tiny_models["llama"]), "ddp", 2, 256, extra), tmp)
+
+
+def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tiny_llama_runs):
+    single, ddp, tmp = tiny_llama_runs
+    assert (single["processes"], ddp["processes"]) == (1, 2)
+    assert single["effective_batch"] == ddp["effective_batch"] == {"tokens": 512}
+    losses = [[json.loads(line)["train_loss"] for line in (tmp / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("single", "ddp")]
+    assert len(losses[0]) == len(losses[1]) == 2
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert ddp["val"] == pytest.approx(single["val"], abs=1e-6)
+
+
+def test_rank_zero_writes_one_record_over_the_whole_validation_set(tiny_llama_runs, small_data):
+    single, ddp, tmp = tiny_llama_runs
+    predictions = pd.read_csv(tmp / "ddp" / "val_predictions.csv")
+    assert len(predictions) == ddp["rows"]["validation"] == single["rows"]["validation"] == 48
+    lines = (tmp / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer: no duplicated epochs
+    single_probs = pd.read_csv(tmp / "single" / "val_predictions.csv")["prob_1"]
+    np.testing.assert_allclose(predictions["prob_1"], single_probs, atol=1e-4)
+
+
+def test_minilm_on_real_rows_matches_one_process(tweets_dir, tmp_path):
+    """minilm keeps BERT's own dropout, whose draws differ between the launches: F1 within 0.01."""
+    data = tmp_path / "tweets.csv"
+    pd.read_csv(tweets_dir / "train.csv").head(600).to_csv(data, index=False)
+    single = _train(tmp_path, data, "minilm", "single", 1, 1024, [])
+    ddp = _train(tmp_path, data, "minilm", "ddp", 2, 512, [])
+    assert ddp["rows"] == single["rows"] == {"train": 480, "validation": 120, "test": 0}
+    assert single["val"]["f1"] > 0.6  # it learned something, so the comparison means something
+    assert abs(ddp["val"]["f1"] - single["val"]["f1"]) <= 0.01
+
+
+def test_compare_under_torchrun_writes_one_report_and_records_a_failure(tiny_models, small_data, tmp_path):
+    """Every rank runs `compare`; rank 0 alone writes, and a model failing on every rank stays one failed row."""
+    out = tmp_path / "cmp"
+    missing = str(tmp_path / "no-such-model")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               CLI, "-q", "compare", "--models", f"tfidf,{missing},{tiny_models['llama']}", "--data",
+               str(small_data), "--epochs", "1", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = pd.read_csv(out / "results.csv")
+    assert results["status"].tolist() == ["ok", "failed", "ok"]
+    assert results["error"].iloc[1] == f"model path does not exist: {missing}"
+    manifest = json.loads((out / "compare.json").read_text())
+    assert manifest["hardware"]["processes"] == 2
+    lora_runs = [p for p in (out / "runs").iterdir() if p.name != "tfidf"]
+    summary = json.loads((lora_runs[0] / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["rows"]["validation"] == 48
+    assert (out / "report.html").is_file()
