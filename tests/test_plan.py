@@ -43,3 +43,28 @@ def test_4bit_training_on_cuda(tiny_models, small_data, tmp_path):
     summary = train(config, tmp_path / "run")
     assert summary["precision"] == "bfloat16"
     assert 0 <= summary["val"]["f1"] <= 1
+
+
+def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_dir, tmp_path):
+    """The estimate against a real run's peak RSS, both in fresh processes (plan counts its own process as the
+    runtime, so it must not run inside pytest's, which holds every earlier test's memory)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU check: on CUDA the run reports GPU memory")
+    cli = str(Path(sys.executable).parent / "lorabench")
+    data = tmp_path / "tweets.csv"
+    pd.read_csv(tweets_dir / "train.csv").head(800).to_csv(data, index=False)
+    subprocess.run([cli, "-q", "train", "--model", "minilm", "--data", str(data), "--epochs", "1",
+                    "--batch-tokens", "256", "--out", str(tmp_path / "run")], check=True, timeout=600)
+    measured = json.loads((tmp_path / "run" / "summary.json").read_text())["peak_memory_mb"]
+    planned = subprocess.run([cli, "plan", "--model", "minilm", "--batch-tokens", "256", "--json"],
+                             check=True, capture_output=True, text=True, timeout=300)
+    fp32 = json.loads(planned.stdout)["estimates"][0]
+    assert (fp32["precision"], fp32["gradient_checkpointing"]) == ("fp32", False)
+    assert fp32["total_mb"] == pytest.approx(measured, rel=0.25)

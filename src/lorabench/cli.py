@@ -198,13 +198,14 @@ def plan(
     table = Table(title=f"{result['model']}: {result['total_params']:,} parameters, {result['trainable_params']:,} "
                         f"trainable; {result['tokens_per_batch']} tokens per batch; {result['device']} has "
                         f"{result['free_mb']:,} MB free")
-    table.caption = "MB: frozen weights, LoRA + head with Adam states, activations of one batch, runtime"
-    for column in ("precision", "quant", "ckpt", "weights", "adam", "activ.", "runtime", "total", "fits"):
+    table.caption = ("MB: frozen weights, LoRA + head with Adam states, activations of one training batch, "
+                     "one validation batch's working set, runtime")
+    for column in ("precision", "quant", "ckpt", "weights", "adam", "activ.", "eval", "runtime", "total", "fits"):
         table.add_column(column, justify="left" if column in ("precision", "quant") else "right")
     for row in result["estimates"]:
         table.add_row(row["precision"], row["quantize"], "yes" if row["gradient_checkpointing"] else "no",
                       f"{row['weights_mb']:,}", f"{row['trainable_states_mb']:,}", f"{row['activations_mb']:,}",
-                      f"{row['overhead_mb']:,}", f"{row['total_mb']:,}", "yes" if row["fits"] else "no")
+                      f"{row['evaluation_mb']:,}", f"{row['overhead_mb']:,}", f"{row['total_mb']:,}", "yes" if row["fits"] else "no")
     Console().print(table)
 
 

@@ -65,9 +65,9 @@ def wrap(model, current: World):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # the buffers (position ids) never change: no need to broadcast them before every forward
+    # the buffers (position ids) never change: no need to sync them before every forward
     return DistributedDataParallel(model, device_ids=[current.local_rank] if torch.cuda.is_available() else None,
-                                   broadcast_buffers=False)
+                                   forward_sync_buffers=False)
 
 
 def sum_all(value: float, current: World) -> float:
