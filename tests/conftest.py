@@ -81,3 +81,24 @@ def tiny_models(tmp_path_factory, tweets_dir) -> dict[str, Path]:
         model.save_pretrained(paths[kind], safe_serialization=True)
         tokenizer.save_pretrained(paths[kind])
     return paths
+
+
+@pytest.fixture(scope="session")
+def llama_run(tiny_models, small_data, tmp_path_factory) -> Path:
+    """A finished tiny Llama run for predict / serve (its scores vary from text to text, unlike a tiny RoBERTa's).
+    Shared: tests read it and write elsewhere."""
+    from lorabench.api import resolve_config, train
+
+    out = tmp_path_factory.mktemp("llama_run") / "run"
+    config = resolve_config(str(tiny_models["llama"]), overrides={
+        "data": {"source": str(small_data)},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64}})
+    train(config, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_classifier(llama_run):
+    from lorabench.predict import load_classifier
+
+    return load_classifier(llama_run)

@@ -121,9 +121,9 @@ def test_settings_precedence_preset_shared_flags_then_model_entry():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"models": {"minilm": {"train": {"epoch": 2}}}}, "unknown key 'models.minilm.train.epoch'"),
-    ({"models": {"minilm": {"data": {"source": "other"}}}}, "unknown key 'models.minilm.data.source'"),
-    ({"train": {"epochs": 0}}, "invalid value for 'train.epochs'"),
+    ({"models": {"minilm": {"train": {"epoch": 2}}}}, "unknown compare config key 'models.minilm.train.epoch'"),
+    ({"models": {"minilm": {"data": {"source": "other"}}}}, "unknown compare config key 'models.minilm.data.source'"),
+    ({"train": {"epochs": 0}}, "invalid compare config value for 'train.epochs'"),
 ])
 def test_bad_compare_config_fails_before_anything_is_written(config, message, tmp_path, small_data):
     path = tmp_path / "compare.yaml"

@@ -10,26 +10,19 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lorabench.api import resolve_config, train
 from lorabench.cli import app
 from lorabench.errors import LorabenchError
-from lorabench.predict import decide, load_classifier, predict_file
+from lorabench.predict import decide, predict_file
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_models, small_data, tmp_path_factory):
-    """A tiny Llama run (its scores vary from text to text, unlike a tiny RoBERTa's)."""
-    out = tmp_path_factory.mktemp("predict") / "run"
-    config = resolve_config(str(tiny_models["llama"]), overrides={
-        "data": {"source": str(small_data)},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64}})
-    train(config, out)
-    return out
+def run_dir(llama_run):
+    return llama_run
 
 
 @pytest.fixture(scope="module")
-def classifier(run_dir):
-    return load_classifier(run_dir)
+def classifier(llama_classifier):
+    return llama_classifier
 
 
 class FakeClassifier:

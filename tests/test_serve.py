@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import uvicorn
 
-from lorabench.api import resolve_config, train
 from lorabench.errors import LorabenchError
-from lorabench.predict import load_classifier, predict_file
+from lorabench.predict import predict_file
 from lorabench.record import RunDir
 from lorabench.serve import create_app
 
@@ -24,18 +23,13 @@ MAX_TEXTS, MAX_CHARS = 8, 300
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_models, small_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "run"
-    config = resolve_config(str(tiny_models["llama"]), overrides={
-        "data": {"source": str(small_data)},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64}})
-    train(config, out)
-    return out
+def run_dir(llama_run):
+    return llama_run
 
 
 @pytest.fixture(scope="module")
-def classifier(run_dir):
-    return load_classifier(run_dir)
+def classifier(llama_classifier):
+    return llama_classifier
 
 
 @pytest.fixture(scope="module")

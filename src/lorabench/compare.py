@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lorabench import record, ui
 from lorabench.config import (
@@ -32,6 +32,7 @@ from lorabench.config import (
     merge,
     read_config_file,
     resolve_config,
+    validate_as,
 )
 from lorabench.errors import LorabenchError
 from lorabench.ui import say
@@ -69,14 +70,7 @@ class CompareConfig(_Strict):
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:
-    try:
-        return CompareConfig.model_validate(read_config_file(path))
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise LorabenchError(f"unknown key '{where}' in compare config {path}") from None
-        raise LorabenchError(f"invalid value for '{where}' in compare config {path}: {first['msg']}") from None
+    return validate_as(CompareConfig, read_config_file(path), "compare config", str(path))
 
 
 def _given(section: BaseModel) -> dict[str, Any]:

@@ -123,16 +123,22 @@ def preset_dict(name: str) -> dict[str, Any] | None:
     return read_config_file(path) if path.is_file() else None
 
 
-def validate(raw: dict[str, Any]) -> RunConfig:
-    """Turn a merged mapping into a RunConfig, naming the first bad key in one line."""
+def validate_as(schema: type[BaseModel], raw: dict[str, Any], what: str = "config", source: str = ""):
+    """Validate `raw` against `schema`, naming the first bad key in one line (pydantic's report is a table)."""
     try:
-        return RunConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
+        suffix = f" in {source}" if source else ""
         if first["type"] == "extra_forbidden":
-            raise LorabenchError(f"unknown config key '{where}'") from None
-        raise LorabenchError(f"invalid config value for '{where}': {first['msg']}") from None
+            raise LorabenchError(f"unknown {what} key '{where}'{suffix}") from None
+        raise LorabenchError(f"invalid {what} value for '{where}'{suffix}: {first['msg']}") from None
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    """Turn a merged mapping into a RunConfig."""
+    return validate_as(RunConfig, raw)
 
 
 def resolve_config(
