@@ -58,6 +58,8 @@ def _main(
 
     _state["debug"] = debug
     set_progress(not quiet)
+    if quiet:  # libraries' own tqdm bars (e.g. transformers' GGUF de-quantization); read when tqdm is imported
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 def _value(option):
