@@ -171,6 +171,8 @@ def train_tfidf(config: RunConfig, out_dir: str | Path, resume: bool = False, on
         "truncated_texts": 0,
         "class_weights": [round(float(w), 6) for w in class_weights(train_labels, len(names))],
         "device": "cpu",
+        "processes": 1,  # rank 0 fits it alone, also under torchrun
+        "effective_batch": {"rows": len(train_labels)},  # one full-batch fit
         "precision": "fp64",
         "versions": {"python": platform.python_version(), "scikit-learn": version("scikit-learn"),
                      "numpy": np.__version__, "machine": platform.machine()},

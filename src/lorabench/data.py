@@ -259,7 +259,7 @@ def load_splits(config: DataConfig) -> TextSplits:
         train_idx, val_idx = split_indices(len(frames["train"]), config.train_size, config.split_seed)
         train_part, val_part = frames["train"].iloc[train_idx], frames["train"].iloc[val_idx]
     if config.max_train_rows and len(train_part) > config.max_train_rows:
-        notes.append(f"training rows capped at {config.max_train_rows} of {len(train_part)} (data.max_train_rows, or --max-train-rows)")
+        notes.append(f"training rows capped at {config.max_train_rows} of {len(train_part)} (max_train_rows)")
         train_part = train_part.iloc[: config.max_train_rows]
 
     train_labels = _label_values(train_part[config.label_column], "train", config.label_column)

@@ -72,6 +72,10 @@ def parameter_counts_on_meta(config: RunConfig, model_config, num_labels: int) -
     counts["linear_params"] = sum(m.weight.numel() for name, m in model.named_modules()
                                   if isinstance(m, torch.nn.Linear) and "lora_" not in name
                                   and "classifier" not in name and "score" not in name)
+    # LoRA dropout keeps a dropped copy of every adapted layer's input for backward (plus its mask)
+    counts["lora_dropout_features"] = (sum(m.in_features for m in model.modules()
+                                           if hasattr(m, "lora_A") and hasattr(m, "in_features"))
+                                       if config.lora.dropout > 0 else 0)
     counts["hidden_size"] = model_config.hidden_size
     counts["layers"] = model_config.num_hidden_layers
     counts["heads"] = model_config.num_attention_heads
@@ -126,6 +130,9 @@ def estimate(counts: dict, precision: str, quantize: str, checkpointing: bool, t
     sixteen_bit = precision in ("bf16", "fp16") or quantize != "none"
     activations = activation_bytes(counts["hidden_size"], counts["heads"], counts["layers"], tokens_per_batch,
                                    longest, sixteen_bit, checkpointing)
+    # the dropped inputs of LoRA layers (one layer's worth at a time under checkpointing) and their bool masks
+    dropout_features = counts["lora_dropout_features"] / (counts["layers"] if checkpointing else 1)
+    activations += dropout_features * tokens_per_batch * ((2 if sixteen_bit else 4) + 1)
     evaluation = evaluation_bytes(counts["hidden_size"], counts["heads"], eval_tokens, longest, sixteen_bit)
     overhead = runtime_overhead_bytes(device)
     total = weights + states + activations + evaluation + overhead
