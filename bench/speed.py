@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "disaster_tweets"
 LENGTHS = Path(__file__).with_name("tweet_lengths.json")
 H200_BF16_NOMINAL = 989e12
+GPU_EPOCH_ROWS = 6090  # the training split of bench/tweet_lengths.json: one epoch of the study
 RECIPE_BATCH = 8
 
 # The real architectures (config.json of FacebookAI/roberta-large, mistralai/Mistral-7B-v0.1, meta-llama/Llama-2-7b-hf);
@@ -447,35 +448,84 @@ def synthetic_model(name: str, args, peak: float, lengths: dict, deadline: float
         torch.manual_seed(0)
         model = add_lora(base, preset.lora)
         choose_attention(model)
-        settings = preset.train.model_copy(update=update)
-        config = RunConfig(model=ModelConfig(name=name, source="random weights"), lora=preset.lora, train=settings)
-        frame = lambda rows: pd.DataFrame({"text": [""] * len(rows), "label": rows.labels})  # noqa: E731
-        splits = TextSplits(train=frame(train), validation=frame(validation), test=None, label_names=[0, 1])
-        prepared = Prepared(config, splits, StubTokenizer(pad_id), model, train, validation, None)
-        _reset_peak(device)
-        with tempfile.TemporaryDirectory() as scratch:
-            run = record.RunDir(Path(scratch) / "run")
-            run.prepare(config, resume=False)
-            summary = fit(prepared, run)
-            seconds = run.metrics()[0]["seconds"]
-        effective = min(settings.batch_tokens, int(train.lengths.sum()) // MIN_STEPS_PER_EPOCH)
-        report[variant] = {"batch_tokens": settings.batch_tokens, "effective_batch_tokens": effective,
-                           "packing": settings.packing,
-                           "seconds_per_epoch": round(seconds, 2),
-                           "samples_per_second": round(len(train) / seconds, 1),
-                           "mfu_vs_measured_matmul": round(flops_per_epoch / seconds / peak, 4),
-                           "mfu_vs_nominal_989": round(flops_per_epoch / seconds / H200_BF16_NOMINAL, 4),
-                           "peak_memory_mb": summary["peak_memory_mb"], "precision": summary["precision"],
-                           "attention": model.config._attn_implementation}
+        report[variant] = train_variant(name, model, preset, update, train, validation, pad_id, device,
+                                        flops_per_epoch, peak)
         if variant == "lorabench":
+            seconds = report[variant]["seconds_per_epoch"]
             report["speedup_b_over_a"] = round(report["recipe"]["seconds_per_epoch_extrapolated"] / seconds, 2)
             if name != "roberta-large":
                 report["predict"] = timed_prediction(model, validation, test, args.predict_batch, pad_id, peak,
                                                      device)
         base = model.unload()
         _write(args.out, report, partial=True)
-    del base, model
+    del model
+    if args.qlora and spec["kind"] != "roberta":
+        if time.perf_counter() > deadline - 120:
+            report.setdefault("skipped", []).append("lorabench_4bit")
+        else:
+            report["lorabench_4bit"] = qlora_variant(name, base, preset, train, validation, pad_id, device,
+                                                     flops_per_epoch, peak, args.qlora_rows)
+            _write(args.out, report, partial=True)
+    del base
     _empty_cache(device)
+    return report
+
+
+def train_variant(name: str, model, preset: RunConfig, update: dict, train: Encoded, validation: Encoded,
+                  pad_id: int, device: torch.device, flops_per_epoch: float, peak: float,
+                  quantize: str = "none") -> dict:
+    """One epoch of `lorabench.train.fit` on `train` with the preset's settings plus `update`; its figures."""
+    settings = preset.train.model_copy(update=update)
+    config = RunConfig(model=ModelConfig(name=name, source="random weights", quantize=quantize), lora=preset.lora,
+                       train=settings)
+    frame = lambda rows: pd.DataFrame({"text": [""] * len(rows), "label": rows.labels})  # noqa: E731
+    splits = TextSplits(train=frame(train), validation=frame(validation), test=None, label_names=[0, 1])
+    prepared = Prepared(config, splits, StubTokenizer(pad_id), model, train, validation, None)
+    _reset_peak(device)
+    with tempfile.TemporaryDirectory() as scratch:
+        run = record.RunDir(Path(scratch) / "run")
+        run.prepare(config, resume=False)
+        summary = fit(prepared, run)
+        seconds = run.metrics()[0]["seconds"]
+    flops = flops_per_epoch * len(train) / GPU_EPOCH_ROWS  # flops_per_epoch counts the full 6090-row epoch
+    effective = min(settings.batch_tokens, int(train.lengths.sum()) // MIN_STEPS_PER_EPOCH)
+    return {"rows": len(train), "batch_tokens": settings.batch_tokens, "effective_batch_tokens": effective,
+            "packing": settings.packing, "quantize": quantize,
+            "seconds_per_epoch": round(seconds * GPU_EPOCH_ROWS / len(train), 2),
+            "samples_per_second": round(len(train) / seconds, 1),
+            "mfu_vs_measured_matmul": round(flops / seconds / peak, 4),
+            "mfu_vs_nominal_989": round(flops / seconds / H200_BF16_NOMINAL, 4),
+            "peak_memory_mb": summary["peak_memory_mb"], "precision": summary["precision"],
+            "attention": model.config._attn_implementation}
+
+
+def qlora_variant(name: str, base, preset: RunConfig, train: Encoded, validation: Encoded, pad_id: int,
+                  device: torch.device, flops_per_epoch: float, peak: float, rows: int) -> dict:
+    """lorabench's `--quantize 4bit` path on the same random weights: saved as bf16 safetensors, loaded back
+    through `lorabench.model.load_base_model` (bitsandbytes NF4, double quantization, bf16 compute,
+    `prepare_model_for_kbit_training`), trained on the first `rows` rows (s/epoch scaled to 6090)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return {"skipped": "bitsandbytes is not installed on this machine"}
+    from lorabench.model import load_base_model, resolve_source
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("QLORA_SCRATCH")) as scratch:
+        base.to(torch.bfloat16).save_pretrained(scratch)
+        base.to("cpu")  # out of the GPU, so the peak below is the 4-bit model's own
+        _empty_cache(device)
+        model_config = ModelConfig(name=name, source=scratch, quantize="4bit")
+        started = time.perf_counter()
+        quantized = load_base_model(resolve_source(model_config), model_config, 2, [0, 1], pad_id)
+        load_seconds = time.perf_counter() - started
+    torch.manual_seed(0)
+    model = add_lora(quantized, preset.lora)
+    choose_attention(model)
+    subset = Encoded(train.input_ids[:rows], train.labels[:rows], 0)
+    report = train_variant(name, model, preset, {}, subset, validation, pad_id, device, flops_per_epoch, peak,
+                           quantize="4bit")
+    report["load_and_quantize_seconds"] = round(load_seconds, 1)
+    del model, quantized
     return report
 
 
@@ -543,6 +593,9 @@ def main() -> None:
     parser.add_argument("--more-budgets", default="4096", type=lambda text: [int(n) for n in text.split(",") if n],
                         help="cuda: also train lorabench with these batch_tokens (comma-separated; '' for none; "
                              "an epoch of 6090 tweets caps them at about 4300, its 50-step floor)")
+    parser.add_argument("--qlora", action="store_true",
+                        help="cuda: also train the decoders through --quantize 4bit (needs bitsandbytes)")
+    parser.add_argument("--qlora-rows", type=int, default=2000, help="cuda: rows the 4-bit variant trains")
     parser.add_argument("--budget-s", type=float, default=480, help="cuda: stop starting models after this")
     parser.add_argument("--tiny", action="store_true",
                         help="run the GPU mode's code with 2-layer versions of its models (a smoke check, any device)")
