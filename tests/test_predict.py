@@ -15,16 +15,6 @@ from lorabench.errors import LorabenchError
 from lorabench.predict import decide, predict_file
 
 
-@pytest.fixture(scope="module")
-def run_dir(llama_run):
-    return llama_run
-
-
-@pytest.fixture(scope="module")
-def classifier(llama_classifier):
-    return llama_classifier
-
-
 class FakeClassifier:
     """P(positive) from the text's length, recording the size of every call (to see the streaming)."""
 
@@ -43,12 +33,12 @@ class FakeClassifier:
         return np.stack([1 - positive, positive], axis=1)
 
 
-def test_predict_keeps_ids_and_reproduces_the_runs_test_scores(run_dir, classifier, small_data, tmp_path):
-    result = predict_file(run_dir, small_data / "test.csv", tmp_path / "out.csv", classifier=classifier)
+def test_predict_keeps_ids_and_reproduces_the_runs_test_scores(llama_run, llama_classifier, small_data, tmp_path):
+    result = predict_file(llama_run, small_data / "test.csv", tmp_path / "out.csv", classifier=llama_classifier)
     written = pd.read_csv(tmp_path / "out.csv")
     source = pd.read_csv(small_data / "test.csv")
-    recorded = pd.read_csv(run_dir / "test_predictions.csv")
-    threshold = json.loads((run_dir / "summary.json").read_text())["threshold"]
+    recorded = pd.read_csv(llama_run / "test_predictions.csv")
+    threshold = json.loads((llama_run / "summary.json").read_text())["threshold"]
 
     assert list(written.columns) == ["id", "target", "score"]
     assert written["id"].tolist() == source["id"].tolist() and len(written) == 40
@@ -58,12 +48,12 @@ def test_predict_keeps_ids_and_reproduces_the_runs_test_scores(run_dir, classifi
     assert written["target"].tolist() == (recorded["prob_1"] >= threshold).astype(int).tolist()
     assert result["label_counts"] == {str(k): int(v) for k, v in written["target"].value_counts().reindex([0, 1], fill_value=0).items()}
     # --threshold 0.5 reproduces the run's own arg-max predictions
-    predict_file(run_dir, small_data / "test.csv", tmp_path / "half.csv", threshold=0.5, classifier=classifier)
+    predict_file(llama_run, small_data / "test.csv", tmp_path / "half.csv", threshold=0.5, classifier=llama_classifier)
     assert pd.read_csv(tmp_path / "half.csv")["target"].tolist() == recorded["prediction"].tolist()
 
 
-def test_cli_submission_is_exactly_kaggles_format(run_dir, small_data, tmp_path):
-    result = CliRunner().invoke(app, ["--quiet", "predict", "--run", str(run_dir), "--data",
+def test_cli_submission_is_exactly_kaggles_format(llama_run, small_data, tmp_path):
+    result = CliRunner().invoke(app, ["--quiet", "predict", "--run", str(llama_run), "--data",
                                       str(small_data / "test.csv"), "--out", str(tmp_path / "sub.csv"), "--submission"])
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "sub.csv").read_text().splitlines()
@@ -75,22 +65,23 @@ def test_cli_submission_is_exactly_kaggles_format(run_dir, small_data, tmp_path)
     assert json.loads(result.stdout.strip().splitlines()[-1])["rows"] == 40
 
 
-def test_chunked_prediction_equals_unchunked_for_every_input_format(run_dir, classifier, small_data, tmp_path):
+def test_chunked_prediction_equals_unchunked_for_every_input_format(llama_run, llama_classifier, small_data, tmp_path):
     source = pd.read_csv(small_data / "test.csv")
     source.to_parquet(tmp_path / "test.parquet")
     source.to_json(tmp_path / "test.jsonl", orient="records", lines=True)
-    whole = predict_file(run_dir, small_data / "test.csv", tmp_path / "whole.csv", classifier=classifier)
+    whole = predict_file(llama_run, small_data / "test.csv", tmp_path / "whole.csv", classifier=llama_classifier)
     expected = pd.read_csv(tmp_path / "whole.csv")
     for name in ("test.parquet", "test.jsonl"):
-        predict_file(run_dir, tmp_path / name, tmp_path / f"{name}.jsonl", chunk_rows=7, classifier=classifier)
+        predict_file(llama_run, tmp_path / name, tmp_path / f"{name}.jsonl", chunk_rows=7, classifier=llama_classifier)
         chunked = pd.read_json(tmp_path / f"{name}.jsonl", lines=True)
         assert chunked["id"].astype(int).tolist() == expected["id"].tolist()
         assert chunked["target"].tolist() == expected["target"].tolist()
         np.testing.assert_allclose(chunked["score"], expected["score"], atol=2e-6)
-    predict_file(run_dir, small_data / "test.csv", tmp_path / "chunked.csv", chunk_rows=7, classifier=classifier)
+    predict_file(llama_run, small_data / "test.csv", tmp_path / "chunked.csv", chunk_rows=7,
+                 classifier=llama_classifier)
     assert pd.read_csv(tmp_path / "chunked.csv")["target"].tolist() == expected["target"].tolist()
-    assert whole["label_counts"] == predict_file(run_dir, tmp_path / "test.parquet", tmp_path / "p.csv",
-                                                 chunk_rows=7, classifier=classifier)["label_counts"]
+    assert whole["label_counts"] == predict_file(llama_run, tmp_path / "test.parquet", tmp_path / "p.csv",
+                                                 chunk_rows=7, classifier=llama_classifier)["label_counts"]
 
 
 def test_large_file_is_read_in_bounded_chunks(tmp_path):
@@ -161,7 +152,7 @@ def test_decide_uses_the_threshold_for_two_classes_and_argmax_for_more():
     assert labels == ["b", "a"] and scores.tolist() == [0.5, 0.6]
 
 
-def test_an_empty_text_is_scored(classifier):
-    probabilities = classifier.predict_proba(["", "forest fire near la ronge"])
+def test_an_empty_text_is_scored(llama_classifier):
+    probabilities = llama_classifier.predict_proba(["", "forest fire near la ronge"])
     assert probabilities.shape == (2, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

@@ -23,20 +23,10 @@ MAX_TEXTS, MAX_CHARS = 8, 300
 
 
 @pytest.fixture(scope="module")
-def run_dir(llama_run):
-    return llama_run
-
-
-@pytest.fixture(scope="module")
-def classifier(llama_classifier):
-    return llama_classifier
-
-
-@pytest.fixture(scope="module")
-def server(run_dir, classifier):
+def server(llama_run, llama_classifier):
     """uvicorn serving the app in a thread on a socket bound to a free loopback port; yields its base URL."""
     # 50 ms of gathering makes the batching of concurrent requests certain even on a busy machine.
-    app = create_app(classifier, RunDir(run_dir).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS,
+    app = create_app(llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS,
                      gather_seconds=0.05)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -54,16 +44,16 @@ def server(run_dir, classifier):
 
 
 @pytest.fixture(scope="module")
-def expected(run_dir, classifier, small_data, tmp_path_factory):
+def expected(llama_run, llama_classifier, small_data, tmp_path_factory):
     """What `predict` writes for the 40 test tweets: text -> (label, score)."""
     out = tmp_path_factory.mktemp("serve_expected") / "out.csv"
-    predict_file(run_dir, small_data / "test.csv", out, classifier=classifier)
+    predict_file(llama_run, small_data / "test.csv", out, classifier=llama_classifier)
     texts = pd.read_csv(small_data / "test.csv")["text"].tolist()
     written = pd.read_csv(out)
     return texts, written["target"].tolist(), written["score"].tolist()
 
 
-def test_concurrent_requests_are_batched_and_answer_as_predict_does(server, expected, run_dir):
+def test_concurrent_requests_are_batched_and_answer_as_predict_does(server, expected, llama_run):
     texts, labels, scores = expected
     requests = [texts[start : start + 4] for start in range(0, 40, 4)]  # 10 requests of 4 texts
 
@@ -79,7 +69,7 @@ def test_concurrent_requests_are_batched_and_answer_as_predict_does(server, expe
     predictions = [p for answer in answers for p in answer.json()["predictions"]]
     assert [p["label"] for p in predictions] == labels
     assert [p["score"] for p in predictions] == pytest.approx(scores, abs=2e-6)
-    assert answers[0].json()["threshold"] == RunDir(run_dir).summary()["threshold"]
+    assert answers[0].json()["threshold"] == RunDir(llama_run).summary()["threshold"]
     assert after["requests"] - before["requests"] == 10 and after["texts"] - before["texts"] == 40
     assert after["batches"] - before["batches"] < 10  # requests were scored together
 
@@ -122,8 +112,8 @@ def test_limits_and_malformed_requests_are_refused_and_the_server_keeps_serving(
         assert client.get("/health").json()["status"] == "ok"
 
 
-def test_info_and_openapi(server, run_dir):
-    summary = RunDir(run_dir).summary()
+def test_info_and_openapi(server, llama_run):
+    summary = RunDir(llama_run).summary()
     info = httpx.get(f"{server}/info").json()
     assert info["threshold"] == summary["threshold"] and info["label_names"] == [0, 1]
     assert info["metrics"]["val"] == summary["val"]
@@ -133,18 +123,18 @@ def test_info_and_openapi(server, run_dir):
     assert schema["components"]["schemas"]["PredictRequest"]["required"] == ["texts"]
 
 
-def test_threshold_override_is_checked(classifier, run_dir):
+def test_threshold_override_is_checked(llama_classifier, llama_run):
     with pytest.raises(LorabenchError, match="between 0 and 1"):
-        create_app(classifier, RunDir(run_dir).summary(), threshold=2.0)
+        create_app(llama_classifier, RunDir(llama_run).summary(), threshold=2.0)
 
 
-def test_cli_serves_on_loopback(run_dir, classifier, expected):
+def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
     """The `lorabench serve` command itself, in a subprocess, answers like `predict`."""
     texts, labels, _ = expected
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "lorabench.cli", "--quiet", "serve", "--run", str(run_dir), "--port", str(port),
+    command = [sys.executable, "-m", "lorabench.cli", "--quiet", "serve", "--run", str(llama_run), "--port", str(port),
                "--threshold", "0.5"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -159,7 +149,7 @@ def test_cli_serves_on_loopback(run_dir, classifier, expected):
                 time.sleep(0.2)
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": texts[:5]}, timeout=60).json()
         assert answer["threshold"] == 0.5
-        probabilities = classifier.predict_proba(texts[:5])
+        probabilities = llama_classifier.predict_proba(texts[:5])
         assert [p["label"] for p in answer["predictions"]] == (probabilities[:, 1] >= 0.5).astype(int).tolist()
     finally:
         process.terminate()

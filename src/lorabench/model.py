@@ -195,6 +195,7 @@ def load_base_model(resolved: ResolvedModel, config: ModelConfig, num_labels: in
         "label2id": {str(name): i for i, name in enumerate(label_names)},
         "trust_remote_code": config.trust_remote_code,
         "dtype": torch.float32,
+        **config.config_overrides,  # from_pretrained sets unknown keyword arguments on the model's config
     }
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
@@ -209,6 +210,8 @@ def load_base_model(resolved: ResolvedModel, config: ModelConfig, num_labels: in
     except pickle.UnpicklingError:
         # torch's weights-only unpickler met something other than tensors: possibly code; never retry unsafely
         raise LorabenchError(f"the pickle weights of {config.name} hold objects other than tensors; refused") from None
+    except TypeError as err:  # a model.config_overrides key the architecture does not have
+        raise LorabenchError(f"cannot load model {config.name}: {str(err).splitlines()[0]}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         if "ignore_mismatched_sizes" in str(err):
             raise LorabenchError(
