@@ -249,7 +249,10 @@ def compare(models: list[str] | None, out_dir: str | Path, data: str | None = No
                     "wall_seconds": None, "plan": _describe(name, plans[name], len(splits.train))}
                    for name in models],
     }
-    write_manifest = lambda: record.write_json(out_dir / MANIFEST_FILE, manifest)  # noqa: E731
+
+    def write_manifest() -> None:
+        record.write_json(out_dir / MANIFEST_FILE, manifest)
+
     on_main(write_manifest, current)
     for number, entry in enumerate(manifest["models"], start=1):
         say(f"[{number}/{len(models)}] {entry['plan']}")
