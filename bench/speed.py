@@ -261,6 +261,8 @@ def cpu_model(name: str, args, peak: float) -> dict:
     flops = model_flops(prepared.model.get_base_model(), train.lengths, training=True)
     cpu = torch.device("cpu")
     baton = Baton("recipe", "lorabench")
+    # the study's recipe may keep its own lr (1e-4): a preset's lr tuned for large batches can break 8-row ones
+    recipe_settings = config.train.model_copy(update={"lr": args.recipe_lr}) if args.recipe_lr else config.train
     # cumulative training seconds at the end of each epoch, and validation F1 after it
     results = {"recipe": {"seconds": [], "f1": []}, "lorabench": {"seconds": [], "f1": []}}
 
@@ -291,7 +293,7 @@ def cpu_model(name: str, args, peak: float) -> dict:
 
         try:
             with tempfile.TemporaryDirectory() as scratch:
-                trainer = recipe_trainer(recipe_model, train, config.train, pad_id, cpu, args.epochs, Path(scratch),
+                trainer = recipe_trainer(recipe_model, train, recipe_settings, pad_id, cpu, args.epochs, Path(scratch),
                                          [recipe_callback(lambda: None, epoch_end, step_end, step_begin)])
                 trainer.train()
             baton.hand_over("recipe", finished=True)
@@ -343,7 +345,8 @@ def cpu_model(name: str, args, peak: float) -> dict:
     rows = len(train)
     report = {"model": name, "train_rows": rows, "validation_rows": len(validation), "epochs": args.epochs,
               "train_tokens": int(train.lengths.sum()),
-              "settings": {"lr": config.train.lr, "lora": config.lora.model_dump(), "batch_tokens":
+              "settings": {"lr": config.train.lr, "recipe_lr": recipe_settings.lr, "lora": config.lora.model_dump(),
+                           "batch_tokens":
                            config.train.batch_tokens, "recipe_batch_size": RECIPE_BATCH},
               "peak_rss_mb_process": peak_memory_mb(cpu)}
     for key in ("recipe", "lorabench"):
@@ -587,6 +590,8 @@ def main() -> None:
     parser.add_argument("--slice-s", type=float, default=2.0,
                         help="cpu: the two sides take turns of this many seconds of training (fair under load)")
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--recipe-lr", type=float, default=None,
+                        help="cpu: the recipe side's learning rate (default: the preset's, as lorabench's side)")
     parser.add_argument("--recipe-rows", type=int, default=400, help="cuda: rows the slow recipe runs")
     parser.add_argument("--predict-batch", type=int, default=256, help="cuda: rows per prediction batch")
     parser.add_argument("--packed", action="store_true", help="cuda: also train the decoders with packed batches")
