@@ -4,12 +4,15 @@ RoBERTa / Llama / Mistral models with a tokenizer trained on the fly, saved as l
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from lorabench.cli import main
 from lorabench.ui import quiet_libraries, set_progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +105,29 @@ def llama_classifier(llama_run):
     from lorabench.predict import load_classifier
 
     return load_classifier(llama_run)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the `lorabench` command in-process, as its console entry point does."""
+
+    def run(*args) -> Result:
+        monkeypatch.setattr(sys, "argv", ["lorabench", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            set_progress(False)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run

@@ -13,40 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from lorabench.cli import main
-from lorabench.ui import set_progress
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run the `lorabench` command in-process, as its console entry point does."""
-
-    def run(*args: str) -> Result:
-        monkeypatch.setattr(sys, "argv", ["lorabench", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-        finally:
-            set_progress(False)
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
+from conftest import Result
 
 
 def assert_refused(result: Result, *fragments: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lorabench.api import resolve_config
-from test_bad_input import assert_refused, cli  # noqa: F401 (cli is a fixture)
+from test_bad_input import assert_refused
 
 EVIL_MODULE = """
 from pathlib import Path

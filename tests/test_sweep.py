@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -17,9 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lorabench.cli import main
 from lorabench.sweep import SweepSettings, load_space, sweep
-from lorabench.ui import set_progress
 
 # A space the tiny models train on in seconds: short texts, few rows per batch.
 TINY_SPACE = """parameters:
@@ -28,32 +25,6 @@ TINY_SPACE = """parameters:
   max_length: {value: 48}
   batch_size: {value: 16}
 """
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run the `lorabench` command in-process, as its console entry point does."""
-
-    def run(*args) -> Result:
-        monkeypatch.setattr(sys, "argv", ["lorabench", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-        finally:
-            set_progress(False)
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
 
 
 def write_space(path: Path, text: str = TINY_SPACE) -> Path:
