@@ -46,11 +46,15 @@ def _env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **extra}
 
 
-def lorabench(*args, kill_at_loss: int | None = None) -> subprocess.CompletedProcess:
+def lorabench(*args, kill_at_loss: int | None = None, processes: int = 1) -> subprocess.CompletedProcess:
+    """`lorabench -q ARGS` in a fresh process (`processes` > 1: under torchrun), optionally killed at a loss call."""
     if kill_at_loss is None:
         command, env = [sys.executable, "-m", "lorabench.cli"], _env()
     else:
         command, env = [sys.executable, "-c", KILL_AFTER_LOSS], _env(KILL_AT_LOSS=str(kill_at_loss))
+    if processes > 1:  # torchrun starts the same command line once per process
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                   str(processes), "--no-python", *command]
     return subprocess.run([*command, "-q", *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -147,3 +151,29 @@ def test_every_record_file_is_written_atomically(tmp_path, monkeypatch):
     assert json.loads(target.read_text()) == {"f1": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
+
+
+def test_killed_run_under_torchrun_resumes_to_the_same_result(tiny_models, small_data, tmp_path):
+    """Two processes each draw dropout for their own rows, so each needs its own random state back: a run killed
+    mid-epoch and resumed ends byte-identical to an uninterrupted two-process run; one process may not resume it."""
+    # 8 rows per process: a global batch of 16, 12 steps per epoch, the step-5 checkpoint is mid-epoch
+    command = ["train", "--model", tiny_models["roberta"], "--data", small_data, *FLAGS, "--batch-size", "8",
+               "--config", tmp_path / "fixed_batches.yaml", "--save-every-steps", "5"]
+    (tmp_path / "fixed_batches.yaml").write_text("train:\n  batch_tokens: 0\n", encoding="utf-8")
+    done = lorabench(*command, "--out", tmp_path / "uninterrupted", processes=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    killed = lorabench(*command, "--out", out, kill_at_loss=8, processes=2)
+    assert killed.returncode != 0
+    progress = json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())
+    assert (progress["epoch"], progress["step"], progress["processes"]) == (0, 5, 2)
+
+    alone = lorabench("train", "--out", out, "--resume")
+    assert alone.returncode == 2
+    assert alone.stderr.strip().splitlines() == [
+        "error: resume this run with the launch that trained it: 2 processes, not 1"]
+
+    resumed = lorabench("train", "--out", out, "--resume", processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert outcome(out) == outcome(tmp_path / "uninterrupted")

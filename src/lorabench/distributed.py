@@ -83,16 +83,23 @@ def sum_all(value: float, current: World) -> float:
     return float(total.item())
 
 
+def gather_all(value, current: World) -> list:
+    """Every process's `value`, in rank order, on every process."""
+    if not current.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    parts: list = [None] * current.size
+    dist.all_gather_object(parts, value)
+    return parts
+
+
 def gather_rows(values: np.ndarray, rows: np.ndarray, total: int, current: World) -> np.ndarray:
     """Reassemble per-process results (`values[i]` belongs to row `rows[i]`) into one array of `total` rows."""
     if not current.distributed:
         return values
-    import torch.distributed as dist
-
-    parts: list = [None] * current.size
-    dist.all_gather_object(parts, (rows, values))
     merged = np.zeros((total, *values.shape[1:]), dtype=values.dtype)
-    for part_rows, part_values in parts:
+    for part_rows, part_values in gather_all((rows, values), current):
         merged[part_rows] = part_values
     return merged
 

@@ -180,7 +180,7 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "rows_seen": 0, "best_f1": -1.0, "best_epoch": 0,
              "train_seconds": 0.0}
     if can_resume:
-        state = {**state, **_restore_checkpoint(run, model, optimizer, scheduler, scaler)}
+        state = {**state, **_restore_checkpoint(run, model, optimizer, scheduler, scaler, current)}
         say(f"resuming after epoch {state['epoch']}" + (f" step {state['step']}" if state["step"] else "")
             + f" of {settings.epochs}")
     tracker = make_tracker(settings.tracking if current.is_main else "none", run.path,
@@ -189,7 +189,10 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         done = state["step"]  # batches of this epoch already trained before a resume
         if not done:
-            torch.manual_seed(settings.seed * 1_000 + epoch)  # dropout draws depend only on (seed, epoch)
+            # dropout draws depend only on (seed, epoch) and, so that processes do not repeat each other's
+            # masks, on the rank: rank 0 keeps the single-process seed; the offset stays within the low
+            # 32 bits, all that torch's CPU generator uses
+            torch.manual_seed(settings.seed * 1_000 + epoch + 1_000_003 * current.rank)
         model.train()
         started = time.perf_counter()
         loss_sum, rows_seen = state["loss_sum"], state["rows_seen"]
@@ -222,11 +225,10 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
                 rows_seen += len(rows)
                 bar.advance(1, info=f"loss {loss_sum / rows_seen:.4f}")
                 every = settings.save_every_steps
-                if (every and step < len(batches) and ((epoch - 1) * steps_per_epoch + step) % every == 0
-                        and current.is_main):
+                if every and step < len(batches) and ((epoch - 1) * steps_per_epoch + step) % every == 0:
                     _save_checkpoint(run, model, optimizer, scheduler, scaler, {
                         **state, "step": step, "loss_sum": loss_sum, "rows_seen": rows_seen,
-                        "train_seconds": state["train_seconds"] + time.perf_counter() - started})
+                        "train_seconds": state["train_seconds"] + time.perf_counter() - started}, current)
         state.update(step=0, loss_sum=0.0, rows_seen=0,
                      train_seconds=state["train_seconds"] + time.perf_counter() - started)
 
@@ -250,7 +252,7 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
             run.append_metrics(row)
             if improved:
                 record.replace_dir(lambda tmp: _save_adapter(model, tokenizer, tmp), run.file(record.ADAPTER_DIR))
-            _save_checkpoint(run, model, optimizer, scheduler, scaler, state)
+        _save_checkpoint(run, model, optimizer, scheduler, scaler, state, current)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
@@ -265,36 +267,47 @@ def _save_adapter(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _save_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler, state: dict) -> None:
-    """Everything the loop needs to continue exactly: weights, optimizer, schedule, loss scale, the random
-    state (dropout mid-epoch) and `state` (epoch, step, loss sums, best epoch), swapped in as one directory."""
+def _save_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler, state: dict,
+                     current: distributed.World) -> None:
+    """Everything the loop needs to continue exactly: weights, optimizer, schedule, loss scale, every process's
+    random state (dropout mid-epoch; each process drew for its own rows) and `state` (epoch, step, loss sums,
+    best epoch), swapped in as one directory by rank 0. Called on every process."""
+    random_states = distributed.gather_all(
+        {"cpu": torch.get_rng_state(),
+         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, current)
+    if not current.is_main:
+        return
+
     def build(directory: Path) -> None:
         torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": random_states},
                    directory / "state.pt")
-        record.write_json(directory / "progress.json", state)
+        record.write_json(directory / "progress.json", {**state, "processes": current.size})
 
     record.replace_dir(build, run.file(record.CHECKPOINT_DIR))
 
 
-def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler) -> dict:
+def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler, current: distributed.World) -> dict:
     directory = run.file(record.CHECKPOINT_DIR)
     try:
         saved = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
         state = record.read_json(directory / "progress.json")
     except Exception as err:
         raise LorabenchError(f"cannot resume from {directory}: {str(err).splitlines()[0]}") from None
+    processes = state.pop("processes", 1)
+    if processes != current.size:
+        # the global batch is the per-process budget x the processes: another count would change every batch
+        raise LorabenchError(f"resume this run with the launch that trained it: {processes} "
+                             f"process{'es' if processes > 1 else ''}, not {current.size}")
     load_trainable_state(model, saved["trainable"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     if saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
-    if "rng" in saved:
-        torch.set_rng_state(saved["rng"])
-        if saved["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    mine = saved["rng"][current.rank]
+    torch.set_rng_state(mine["cpu"])
+    if mine["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["cuda"])
     return state
 
 
