@@ -54,7 +54,7 @@ from lorabench.data import TextSplits, class_weights
 from lorabench.evaluate import classification_metrics, predict_proba, predicted_labels
 from lorabench.model import add_lora
 from lorabench.packing import choose_attention
-from lorabench.tokenization import MIN_STEPS_PER_EPOCH, Encoded, pad_batch
+from lorabench.tokenization import Encoded, pad_batch
 from lorabench.train import Prepared, fit, prepare
 from lorabench.ui import quiet_libraries, set_progress
 
@@ -491,8 +491,8 @@ def train_variant(name: str, model, preset: RunConfig, update: dict, train: Enco
         summary = fit(prepared, run)
         seconds = run.metrics()[0]["seconds"]
     flops = flops_per_epoch * len(train) / GPU_EPOCH_ROWS  # flops_per_epoch counts the full 6090-row epoch
-    effective = min(settings.batch_tokens, int(train.lengths.sum()) // MIN_STEPS_PER_EPOCH)
-    return {"rows": len(train), "batch_tokens": settings.batch_tokens, "effective_batch_tokens": effective,
+    return {"rows": len(train), "batch_tokens": settings.batch_tokens,
+            "effective_batch_tokens": summary["effective_batch"].get("tokens"), "lr": summary["lr"],
             "packing": settings.packing, "quantize": quantize,
             "seconds_per_epoch": round(seconds * GPU_EPOCH_ROWS / len(train), 2),
             "samples_per_second": round(len(train) / seconds, 1),

@@ -105,12 +105,14 @@ def test_token_budget_training_learns(packing, tiny_models, tmp_path):
     from lorabench.api import resolve_config, train
 
     source = _keyword_data(tmp_path)
-    # the default batching mode and budget (lowered to 1/50 of the 240 training rows' tokens: 50 steps an epoch)
+    # the default batching mode and budget (lowered to 1/50 of the 240 training rows' tokens: 50 steps an epoch);
+    # the lr is chosen for those small batches, so it is not scaled down with them
     config = resolve_config(str(tiny_models["roberta"]), overrides={
         "data": {"source": str(source)},
-        "train": {"epochs": 6, "lr": 3e-3, "max_length": 48, "packing": packing}})
+        "train": {"epochs": 6, "lr": 3e-3, "max_length": 48, "packing": packing, "scale_lr_with_batch": False}})
     assert config.train.batch_tokens == 2048 and config.train.gradient_checkpointing == "auto"
     summary = train(config, tmp_path / "run")
+    assert summary["effective_batch"]["tokens"] < 2048 and summary["lr"] == 3e-3
     losses = pd.read_json(tmp_path / "run" / "metrics.jsonl", lines=True)["train_loss"].tolist()
     assert losses[-1] < losses[0]
     assert summary["val"]["accuracy"] > 0.9

@@ -220,11 +220,12 @@ def test_rerun_with_other_settings_is_refused_by_name(resumed_sweep, tiny_models
 def test_median_pruner_stops_a_hopeless_trial_before_its_last_epoch(tiny_models, small_data, tmp_path):
     out = tmp_path / "sweep"
     space = write_space(tmp_path / "space.yaml", TINY_SPACE.replace(
-        "lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}", "lr: {values: [1.0e-3, 1.0e-7]}"))
-    # Queue two good learning rates, then one too small to move the model off its initial guess.
+        "lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}", "lr: {values: [1.0e-2, 1.0e-7]}"))
+    # Queue two good learning rates, then one too small to move the model off its initial guess (each is
+    # scaled down with the small data's batches, by the same factor).
     out.mkdir()
     study = optuna.create_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
-    for lr in (1e-3, 1e-3, 1e-7):
+    for lr in (1e-2, 1e-2, 1e-7):
         study.enqueue_trial({"lora_rank": 2, "lr": lr})
     sweep(tiny_settings(tiny_models, small_data, out, trials=3, epochs=3, space=space))
     trials = load_study(out).trials

@@ -173,6 +173,7 @@ def train_tfidf(config: RunConfig, out_dir: str | Path, resume: bool = False, on
         "device": "cpu",
         "processes": 1,  # rank 0 fits it alone, also under torchrun
         "effective_batch": {"rows": len(train_labels)},  # one full-batch fit
+        "lr": None,  # L-BFGS needs none
         "precision": "fp64",
         "versions": {"python": platform.python_version(), "scikit-learn": version("scikit-learn"),
                      "numpy": np.__version__, "machine": platform.machine()},

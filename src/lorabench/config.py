@@ -58,12 +58,16 @@ class TrainSettings(_Section):
     batch_size: int = Field(8, gt=0, description="rows per training batch when batch_tokens is 0")
     # Training batches hold up to `batch_tokens` padded tokens (rows x longest row) of length-sorted rows, so
     # short texts share a batch with many others and padding is nearly nil. 2048 (about 60 tweets): on 2 CPU
-    # cores minilm trains an epoch 3.0x faster than the study's recipe (8 random rows, checkpointing) at the
+    # cores minilm trains an epoch 3.8x faster than the study's recipe (8 random rows, checkpointing) at the
     # same validation F1, and a GPU gets batches large enough to keep it busy (bench/README.md); small data
     # sets get smaller batches (tokenization.MIN_STEPS_PER_EPOCH). 0 = the study's `batch_size` random rows.
     batch_tokens: int = Field(2048, ge=0)
     packing: bool = Field(False, description="padding-free batches; pays only with a varlen attention kernel")
     lr: float = Field(1e-4, gt=0)
+    # When small data lowers the token budget (at least 50 steps per epoch), lr is multiplied by
+    # sqrt(budget used / batch_tokens), Adam's square-root rule: lr is tuned for full batches, and the preset
+    # minilm lr on 5-tweet batches collapsed to one class (bench/README.md, "lr on small data").
+    scale_lr_with_batch: bool = True
     weight_decay: float = Field(0.001, ge=0)
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of all optimizer steps spent warming up")
     scheduler: Literal["constant", "linear", "cosine"] = "constant"

@@ -98,14 +98,20 @@ def pad_batch(sequences: list[list[int]], pad_id: int, padding_side: str = "righ
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def step_budget(lengths: np.ndarray, batch_tokens: int) -> int:
+    """The token budget batches actually get: `batch_tokens`, lowered on small data sets so that an epoch still
+    takes MIN_STEPS_PER_EPOCH optimizer steps."""
+    return min(batch_tokens, int(lengths.sum()) // MIN_STEPS_PER_EPOCH)
+
+
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
                   batch_tokens: int | None = None) -> list[np.ndarray]:
     """Row indices for one training epoch, drawn from (seed, epoch) alone so a resumed run sees exactly the
     batches an uninterrupted one would.
 
     With `batch_tokens`, rows are sorted by length (ties in a random order) and cut into batches whose padded
-    size, rows x longest row, stays within the budget (lowered to 1/MIN_STEPS_PER_EPOCH of the epoch's tokens
-    for small data sets); the batch order is then shuffled. Batches of one length
+    size, rows x longest row, stays within the budget (`step_budget`: lowered for small data sets); the batch
+    order is then shuffled. Batches of one length
     carry almost no padding, and short texts share a batch with many others, so every step does a full
     budget of useful work. A row longer than the budget forms a batch alone. Every epoch sorts the same
     lengths, so the number of batches is the same in every epoch. Without `batch_tokens`: a fresh
@@ -115,7 +121,7 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     order = rng.permutation(len(lengths))
     if batch_tokens is None:
         return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    budget = min(batch_tokens, int(lengths.sum()) // MIN_STEPS_PER_EPOCH)
+    budget = step_budget(lengths, batch_tokens)
     order = order[np.argsort(lengths[order], kind="stable")]
     batches, start = [], 0
     for end, row in enumerate(order):

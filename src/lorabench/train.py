@@ -38,7 +38,7 @@ from lorabench.model import (
 )
 from lorabench.packing import batch_logits, can_pack, choose_attention
 from lorabench.plan import activation_bytes, free_memory_bytes
-from lorabench.tokenization import Encoded, encode, epoch_batches, load_tokenizer
+from lorabench.tokenization import MIN_STEPS_PER_EPOCH, Encoded, encode, epoch_batches, load_tokenizer, step_budget
 from lorabench.tracking import make_tracker
 from lorabench.ui import progress_bar, quiet_libraries, say
 
@@ -134,10 +134,18 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
         for param in model.parameters():
             if not param.requires_grad:
                 param.data = param.data.to(amp_dtype)
-    longest = int(prepared.train.lengths.max())
+    lengths = prepared.train.lengths
+    longest = int(lengths.max())
     # Each step trains one global batch of `processes` x the per-process budget, split across the processes.
     global_tokens = settings.batch_tokens * current.size or None
     global_rows = settings.batch_size * current.size
+    used_tokens = step_budget(lengths, global_tokens) if global_tokens else None
+    lr = settings.lr
+    if used_tokens and used_tokens < global_tokens:
+        lr = settings.lr * math.sqrt(used_tokens / global_tokens) if settings.scale_lr_with_batch else lr
+        say(f"note: {int(lengths.sum()):,} training tokens: batches of {used_tokens} tokens instead of "
+            f"{global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)"
+            + (f", lr scaled to {lr:.3g} (train.scale_lr_with_batch)" if settings.scale_lr_with_batch else ""))
     tokens_per_batch = max(settings.batch_tokens, longest) if settings.batch_tokens else settings.batch_size * longest
     checkpointing = settings.gradient_checkpointing
     if checkpointing == "auto":
@@ -165,8 +173,7 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device), reduction="sum")
     trainable = [p for p in model.parameters() if p.requires_grad]
     trained_model = distributed.wrap(model, current)
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    lengths = prepared.train.lengths
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=settings.weight_decay)
     steps_per_epoch = len(epoch_batches(lengths, global_rows, settings.seed, 1, global_tokens))
     total_steps = steps_per_epoch * settings.epochs
     from transformers import get_scheduler
@@ -257,7 +264,10 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
             on_epoch_end(epoch, row)
 
     # rank 0 scores the best epoch and writes the summary; every process returns it
-    summary = distributed.on_main(lambda: _finish(prepared, run, state, counts, device, amp_dtype), current)
+    # N processes train one global batch per step: N x the per-process budget (tokens, or rows)
+    batch = {"tokens": used_tokens} if used_tokens else {"rows": global_rows}
+    summary = distributed.on_main(lambda: _finish(prepared, run, state, counts, device, amp_dtype, lr, batch),
+                                  current)
     tracker.finish(summary)
     return summary
 
@@ -311,13 +321,13 @@ def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler,
     return state
 
 
-def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, device, amp_dtype) -> dict:
+def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, device, amp_dtype, lr: float,
+            effective_batch: dict) -> dict:
     """Reload the best epoch's weights, score validation and test with them, and write the summary."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     model, settings = prepared.model, prepared.config.train
-    processes = distributed.world().size
     adapter = load_file(run.file(record.ADAPTER_DIR) / "adapter_model.safetensors")
     set_peft_model_state_dict(model, adapter)
     pad_id, side = prepared.tokenizer.pad_token_id, prepared.tokenizer.padding_side
@@ -357,10 +367,9 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
         + (prepared.test.truncated if prepared.test is not None else 0),
         "class_weights": [round(float(w), 6) for w in class_weights(prepared.train.labels, len(names))],
         "device": device.type,
-        # N processes train one global batch per step: N x the per-process budget (tokens, or rows)
-        "processes": processes,
-        "effective_batch": ({"tokens": settings.batch_tokens * processes} if settings.batch_tokens
-                            else {"rows": settings.batch_size * processes}),
+        "processes": distributed.world().size,
+        "effective_batch": effective_batch,
+        "lr": lr,  # train.lr, or scaled with a smaller batch (train.scale_lr_with_batch)
         "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
         "versions": _versions(),
         "notes": prepared.splits.notes,
