@@ -142,10 +142,12 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     used_tokens = step_budget(lengths, global_tokens) if global_tokens else None
     lr = settings.lr
     if used_tokens and used_tokens < global_tokens:
-        lr = settings.lr * math.sqrt(used_tokens / global_tokens) if settings.scale_lr_with_batch else lr
-        say(f"note: {int(lengths.sum()):,} training tokens: batches of {used_tokens} tokens instead of "
-            f"{global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)"
-            + (f", lr scaled to {lr:.3g} (train.scale_lr_with_batch)" if settings.scale_lr_with_batch else ""))
+        note = (f"note: {int(lengths.sum()):,} training tokens: batches of {used_tokens} tokens instead of "
+                f"{global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)")
+        if settings.scale_lr_with_batch:
+            lr *= math.sqrt(used_tokens / global_tokens)
+            note += f", lr scaled to {lr:.3g} (train.scale_lr_with_batch)"
+        say(note)
     tokens_per_batch = max(settings.batch_tokens, longest) if settings.batch_tokens else settings.batch_size * longest
     checkpointing = settings.gradient_checkpointing
     if checkpointing == "auto":
@@ -161,11 +163,9 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
         f"({counts['trainable_percent']:.4f}%) on {device.type}, "
         f"precision {str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}, "
         f"{model.config._attn_implementation} attention, "
-        + (f"batches of {settings.batch_tokens} tokens" if settings.batch_tokens
-           else f"batches of {settings.batch_size} rows")
-        + (", packed" if settings.packing else "") + (", gradient checkpointing" if checkpointing else "")
-        + (f"; {current.size} processes, effective batch {global_tokens or global_rows} "
-           f"{'tokens' if global_tokens else 'rows'}" if current.distributed else ""))
+        + (f"batches of {used_tokens} tokens" if used_tokens else f"batches of {global_rows} rows")
+        + (f" split across {current.size} processes" if current.distributed else "")
+        + (", packed" if settings.packing else "") + (", gradient checkpointing" if checkpointing else ""))
 
     weights = torch.tensor(class_weights(prepared.train.labels, prepared.splits.num_labels), dtype=torch.float32)
     # Summed here and divided by the whole (global) batch's weight below: the class-weighted mean of the
