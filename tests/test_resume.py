@@ -152,14 +152,12 @@ def test_every_record_file_is_written_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
-
-def test_killed_run_under_torchrun_resumes_to_the_same_result(tiny_models, small_data, tmp_path):
+def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_models, small_data, tmp_path):
     """Two processes each draw dropout for their own rows, so each needs its own random state back: a run killed
     mid-epoch and resumed ends byte-identical to an uninterrupted two-process run; one process may not resume it."""
     # 8 rows per process: a global batch of 16, 12 steps per epoch, the step-5 checkpoint is mid-epoch
-    command = ["train", "--model", tiny_models["roberta"], "--data", small_data, *FLAGS, "--batch-size", "8",
-               "--config", tmp_path / "fixed_batches.yaml", "--save-every-steps", "5"]
-    (tmp_path / "fixed_batches.yaml").write_text("train:\n  batch_tokens: 0\n", encoding="utf-8")
+    command = ["train", "--model", tiny_models["roberta"], "--data", small_data, *recipe, "--batch-size", "8",
+               "--save-every-steps", "5"]
     done = lorabench(*command, "--out", tmp_path / "uninterrupted", processes=2)
     assert done.returncode == 0, done.stderr[-2000:]
 
