@@ -4,6 +4,7 @@ RoBERTa / Llama / Mistral models with a tokenizer trained on the fly, saved as l
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,13 @@ TWEETS = ROOT.parent / "shared" / "data" / "disaster_tweets"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 set_progress(False)
 quiet_libraries()
+
+
+def failure_text(done: subprocess.CompletedProcess) -> str:
+    """A failed launch's stderr for an assertion message: its start, where a process prints its own error, and
+    its end (torchrun's launcher traceback comes last and would fill a plain tail)."""
+    text = done.stderr
+    return text if len(text) <= 4000 else f"{text[:2500]}\n[...]\n{text[-1500:]}"
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import failure_text
 
 CLI = str(Path(sys.executable).parent / "lorabench")
 
@@ -24,7 +25,7 @@ def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_to
                    str(processes), *command]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure_text(done)
     return json.loads((tmp / out / "summary.json").read_text())
 
 
@@ -88,7 +89,7 @@ def test_compare_under_torchrun_writes_one_report_and_records_a_failure(tiny_mod
                str(small_data), "--epochs", "1", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure_text(done)
     results = pd.read_csv(out / "results.csv")
     assert results["status"].tolist() == ["ok", "failed", "ok"]
     assert results["error"].iloc[1] == f"model path does not exist: {missing}"
@@ -98,3 +99,28 @@ def test_compare_under_torchrun_writes_one_report_and_records_a_failure(tiny_mod
     summary = json.loads((lora_runs[0] / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["rows"]["validation"] == 48
     assert (out / "report.html").is_file()
+
+
+LEAVES_GROUP = """
+import atexit, os, sys
+import torch.distributed as dist
+from lorabench.distributed import broadcast, gather_all, world
+
+# registered before world(): atexit runs handlers last-in first-out, so this one sees lorabench's done
+atexit.register(lambda: open(os.path.join(sys.argv[1], os.environ["RANK"]), "w").write(str(dist.is_initialized())))
+current = world()
+assert broadcast("from rank 0" if current.is_main else None, current) == "from rank 0"
+assert gather_all(current.rank, current) == [0, 1]
+"""
+
+
+def test_each_process_leaves_its_group_before_python_shuts_down(tmp_path):
+    """Gloo left to interpreter shutdown aborts a finished process now and then (SIGABRT, once a failed CI run):
+    every process must have destroyed its group by the time Python's exit handlers are done."""
+    script = tmp_path / "leaves_group.py"
+    script.write_text(LEAVES_GROUP)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert done.returncode == 0, failure_text(done)
+    assert [(tmp_path / rank).read_text() for rank in ("0", "1")] == ["False", "False"]

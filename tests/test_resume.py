@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import failure_text
 
 from lorabench.record import CHECKPOINT_DIR, RunDir, recover_dir
 
@@ -159,7 +160,7 @@ def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_model
     command = ["train", "--model", tiny_models["roberta"], "--data", small_data, *recipe, "--batch-size", "8",
                "--save-every-steps", "5"]
     done = lorabench(*command, "--out", tmp_path / "uninterrupted", processes=2)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure_text(done)
 
     out = tmp_path / "killed"
     killed = lorabench(*command, "--out", out, kill_at_loss=8, processes=2)
@@ -173,5 +174,5 @@ def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_model
         "error: resume this run with the launch that trained it: 2 processes, not 1"]
 
     resumed = lorabench("train", "--out", out, "--resume", processes=2)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, failure_text(resumed)
     assert outcome(out) == outcome(tmp_path / "uninterrupted")

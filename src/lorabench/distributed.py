@@ -11,6 +11,7 @@ take exactly the optimizer steps of one process with N times the budget.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -56,7 +57,19 @@ def world() -> World:
         if torch.cuda.is_available():
             torch.cuda.set_device(current.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_process_group)
     return current
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group while Python is still whole. Left to interpreter shutdown, gloo's worker threads
+    free tensors that hold Python references after the interpreter is gone and the process aborts (SIGABRT,
+    'terminate called without an active exception') after its work is done: a 2-process probe of compare's
+    collectives ended that way in 10 of 40 launches, and in none of 40 with this call."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model, current: World):
