@@ -24,6 +24,11 @@ set_progress(False)
 quiet_libraries()
 
 
+def torchrun(processes: int) -> list[str]:
+    """The start of a command line that launches the rest as `processes` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+
+
 def failure_text(done: subprocess.CompletedProcess) -> str:
     """A failed launch's stderr for an assertion message: its start, where a process prints its own error, and
     its end (torchrun's launcher traceback comes last and would fill a plain tail)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import failure_text
+from conftest import failure_text, torchrun
 
 CLI = str(Path(sys.executable).parent / "lorabench")
 
@@ -21,8 +21,7 @@ def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_to
     command = [CLI, "-q", "train", "--model", model, "--data", str(data), "--out", str(tmp / out),
                "--batch-tokens", str(batch_tokens), *extra]
     if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                   str(processes), *command]
+        command = [*torchrun(processes), *command]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, failure_text(done)
@@ -84,8 +83,7 @@ def test_compare_under_torchrun_writes_one_report_and_records_a_failure(tiny_mod
     """Every rank runs `compare`; rank 0 alone writes, and a model failing on every rank stays one failed row."""
     out = tmp_path / "cmp"
     missing = str(tmp_path / "no-such-model")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               CLI, "-q", "compare", "--models", f"tfidf,{missing},{tiny_models['llama']}", "--data",
+    command = [*torchrun(2), CLI, "-q", "compare", "--models", f"tfidf,{missing},{tiny_models['llama']}", "--data",
                str(small_data), "--epochs", "1", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=600)
@@ -119,8 +117,7 @@ def test_each_process_leaves_its_group_before_python_shuts_down(tmp_path):
     every process must have destroyed its group by the time Python's exit handlers are done."""
     script = tmp_path / "leaves_group.py"
     script.write_text(LEAVES_GROUP)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True,
+    done = subprocess.run([*torchrun(2), str(script), str(tmp_path)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert done.returncode == 0, failure_text(done)
     assert [(tmp_path / rank).read_text() for rank in ("0", "1")] == ["False", "False"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import failure_text
+from conftest import failure_text, torchrun
 
 from lorabench.record import CHECKPOINT_DIR, RunDir, recover_dir
 
@@ -54,8 +54,7 @@ def lorabench(*args, kill_at_loss: int | None = None, processes: int = 1) -> sub
     else:
         command, env = [sys.executable, "-c", KILL_AFTER_LOSS], _env(KILL_AT_LOSS=str(kill_at_loss))
     if processes > 1:  # torchrun starts the same command line once per process
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                   str(processes), "--no-python", *command]
+        command = [*torchrun(processes), "--no-python", *command]
     return subprocess.run([*command, "-q", *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
 
 
