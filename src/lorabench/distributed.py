@@ -54,6 +54,10 @@ def world() -> World:
 
     current = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
+        # torch._dynamo (which the optimizer loads) holds references to every process group that exists when it
+        # is imported, so `_leave_process_group` could not free one created earlier: import it first.
+        import torch._dynamo  # noqa: F401
+
         if torch.cuda.is_available():
             torch.cuda.set_device(current.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -62,10 +66,10 @@ def world() -> World:
 
 
 def _leave_process_group() -> None:
-    """Destroy the process group while Python is still whole. Left to interpreter shutdown, gloo's worker threads
-    free tensors that hold Python references after the interpreter is gone and the process aborts (SIGABRT,
-    'terminate called without an active exception') after its work is done: a 2-process probe of compare's
-    collectives ended that way in 10 of 40 launches, and in none of 40 with this call."""
+    """Free the process group, and so stop its worker threads, while Python is still whole. A group alive at
+    interpreter shutdown can have a worker thread release a finished collective's tensors then: it needs the GIL,
+    is stopped mid-release, and the process aborts after its work is done (SIGABRT, 'terminate called without an
+    active exception'; a 2-process probe of compare's collectives ended that way in 10 of 40 launches)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
