@@ -29,6 +29,8 @@ demo: install
 		--out demo-runs/compare-$$(date +%Y%m%d-%H%M%S)
 
 test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 clean:

@@ -68,27 +68,74 @@ RECIPE_BATCH = 8
 # The real architectures (config.json of FacebookAI/roberta-large, mistralai/Mistral-7B-v0.1, meta-llama/Llama-2-7b-hf);
 # LoRA settings, lr and lengths table per model. Priority order: the issue's main target first.
 GPU_MODELS = {
-    "mistral-7b": {"kind": "mistral", "lengths": "mistral", "config": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=10000.0,
-        sliding_window=4096, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)},
-    "roberta-large": {"kind": "roberta", "lengths": "roberta", "config": dict(
-        vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-        max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
-        eos_token_id=2)},
-    "llama-2-7b": {"kind": "llama", "lengths": "mistral", "config": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-        pad_token_id=2, tie_word_embeddings=False)},
+    "mistral-7b": {
+        "kind": "mistral",
+        "lengths": "mistral",
+        "config": dict(
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            sliding_window=4096,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+            tie_word_embeddings=False,
+        ),
+    },
+    "roberta-large": {
+        "kind": "roberta",
+        "lengths": "roberta",
+        "config": dict(
+            vocab_size=50265,
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        ),
+    },
+    "llama-2-7b": {
+        "kind": "llama",
+        "lengths": "mistral",
+        "config": dict(
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+            tie_word_embeddings=False,
+        ),
+    },
 }
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs and peaks
 
+
 def linear_weights(model) -> int:
     """Weights of the base model's linear layers (LoRA's excluded): the N of 2N FLOPs per token."""
-    return sum(module.weight.numel() for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and "lora_" not in name)
+    return sum(
+        module.weight.numel()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name
+    )
 
 
 def model_flops(model, lengths: np.ndarray, training: bool) -> float:
@@ -139,6 +186,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 # ---------------------------------------------------------------------------------------------- interleaving
 
+
 class Baton:
     """Two threads take turns (a time slice each), so only one computes at a time."""
 
@@ -166,8 +214,17 @@ class Baton:
 
 # ---------------------------------------------------------------------------------------------- the two sides
 
-def recipe_trainer(model, train: Encoded, settings: TrainSettings, pad_id: int, device: torch.device,
-                   epochs: int, out_dir: Path, callbacks: list):
+
+def recipe_trainer(
+    model,
+    train: Encoded,
+    settings: TrainSettings,
+    pad_id: int,
+    device: torch.device,
+    epochs: int,
+    out_dir: Path,
+    callbacks: list,
+):
     """The study's Trainer set-up. Dynamic padding pads each batch to its longest row, as DataCollatorWithPadding
     does (the GPU mode has no tokenizer to hand it)."""
     from transformers import Trainer, TrainingArguments
@@ -183,15 +240,36 @@ def recipe_trainer(model, train: Encoded, settings: TrainSettings, pad_id: int, 
         return batch
 
     arguments = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=RECIPE_BATCH, num_train_epochs=epochs,
-        learning_rate=settings.lr, weight_decay=settings.weight_decay, **_warmup(settings.warmup),
-        lr_scheduler_type="constant_with_warmup", max_grad_norm=settings.max_grad_norm,
-        gradient_checkpointing=True, fp16=device.type == "cuda", eval_strategy="no", save_strategy="no",
-        report_to="none", seed=settings.seed, use_cpu=device.type == "cpu", disable_tqdm=True,
-        logging_strategy="no", dataloader_num_workers=0)
-    dataset = [{"input_ids": ids, "label": int(label)} for ids, label in zip(train.input_ids, train.labels)]
-    return Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=collate,
-                   compute_loss_func=weighted_loss, callbacks=callbacks)
+        output_dir=str(out_dir),
+        per_device_train_batch_size=RECIPE_BATCH,
+        num_train_epochs=epochs,
+        learning_rate=settings.lr,
+        weight_decay=settings.weight_decay,
+        **_warmup(settings.warmup),
+        lr_scheduler_type="constant_with_warmup",
+        max_grad_norm=settings.max_grad_norm,
+        gradient_checkpointing=True,
+        fp16=device.type == "cuda",
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        seed=settings.seed,
+        use_cpu=device.type == "cpu",
+        disable_tqdm=True,
+        logging_strategy="no",
+        dataloader_num_workers=0,
+    )
+    dataset = [
+        {"input_ids": ids, "label": int(label)} for ids, label in zip(train.input_ids, train.labels, strict=True)
+    ]
+    return Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=dataset,
+        data_collator=collate,
+        compute_loss_func=weighted_loss,
+        callbacks=callbacks,
+    )
 
 
 def _warmup(fraction: float) -> dict:
@@ -230,25 +308,35 @@ def validation_f1(model, validation: Encoded, pad_id: int, side: str, device, am
 
 def cpu_nominal_flops() -> float:
     """fp32 peak of the threads torch uses: clock (/proc/cpuinfo) x 32 FLOP per cycle (AVX2: two 8-wide FMA units)."""
-    mhz = next(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("cpu MHz"))
+    mhz = next(
+        float(line.split(":")[1])
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("cpu MHz")
+    )
     return torch.get_num_threads() * mhz * 1e6 * 32
 
 
 def side_summary(rows: int, seconds: list[float], flops_per_epoch: float, peak: float, **extra) -> dict:
     per_epoch = float(np.mean(seconds))
-    return {"seconds_per_epoch": [round(s, 2) for s in seconds], "mean_seconds_per_epoch": round(per_epoch, 2),
-            "samples_per_second": round(rows / per_epoch, 2),
-            "model_tflops_per_epoch": round(flops_per_epoch / 1e12, 4),
-            "mfu_vs_measured_matmul": round(flops_per_epoch / per_epoch / peak, 4),
-            "mfu_vs_nominal": round(flops_per_epoch / per_epoch / cpu_nominal_flops(), 4), **extra}
+    return {
+        "seconds_per_epoch": [round(s, 2) for s in seconds],
+        "mean_seconds_per_epoch": round(per_epoch, 2),
+        "samples_per_second": round(rows / per_epoch, 2),
+        "model_tflops_per_epoch": round(flops_per_epoch / 1e12, 4),
+        "mfu_vs_measured_matmul": round(flops_per_epoch / per_epoch / peak, 4),
+        "mfu_vs_nominal": round(flops_per_epoch / per_epoch / cpu_nominal_flops(), 4),
+        **extra,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- CPU mode
 
+
 def cpu_model(name: str, args, peak: float) -> dict:
-    overrides = {"data": {"source": str(args.data), "max_train_rows": args.rows},
-                 "train": {"epochs": args.epochs, "tracking": "none"}}
+    overrides = {
+        "data": {"source": str(args.data), "max_train_rows": args.rows},
+        "train": {"epochs": args.epochs, "tracking": "none"},
+    }
     if name == "smollm2":
         overrides["train"]["max_length"] = 128
     config = resolve_config(name, overrides=overrides)
@@ -293,8 +381,16 @@ def cpu_model(name: str, args, peak: float) -> dict:
 
         try:
             with tempfile.TemporaryDirectory() as scratch:
-                trainer = recipe_trainer(recipe_model, train, recipe_settings, pad_id, cpu, args.epochs, Path(scratch),
-                                         [recipe_callback(lambda: None, epoch_end, step_end, step_begin)])
+                trainer = recipe_trainer(
+                    recipe_model,
+                    train,
+                    recipe_settings,
+                    pad_id,
+                    cpu,
+                    args.epochs,
+                    Path(scratch),
+                    [recipe_callback(lambda: None, epoch_end, step_end, step_begin)],
+                )
                 trainer.train()
             baton.hand_over("recipe", finished=True)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
@@ -343,25 +439,37 @@ def cpu_model(name: str, args, peak: float) -> dict:
     if baton.error is not None:
         raise baton.error
     rows = len(train)
-    report = {"model": name, "train_rows": rows, "validation_rows": len(validation), "epochs": args.epochs,
-              "train_tokens": int(train.lengths.sum()),
-              "settings": {"lr": config.train.lr, "recipe_lr": recipe_settings.lr, "lora": config.lora.model_dump(),
-                           "batch_tokens":
-                           config.train.batch_tokens, "recipe_batch_size": RECIPE_BATCH},
-              "peak_rss_mb_process": peak_memory_mb(cpu)}
+    report = {
+        "model": name,
+        "train_rows": rows,
+        "validation_rows": len(validation),
+        "epochs": args.epochs,
+        "train_tokens": int(train.lengths.sum()),
+        "settings": {
+            "lr": config.train.lr,
+            "recipe_lr": recipe_settings.lr,
+            "lora": config.lora.model_dump(),
+            "batch_tokens": config.train.batch_tokens,
+            "recipe_batch_size": RECIPE_BATCH,
+        },
+        "peak_rss_mb_process": peak_memory_mb(cpu),
+    }
     for key in ("recipe", "lorabench"):
         f1 = results[key]["f1"]
         seconds = list(np.diff([0.0] + results[key]["seconds"]))
-        report[key] = side_summary(rows, seconds, flops, peak, val_f1_per_epoch=f1,
-                                   val_f1_final=f1[-1], val_f1_best=max(f1))
-    report["speedup_b_over_a"] = round(report["recipe"]["mean_seconds_per_epoch"]
-                                       / report["lorabench"]["mean_seconds_per_epoch"], 2)
+        report[key] = side_summary(
+            rows, seconds, flops, peak, val_f1_per_epoch=f1, val_f1_final=f1[-1], val_f1_best=max(f1)
+        )
+    report["speedup_b_over_a"] = round(
+        report["recipe"]["mean_seconds_per_epoch"] / report["lorabench"]["mean_seconds_per_epoch"], 2
+    )
     report["f1_best_b_minus_a"] = round(report["lorabench"]["val_f1_best"] - report["recipe"]["val_f1_best"], 4)
     report["f1_final_b_minus_a"] = round(report["lorabench"]["val_f1_final"] - report["recipe"]["val_f1_final"], 4)
     return report
 
 
 # ---------------------------------------------------------------------------------------------- GPU mode
+
 
 class StubTokenizer:
     """What `fit` asks of a tokenizer when the token ids are already made: pad id, side, and saving (nothing)."""
@@ -408,8 +516,12 @@ def synthetic_model(name: str, args, peak: float, lengths: dict, deadline: float
     train = random_rows(table["train"], vocab, bos, 0)
     validation = random_rows(table["validation"], vocab, bos, 1)
     test = random_rows(table["test"], vocab, bos, 2)
-    report = {"model": name, "train_rows": len(train), "train_tokens": int(train.lengths.sum()),
-              "mean_tokens": round(float(train.lengths.mean()), 1)}
+    report = {
+        "model": name,
+        "train_rows": len(train),
+        "train_tokens": int(train.lengths.sum()),
+        "mean_tokens": round(float(train.lengths.mean()), 1),
+    }
 
     # (a) the recipe: fp32 weights, fp16 autocast, checkpointing, batches of 8, on the first --recipe-rows rows
     started = time.perf_counter()
@@ -420,19 +532,34 @@ def synthetic_model(name: str, args, peak: float, lengths: dict, deadline: float
     step_times: list[float] = []
     _reset_peak(device)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = recipe_trainer(model, subset, preset.train, pad_id, device, 1, Path(scratch), [recipe_callback(
-            lambda: None, lambda model: None, lambda: (_sync(device), step_times.append(time.perf_counter())))])
+        trainer = recipe_trainer(
+            model,
+            subset,
+            preset.train,
+            pad_id,
+            device,
+            1,
+            Path(scratch),
+            [
+                recipe_callback(
+                    lambda: None, lambda model: None, lambda: (_sync(device), step_times.append(time.perf_counter()))
+                )
+            ],
+        )
         begun = time.perf_counter()
         trainer.train()
     steady = np.diff(step_times[4:])  # after 5 steps of warm-up
     recipe_rate = RECIPE_BATCH / float(np.median(steady))
     recipe_epoch = len(train) / recipe_rate
-    report["recipe"] = {"rows_run": len(subset), "wall_seconds": round(time.perf_counter() - begun, 1),
-                        "samples_per_second": round(recipe_rate, 2),
-                        "seconds_per_epoch_extrapolated": round(recipe_epoch, 1),
-                        "mfu_vs_measured_matmul": round(flops_per_epoch / recipe_epoch / peak, 4),
-                        "mfu_vs_nominal_989": round(flops_per_epoch / recipe_epoch / H200_BF16_NOMINAL, 4),
-                        "peak_memory_mb": peak_memory_mb(device)}
+    report["recipe"] = {
+        "rows_run": len(subset),
+        "wall_seconds": round(time.perf_counter() - begun, 1),
+        "samples_per_second": round(recipe_rate, 2),
+        "seconds_per_epoch_extrapolated": round(recipe_epoch, 1),
+        "mfu_vs_measured_matmul": round(flops_per_epoch / recipe_epoch / peak, 4),
+        "mfu_vs_nominal_989": round(flops_per_epoch / recipe_epoch / H200_BF16_NOMINAL, 4),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
     del trainer
     base = model.unload()  # the same random weights, LoRA removed; lorabench casts the frozen ones to bf16 itself
     base.gradient_checkpointing_disable()
@@ -451,14 +578,14 @@ def synthetic_model(name: str, args, peak: float, lengths: dict, deadline: float
         torch.manual_seed(0)
         model = add_lora(base, preset.lora)
         choose_attention(model)
-        report[variant] = train_variant(name, model, preset, update, train, validation, pad_id, device,
-                                        flops_per_epoch, peak)
+        report[variant] = train_variant(
+            name, model, preset, update, train, validation, pad_id, device, flops_per_epoch, peak
+        )
         if variant == "lorabench":
             seconds = report[variant]["seconds_per_epoch"]
             report["speedup_b_over_a"] = round(report["recipe"]["seconds_per_epoch_extrapolated"] / seconds, 2)
             if name != "roberta-large":
-                report["predict"] = timed_prediction(model, validation, test, args.predict_batch, pad_id, peak,
-                                                     device)
+                report["predict"] = timed_prediction(model, validation, test, args.predict_batch, pad_id, peak, device)
         base = model.unload()
         _write(args.out, report, partial=True)
     del model
@@ -466,21 +593,33 @@ def synthetic_model(name: str, args, peak: float, lengths: dict, deadline: float
         if time.perf_counter() > deadline - 120:
             report.setdefault("skipped", []).append("lorabench_4bit")
         else:
-            report["lorabench_4bit"] = qlora_variant(name, base, preset, train, validation, pad_id, device,
-                                                     flops_per_epoch, peak, args.qlora_rows)
+            report["lorabench_4bit"] = qlora_variant(
+                name, base, preset, train, validation, pad_id, device, flops_per_epoch, peak, args.qlora_rows
+            )
             _write(args.out, report, partial=True)
     del base
     _empty_cache(device)
     return report
 
 
-def train_variant(name: str, model, preset: RunConfig, update: dict, train: Encoded, validation: Encoded,
-                  pad_id: int, device: torch.device, flops_per_epoch: float, peak: float,
-                  quantize: str = "none") -> dict:
+def train_variant(
+    name: str,
+    model,
+    preset: RunConfig,
+    update: dict,
+    train: Encoded,
+    validation: Encoded,
+    pad_id: int,
+    device: torch.device,
+    flops_per_epoch: float,
+    peak: float,
+    quantize: str = "none",
+) -> dict:
     """One epoch of `lorabench.train.fit` on `train` with the preset's settings plus `update`; its figures."""
     settings = preset.train.model_copy(update=update)
-    config = RunConfig(model=ModelConfig(name=name, source="random weights", quantize=quantize), lora=preset.lora,
-                       train=settings)
+    config = RunConfig(
+        model=ModelConfig(name=name, source="random weights", quantize=quantize), lora=preset.lora, train=settings
+    )
     frame = lambda rows: pd.DataFrame({"text": [""] * len(rows), "label": rows.labels})  # noqa: E731
     splits = TextSplits(train=frame(train), validation=frame(validation), test=None, label_names=[0, 1])
     prepared = Prepared(config, splits, StubTokenizer(pad_id), model, train, validation, None)
@@ -491,19 +630,35 @@ def train_variant(name: str, model, preset: RunConfig, update: dict, train: Enco
         summary = fit(prepared, run)
         seconds = run.metrics()[0]["seconds"]
     flops = flops_per_epoch * len(train) / GPU_EPOCH_ROWS  # flops_per_epoch counts the full 6090-row epoch
-    return {"rows": len(train), "batch_tokens": settings.batch_tokens,
-            "effective_batch_tokens": summary["effective_batch"].get("tokens"), "lr": summary["lr"],
-            "packing": settings.packing, "quantize": quantize,
-            "seconds_per_epoch": round(seconds * GPU_EPOCH_ROWS / len(train), 2),
-            "samples_per_second": round(len(train) / seconds, 1),
-            "mfu_vs_measured_matmul": round(flops / seconds / peak, 4),
-            "mfu_vs_nominal_989": round(flops / seconds / H200_BF16_NOMINAL, 4),
-            "peak_memory_mb": summary["peak_memory_mb"], "precision": summary["precision"],
-            "attention": model.config._attn_implementation}
+    return {
+        "rows": len(train),
+        "batch_tokens": settings.batch_tokens,
+        "effective_batch_tokens": summary["effective_batch"].get("tokens"),
+        "lr": summary["lr"],
+        "packing": settings.packing,
+        "quantize": quantize,
+        "seconds_per_epoch": round(seconds * GPU_EPOCH_ROWS / len(train), 2),
+        "samples_per_second": round(len(train) / seconds, 1),
+        "mfu_vs_measured_matmul": round(flops / seconds / peak, 4),
+        "mfu_vs_nominal_989": round(flops / seconds / H200_BF16_NOMINAL, 4),
+        "peak_memory_mb": summary["peak_memory_mb"],
+        "precision": summary["precision"],
+        "attention": model.config._attn_implementation,
+    }
 
 
-def qlora_variant(name: str, base, preset: RunConfig, train: Encoded, validation: Encoded, pad_id: int,
-                  device: torch.device, flops_per_epoch: float, peak: float, rows: int) -> dict:
+def qlora_variant(
+    name: str,
+    base,
+    preset: RunConfig,
+    train: Encoded,
+    validation: Encoded,
+    pad_id: int,
+    device: torch.device,
+    flops_per_epoch: float,
+    peak: float,
+    rows: int,
+) -> dict:
     """lorabench's `--quantize 4bit` path on the same random weights: saved as bf16 safetensors, loaded back
     through `lorabench.model.load_base_model` (bitsandbytes NF4, double quantization, bf16 compute,
     `prepare_model_for_kbit_training`), trained on the first `rows` rows (s/epoch scaled to 6090)."""
@@ -525,15 +680,17 @@ def qlora_variant(name: str, base, preset: RunConfig, train: Encoded, validation
     model = add_lora(quantized, preset.lora)
     choose_attention(model)
     subset = Encoded(train.input_ids[:rows], train.labels[:rows], 0)
-    report = train_variant(name, model, preset, {}, subset, validation, pad_id, device, flops_per_epoch, peak,
-                           quantize="4bit")
+    report = train_variant(
+        name, model, preset, {}, subset, validation, pad_id, device, flops_per_epoch, peak, quantize="4bit"
+    )
     report["load_and_quantize_seconds"] = round(load_seconds, 1)
     del model, quantized
     return report
 
 
-def timed_prediction(model, warm_up: Encoded, rows: Encoded, batch_rows: int, pad_id: int, peak: float,
-                     device: torch.device) -> dict:
+def timed_prediction(
+    model, warm_up: Encoded, rows: Encoded, batch_rows: int, pad_id: int, peak: float, device: torch.device
+) -> dict:
     """Prediction throughput (bf16 on CUDA), length-sorted batches of `batch_rows`, after one pass to warm up."""
     amp = torch.bfloat16 if device.type == "cuda" else None
     predict_proba(model, warm_up, batch_rows, device, amp, pad_id, "right", "warm-up")
@@ -543,10 +700,14 @@ def timed_prediction(model, warm_up: Encoded, rows: Encoded, batch_rows: int, pa
     _sync(device)
     elapsed = time.perf_counter() - started
     flops = model_flops(model.get_base_model(), rows.lengths, training=False)
-    return {"rows": len(rows), "batch_rows": batch_rows, "seconds": round(elapsed, 2),
-            "samples_per_second": round(len(rows) / elapsed, 1),
-            "mfu_vs_measured_matmul": round(flops / elapsed / peak, 4),
-            "mfu_vs_nominal_989": round(flops / elapsed / H200_BF16_NOMINAL, 4)}
+    return {
+        "rows": len(rows),
+        "batch_rows": batch_rows,
+        "seconds": round(elapsed, 2),
+        "samples_per_second": round(len(rows) / elapsed, 1),
+        "mfu_vs_measured_matmul": round(flops / elapsed / peak, 4),
+        "mfu_vs_nominal_989": round(flops / elapsed / H200_BF16_NOMINAL, 4),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -565,12 +726,22 @@ def environment(device: torch.device, threads: int) -> dict:
     import peft
     import transformers
 
-    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "torch_threads": threads, "nproc": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "torch_threads": threads,
+        "nproc": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     if device.type == "cuda":
@@ -581,29 +752,51 @@ def environment(device: torch.device, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description="the study's recipe vs lorabench's defaults (see the module doc)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--models", default=None,
-                        help="comma-separated; cpu: minilm,smollm2 (default minilm); cuda: "
-                             + ",".join(GPU_MODELS) + " (default all, in that order)")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated; cpu: minilm,smollm2 (default minilm); cuda: "
+        + ",".join(GPU_MODELS)
+        + " (default all, in that order)",
+    )
     parser.add_argument("--rows", type=int, default=None, help="cpu: cap the training rows (both sides alike)")
     parser.add_argument("--epochs", type=int, default=3, help="cpu: epochs for both sides")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--slice-s", type=float, default=2.0,
-                        help="cpu: the two sides take turns of this many seconds of training (fair under load)")
+    parser.add_argument(
+        "--slice-s",
+        type=float,
+        default=2.0,
+        help="cpu: the two sides take turns of this many seconds of training (fair under load)",
+    )
     parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--recipe-lr", type=float, default=None,
-                        help="cpu: the recipe side's learning rate (default: the preset's, as lorabench's side)")
+    parser.add_argument(
+        "--recipe-lr",
+        type=float,
+        default=None,
+        help="cpu: the recipe side's learning rate (default: the preset's, as lorabench's side)",
+    )
     parser.add_argument("--recipe-rows", type=int, default=400, help="cuda: rows the slow recipe runs")
     parser.add_argument("--predict-batch", type=int, default=256, help="cuda: rows per prediction batch")
     parser.add_argument("--packed", action="store_true", help="cuda: also train the decoders with packed batches")
-    parser.add_argument("--more-budgets", default="4096", type=lambda text: [int(n) for n in text.split(",") if n],
-                        help="cuda: also train lorabench with these batch_tokens (comma-separated; '' for none; "
-                             "an epoch of 6090 tweets caps them at about 4300, its 50-step floor)")
-    parser.add_argument("--qlora", action="store_true",
-                        help="cuda: also train the decoders through --quantize 4bit (needs bitsandbytes)")
+    parser.add_argument(
+        "--more-budgets",
+        default="4096",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        help="cuda: also train lorabench with these batch_tokens (comma-separated; '' for none; "
+        "an epoch of 6090 tweets caps them at about 4300, its 50-step floor)",
+    )
+    parser.add_argument(
+        "--qlora",
+        action="store_true",
+        help="cuda: also train the decoders through --quantize 4bit (needs bitsandbytes)",
+    )
     parser.add_argument("--qlora-rows", type=int, default=2000, help="cuda: rows the 4-bit variant trains")
     parser.add_argument("--budget-s", type=float, default=480, help="cuda: stop starting models after this")
-    parser.add_argument("--tiny", action="store_true",
-                        help="run the GPU mode's code with 2-layer versions of its models (a smoke check, any device)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="run the GPU mode's code with 2-layer versions of its models (a smoke check, any device)",
+    )
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args()
 

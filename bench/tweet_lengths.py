@@ -37,24 +37,30 @@ def main() -> None:
     import sentencepiece
 
     splits = load_splits(DataConfig(source=args.data))
-    texts = {name: frame["text"].tolist() for name, frame in
-             (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
+    texts = {
+        name: frame["text"].tolist()
+        for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+    }
     mistral = sentencepiece.SentencePieceProcessor(model_file=args.sentencepiece)
     smollm2 = resolve_config("smollm2").model
     resolved = resolve_source(smollm2)
     byte_bpe = load_tokenizer(resolved.source, resolved.gguf_file)
     lengths = {
         "about": "token lengths of the disaster tweets (lorabench's 80/20 split, seed 42, and Kaggle's test); "
-                 "see bench/tweet_lengths.py for the tokenizers",
+        "see bench/tweet_lengths.py for the tokenizers",
         "mistral": {name: [len(ids) + 1 for ids in mistral.encode(rows)] for name, rows in texts.items()},
-        "roberta": {name: [len(ids) + 2 for ids in byte_bpe(rows, add_special_tokens=False)["input_ids"]]
-                    for name, rows in texts.items()},
+        "roberta": {
+            name: [len(ids) + 2 for ids in byte_bpe(rows, add_special_tokens=False)["input_ids"]]
+            for name, rows in texts.items()
+        },
     }
     Path(args.out).write_text(json.dumps(lengths, separators=(",", ":")) + "\n", encoding="utf-8")
     for model in ("mistral", "roberta"):
         train = lengths[model]["train"]
-        print(f"{model}: {len(train)} training tweets, mean {sum(train) / len(train):.1f} tokens, "
-              f"total {sum(train)}, max {max(train)}")
+        print(
+            f"{model}: {len(train)} training tweets, mean {sum(train) / len(train):.1f} tokens, "
+            f"total {sum(train)}, max {max(train)}"
+        )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,16 @@ def _train_tokenizer(texts: list[str], decoder: bool):
     bpe.train_from_iterator(texts, vocab_size=300, min_frequency=2, special_tokens=specials)
     if not decoder:
         bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
-        return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                       pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+        return PreTrainedTokenizerFast(
+            tokenizer_object=bpe,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+            cls_token="<s>",
+            sep_token="</s>",
+        )
     # Decoders like Llama and Mistral ship no pad token: lorabench must supply pad = eos itself.
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
@@ -72,13 +80,19 @@ def _train_tokenizer(texts: list[str], decoder: bool):
 def _tiny_config(kind: str, vocab_size: int):
     from transformers import LlamaConfig, MistralConfig, RobertaConfig
 
-    common = {"vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 64}
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
     if kind == "roberta":
         return RobertaConfig(**common, max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2)
     config_class = LlamaConfig if kind == "llama" else MistralConfig
-    return config_class(**common, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
-                        pad_token_id=None)
+    return config_class(
+        **common, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=None
+    )
 
 
 @pytest.fixture(scope="session")
@@ -106,9 +120,13 @@ def llama_run(tiny_models, small_data, tmp_path_factory) -> Path:
     from lorabench.api import resolve_config, train
 
     out = tmp_path_factory.mktemp("llama_run") / "run"
-    config = resolve_config(str(tiny_models["llama"]), overrides={
-        "data": {"source": str(small_data)},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64}})
+    config = resolve_config(
+        str(tiny_models["llama"]),
+        overrides={
+            "data": {"source": str(small_data)},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64},
+        },
+    )
     train(config, out)
     return out
 

@@ -33,9 +33,13 @@ def assert_refused(result: Result, *fragments: str) -> None:
 
 def rows(n: int = 12, **columns) -> pd.DataFrame:
     """n labelled rows in the disaster tweets' layout (id, text, target), two classes."""
-    frame = pd.DataFrame({"id": range(1, n + 1),
-                          "text": [f"tweet {i} about {'fire' if i % 2 else 'sunshine'}" for i in range(n)],
-                          "target": [i % 2 for i in range(n)]})
+    frame = pd.DataFrame(
+        {
+            "id": range(1, n + 1),
+            "text": [f"tweet {i} about {'fire' if i % 2 else 'sunshine'}" for i in range(n)],
+            "target": [i % 2 for i in range(n)],
+        }
+    )
     for name, values in columns.items():
         frame[name] = values
     return frame
@@ -230,15 +234,19 @@ def test_duplicate_training_ids_are_noted_not_refused(cli, tmp_path):
 
 # ---- configuration ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags, fragments", [
-    (["--lr", "-0.001"], ["train.lr", "greater than 0"]),
-    (["--lora-r", "0"], ["lora.r", "greater than 0"]),
-    (["--lora-dropout", "1.0"], ["lora.dropout", "less than 1"]),
-    (["--epochs", "0"], ["train.epochs"]),
-    (["--batch-size", "-4"], ["train.batch_size"]),
-    (["--max-length", "1"], ["train.max_length"]),
-    (["--save-every-steps", "0"], ["train.save_every_steps"]),
-])
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--lr", "-0.001"], ["train.lr", "greater than 0"]),
+        (["--lora-r", "0"], ["lora.r", "greater than 0"]),
+        (["--lora-dropout", "1.0"], ["lora.dropout", "less than 1"]),
+        (["--epochs", "0"], ["train.epochs"]),
+        (["--batch-size", "-4"], ["train.batch_size"]),
+        (["--max-length", "1"], ["train.max_length"]),
+        (["--save-every-steps", "0"], ["train.save_every_steps"]),
+    ],
+)
 def test_invalid_config_values_are_named(flags, fragments, cli, tmp_path, absent_model):
     data = write(tmp_path / "train.csv", rows())
     result = cli("train", "--model", absent_model, "--data", data, "--out", tmp_path / "out", *flags)
@@ -246,13 +254,16 @@ def test_invalid_config_values_are_named(flags, fragments, cli, tmp_path, absent
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("content, fragments", [
-    ("train:\n  learning_rate: 0.001\n", ["unknown config key 'train.learning_rate'"]),
-    ("optimiser: {name: adam}\n", ["unknown config key 'optimiser'"]),
-    ("lora:\n  r: 0\n", ["lora.r"]),
-    ("train: [1, 2\n", ["cannot read config file"]),
-    ("- just\n- a list\n", ["must hold a mapping"]),
-])
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        ("train:\n  learning_rate: 0.001\n", ["unknown config key 'train.learning_rate'"]),
+        ("optimiser: {name: adam}\n", ["unknown config key 'optimiser'"]),
+        ("lora:\n  r: 0\n", ["lora.r"]),
+        ("train: [1, 2\n", ["cannot read config file"]),
+        ("- just\n- a list\n", ["must hold a mapping"]),
+    ],
+)
 def test_bad_config_file_is_named(content, fragments, cli, tmp_path, absent_model):
     config = write(tmp_path / "run.yaml", content)
     data = write(tmp_path / "train.csv", rows())
@@ -267,6 +278,7 @@ def test_missing_config_file(cli, tmp_path, absent_model):
 
 
 # ---- models ---------------------------------------------------------------------------------------------------
+
 
 def _copy_model(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
@@ -328,8 +340,10 @@ def _garbled_safetensors(tmp, tiny):
 def _missing_shard(tmp, tiny):
     model = _copy_model(tiny, tmp / "m")
     (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
-    index = {"metadata": {},
-             "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     write(model / "model.safetensors.index.json", json.dumps(index))
     return ["--model", model], ["lacks weight files", "model-00002-of-00002.safetensors"]
 
@@ -376,9 +390,8 @@ def test_bad_model_is_refused_before_loading(case, cli, tmp_path, tiny_models, s
 
 
 def test_truncated_real_gguf_is_refused(cli, tmp_path, small_data):
-    from lorabench.config import preset_dict
+    from lorabench.config import ModelConfig, preset_dict
     from lorabench.model import resolve_source
-    from lorabench.config import ModelConfig
 
     try:
         real = resolve_source(ModelConfig(**preset_dict("smollm2")["model"], name="smollm2"))
@@ -388,8 +401,9 @@ def test_truncated_real_gguf_is_refused(cli, tmp_path, small_data):
     model.mkdir()
     with open(Path(real.source) / real.gguf_file, "rb") as handle:
         (model / "model.gguf").write_bytes(handle.read(30_000_000))  # an interrupted download
-    result = cli("train", "--model", model, "--gguf-file", "model.gguf", "--data", small_data,
-                 "--out", tmp_path / "out")
+    result = cli(
+        "train", "--model", model, "--gguf-file", "model.gguf", "--data", small_data, "--out", tmp_path / "out"
+    )
     assert_refused(result, "model.gguf is truncated", "30,000,000", "download it again")
     assert not (tmp_path / "out").exists()
 
@@ -425,13 +439,28 @@ def test_long_texts_are_truncated_and_counted(cli, tmp_path, tiny_models):
     too_long = sum(len(tokenizer(text)["input_ids"]) > 24 for text in frame["text"])
     assert too_long == 10
     out = tmp_path / "out"
-    result = cli("-q", "train", "--model", tiny_models["roberta"], "--data", data, "--out", out, "--epochs", 1,
-                 "--max-length", 24, "--batch-size", 8)
+    result = cli(
+        "-q",
+        "train",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        data,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--max-length",
+        24,
+        "--batch-size",
+        8,
+    )
     assert result.code == 0, result
     assert json.loads((out / "summary.json").read_text())["truncated_texts"] == 10
 
 
 # ---- the output directory ---------------------------------------------------------------------------------------
+
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
@@ -444,8 +473,12 @@ def other_run(tmp_path, small_data, tiny_models) -> Path:
     from lorabench.record import RunDir
 
     run = RunDir(tmp_path / "run")
-    run.prepare(resolve_config(str(tiny_models["roberta"]), overrides={"data": {"source": str(small_data)},
-                                                                       "train": {"lr": 0.5}}), resume=False)
+    run.prepare(
+        resolve_config(
+            str(tiny_models["roberta"]), overrides={"data": {"source": str(small_data)}, "train": {"lr": 0.5}}
+        ),
+        resume=False,
+    )
     write(run.file("metrics.jsonl"), '{"epoch": 1}\n')
     return run.path
 
@@ -470,38 +503,56 @@ def test_resume_without_a_run_names_the_problem(cli, tmp_path):
 
 def test_output_dir_with_other_files_or_a_file(cli, tmp_path, small_data, absent_model):
     write(tmp_path / "busy" / "thesis.tex", "precious")
-    assert_refused(cli("train", "--model", absent_model, "--data", small_data, "--out", tmp_path / "busy"),
-                   "not empty and holds no lorabench run")
+    assert_refused(
+        cli("train", "--model", absent_model, "--data", small_data, "--out", tmp_path / "busy"),
+        "not empty and holds no lorabench run",
+    )
     assert _snapshot(tmp_path / "busy") == {"thesis.tex": b"precious"}
     write(tmp_path / "file", "x")
-    assert_refused(cli("train", "--model", absent_model, "--data", small_data, "--out", tmp_path / "file"),
-                   "not a directory")
+    assert_refused(
+        cli("train", "--model", absent_model, "--data", small_data, "--out", tmp_path / "file"), "not a directory"
+    )
 
 
 # ---- the installed entry point ------------------------------------------------------------------------------------
+
 
 def test_real_entry_point(tmp_path):
     """`python -m lorabench.cli` as a user runs it: exit 2, one line, no traceback, no output directory."""
     data = write(tmp_path / "train.csv", rows().to_csv(index=False).encode("utf-8") + b"99,caf\xe9,1\n")
     out = tmp_path / "out"
-    completed = subprocess.run([sys.executable, "-m", "lorabench.cli", "train", "--data", str(data), "--out", str(out)],
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", "lorabench.cli", "train", "--data", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_refused(Result(completed.returncode, completed.stdout, completed.stderr), "not UTF-8")
     assert not out.exists()
-    with_debug = subprocess.run([sys.executable, "-m", "lorabench.cli", "--debug", "data", "--data", str(data)],
-                                capture_output=True, text=True, timeout=300)
+    with_debug = subprocess.run(
+        [sys.executable, "-m", "lorabench.cli", "--debug", "data", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert with_debug.returncode == 2 and "Traceback" in with_debug.stderr  # --debug shows where it failed
 
 
 # ---- the other commands (compare, report, predict, export, serve, sweep) -----------------------------------------
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_models, small_data) -> Path:
     from lorabench.api import resolve_config, train
 
     out = tmp_path_factory.mktemp("finished") / "run"
-    train(resolve_config(str(tiny_models["roberta"]), overrides={
-        "data": {"source": str(small_data)}, "train": {"epochs": 1, "max_length": 48}}), out)
+    train(
+        resolve_config(
+            str(tiny_models["roberta"]),
+            overrides={"data": {"source": str(small_data)}, "train": {"epochs": 1, "max_length": 48}},
+        ),
+        out,
+    )
     return out
 
 
@@ -513,22 +564,52 @@ def _texts_file(tmp: Path) -> Path:
     return write(tmp / "good.csv", "id,text\n1,forest fire near the town\n2,what a lovely day\n")
 
 
-@pytest.mark.parametrize("command", [
-    lambda tmp, run: (["predict", "--run", tmp / "nope", "--data", _texts_file(tmp), "--out", tmp / "out.csv"],
-                      ["run directory not found"]),
-    lambda tmp, run: (["predict", "--run", write(tmp / "empty" / "x.txt", "x").parent, "--data", _texts_file(tmp),
-                       "--out", tmp / "out.csv"], ["not a lorabench run"]),
-    lambda tmp, run: (["predict", "--run", run, "--data", _latin1_file(tmp), "--out", tmp / "out.csv"],
-                      ["utf-8", "0xe9"]),
-    lambda tmp, run: (["predict", "--run", run, "--data", write(tmp / "t.csv", "id,tweet\n1,fire\n"),
-                       "--out", tmp / "out.csv"], ["'text'"]),
-    lambda tmp, run: (["export", "--run", tmp / "nope", "--out", tmp / "out"], ["not a lorabench run"]),
-    lambda tmp, run: (["report", tmp / "nope"], ["holds no comparison"]),
-    lambda tmp, run: (["serve", "--run", tmp / "nope"], ["run directory not found"]),
-    lambda tmp, run: (["compare", "--models", run, "--data", _latin1_file(tmp), "--out", tmp / "out", "--epochs", 1],
-                      ["not UTF-8"]),
-], ids=["predict-no-run", "predict-not-a-run", "predict-latin1", "predict-no-text-column", "export-no-run",
-        "report-no-dir", "serve-no-run", "compare-latin1"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda tmp, run: (
+            ["predict", "--run", tmp / "nope", "--data", _texts_file(tmp), "--out", tmp / "out.csv"],
+            ["run directory not found"],
+        ),
+        lambda tmp, run: (
+            [
+                "predict",
+                "--run",
+                write(tmp / "empty" / "x.txt", "x").parent,
+                "--data",
+                _texts_file(tmp),
+                "--out",
+                tmp / "out.csv",
+            ],
+            ["not a lorabench run"],
+        ),
+        lambda tmp, run: (
+            ["predict", "--run", run, "--data", _latin1_file(tmp), "--out", tmp / "out.csv"],
+            ["utf-8", "0xe9"],
+        ),
+        lambda tmp, run: (
+            ["predict", "--run", run, "--data", write(tmp / "t.csv", "id,tweet\n1,fire\n"), "--out", tmp / "out.csv"],
+            ["'text'"],
+        ),
+        lambda tmp, run: (["export", "--run", tmp / "nope", "--out", tmp / "out"], ["not a lorabench run"]),
+        lambda tmp, run: (["report", tmp / "nope"], ["holds no comparison"]),
+        lambda tmp, run: (["serve", "--run", tmp / "nope"], ["run directory not found"]),
+        lambda tmp, run: (
+            ["compare", "--models", run, "--data", _latin1_file(tmp), "--out", tmp / "out", "--epochs", 1],
+            ["not UTF-8"],
+        ),
+    ],
+    ids=[
+        "predict-no-run",
+        "predict-not-a-run",
+        "predict-latin1",
+        "predict-no-text-column",
+        "export-no-run",
+        "report-no-dir",
+        "serve-no-run",
+        "compare-latin1",
+    ],
+)
 def test_other_commands_refuse_bad_input(command, cli, tmp_path, finished_run):
     args, fragments = command(tmp_path, finished_run)
     assert_refused(cli(*args), *fragments)
@@ -536,12 +617,32 @@ def test_other_commands_refuse_bad_input(command, cli, tmp_path, finished_run):
 
 
 def test_sweep_refuses_bad_data(cli, tmp_path, tiny_models):
-    result = cli("-q", "sweep", "--model", tiny_models["roberta"], "--data", _latin1_file(tmp_path), "--out",
-                 tmp_path / "out", "--trials", 1)
+    result = cli(
+        "-q",
+        "sweep",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        _latin1_file(tmp_path),
+        "--out",
+        tmp_path / "out",
+        "--trials",
+        1,
+    )
     assert_refused(result, "not UTF-8")
 
 
 def test_sweep_writes_nothing_for_bad_data(cli, tmp_path, tiny_models):
-    cli("-q", "sweep", "--model", tiny_models["roberta"], "--data", _latin1_file(tmp_path), "--out",
-        tmp_path / "out", "--trials", 1)
+    cli(
+        "-q",
+        "sweep",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        _latin1_file(tmp_path),
+        "--out",
+        tmp_path / "out",
+        "--trials",
+        1,
+    )
     assert not (tmp_path / "out").exists()

@@ -107,9 +107,13 @@ def test_token_budget_training_learns(packing, tiny_models, tmp_path):
     source = _keyword_data(tmp_path)
     # the default batching mode and budget (lowered to 1/50 of the 240 training rows' tokens: 50 steps an epoch);
     # the lr is chosen for those small batches, so it is not scaled down with them
-    config = resolve_config(str(tiny_models["roberta"]), overrides={
-        "data": {"source": str(source)},
-        "train": {"epochs": 6, "lr": 3e-3, "max_length": 48, "packing": packing, "scale_lr_with_batch": False}})
+    config = resolve_config(
+        str(tiny_models["roberta"]),
+        overrides={
+            "data": {"source": str(source)},
+            "train": {"epochs": 6, "lr": 3e-3, "max_length": 48, "packing": packing, "scale_lr_with_batch": False},
+        },
+    )
     assert config.train.batch_tokens == 2048 and config.train.gradient_checkpointing == "auto"
     summary = train(config, tmp_path / "run")
     assert summary["effective_batch"]["tokens"] < 2048 and summary["lr"] == 3e-3
@@ -134,9 +138,13 @@ def test_checkpointing_turns_on_only_when_memory_is_short(tiny_models, small_dat
 
     def fit_with_free_memory(free_bytes, name):
         monkeypatch.setattr(train_module, "free_memory_bytes", lambda device: free_bytes)
-        config = resolve_config(str(tiny_models["llama"]), overrides={
-            "data": {"source": str(small_data), "max_train_rows": 32},
-            "train": {"epochs": 1, "max_length": 32, "batch_tokens": 256}})
+        config = resolve_config(
+            str(tiny_models["llama"]),
+            overrides={
+                "data": {"source": str(small_data), "max_train_rows": 32},
+                "train": {"epochs": 1, "max_length": 32, "batch_tokens": 256},
+            },
+        )
         prepared = train_module.prepare(config)
         run = RunDir(tmp_path / name)
         run.prepare(config, resume=False)

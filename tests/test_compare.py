@@ -25,10 +25,14 @@ def comparison(tmp_path_factory, tiny_models, small_data):
     """tfidf, a model that cannot load, and a tiny RoBERTa capped at 120 training rows, compared on 240 tweets."""
     roberta = str(tiny_models["roberta"])
     config_file = tmp_path_factory.mktemp("compare_config") / "compare.yaml"
-    config_file.write_text(yaml.safe_dump({
-        "train": {"batch_size": 16, "lr": 1e-3, "max_length": 48},
-        "models": {roberta: {"data": {"max_train_rows": 120}, "lora": {"r": 4}}},
-    }))
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"batch_size": 16, "lr": 1e-3, "max_length": 48},
+                "models": {roberta: {"data": {"max_train_rows": 120}, "lora": {"r": 4}}},
+            }
+        )
+    )
     out = tmp_path_factory.mktemp("comparison") / "out"
     table = compare(["tfidf", MISSING_MODEL, roberta], out, data=str(small_data), epochs=1, config_file=config_file)
     return out, table, roberta
@@ -58,8 +62,10 @@ def test_every_model_is_scored_on_the_identical_split(comparison, small_data):
         assert validation["label"].tolist() == expected["label"].tolist()
     # the row cap only shortens the training part: validation (48 rows) and test (40) stay shared
     summaries = [json.loads((run_dir / "summary.json").read_text()) for run_dir in run_dirs]
-    assert [s["rows"] for s in summaries] == [{"train": 192, "validation": 48, "test": 40},
-                                              {"train": 120, "validation": 48, "test": 40}]
+    assert [s["rows"] for s in summaries] == [
+        {"train": 192, "validation": 48, "test": 40},
+        {"train": 120, "validation": 48, "test": 40},
+    ]
     assert table["train_rows"].tolist()[0::2] == [192, 120]
     assert "All 2 trained models were scored on the same 48 validation rows" in (out / "report.html").read_text()
 
@@ -79,8 +85,12 @@ def test_results_carry_the_run_records_numbers(comparison):
     assert lora_config["train"]["max_length"] == 48 and lora_config["lora"]["r"] == 4
     assert table.iloc[0]["trainable_percent"] == 100
     assert {p.name for p in (out / "charts").iterdir()} == {
-        "f1.png", "train_time.png", "pr_curves.png", "confusion_tfidf.png",
-        f"confusion_{run_dir_name(roberta)}.png"}
+        "f1.png",
+        "train_time.png",
+        "pr_curves.png",
+        "confusion_tfidf.png",
+        f"confusion_{run_dir_name(roberta)}.png",
+    }
 
 
 def test_report_rerenders_the_same_outputs_without_training(comparison):
@@ -108,10 +118,12 @@ def test_report_of_a_directory_without_comparison_is_refused(tmp_path):
 
 
 def test_settings_precedence_preset_shared_flags_then_model_entry():
-    settings = CompareConfig.model_validate({
-        "train": {"epochs": 7, "seed": 3},
-        "models": {"minilm": {"train": {"epochs": 4}, "data": {"max_train_rows": 50}}},
-    })
+    settings = CompareConfig.model_validate(
+        {
+            "train": {"epochs": 7, "seed": 3},
+            "models": {"minilm": {"train": {"epochs": 4}, "data": {"max_train_rows": 50}}},
+        }
+    )
     plans = plan_runs(["minilm", "smollm2"], settings, data="some/data", epochs=2, max_train_rows=300)
     assert plans["minilm"].train.epochs == 4 and plans["smollm2"].train.epochs == 2
     assert plans["minilm"].data.max_train_rows == 50 and plans["smollm2"].data.max_train_rows == 300
@@ -120,11 +132,17 @@ def test_settings_precedence_preset_shared_flags_then_model_entry():
     assert plans["minilm"].data.source == plans["smollm2"].data.source == "some/data"
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"models": {"minilm": {"train": {"epoch": 2}}}}, "unknown compare config key 'models.minilm.train.epoch'"),
-    ({"models": {"minilm": {"data": {"source": "other"}}}}, "unknown compare config key 'models.minilm.data.source'"),
-    ({"train": {"epochs": 0}}, "invalid compare config value for 'train.epochs'"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"models": {"minilm": {"train": {"epoch": 2}}}}, "unknown compare config key 'models.minilm.train.epoch'"),
+        (
+            {"models": {"minilm": {"data": {"source": "other"}}}},
+            "unknown compare config key 'models.minilm.data.source'",
+        ),
+        ({"train": {"epochs": 0}}, "invalid compare config value for 'train.epochs'"),
+    ],
+)
 def test_bad_compare_config_fails_before_anything_is_written(config, message, tmp_path, small_data):
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -155,8 +173,16 @@ def test_tfidf_baseline_on_real_tweets_and_its_pickle_free_record(tweets_dir, tm
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1]
     files = {p.relative_to(tmp_path / "run").as_posix() for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    assert files == {"config.yaml", "metrics.jsonl", "summary.json", "val_predictions.csv", "test_predictions.csv",
-                     "tfidf/weights.safetensors", "tfidf/vocabulary.json", "tfidf/settings.json"}
+    assert files == {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "val_predictions.csv",
+        "test_predictions.csv",
+        "tfidf/weights.safetensors",
+        "tfidf/vocabulary.json",
+        "tfidf/settings.json",
+    }
 
     classifier = TfidfClassifier.load(tmp_path / "run")
     validation = pd.read_csv(tmp_path / "run" / "val_predictions.csv")
@@ -177,15 +203,21 @@ def test_tfidf_and_lora_runs_write_the_same_summary_keys(comparison):
     assert set(lora) <= set(tfidf)
     lora_predictions = pd.read_csv(out / "runs" / run_dir_name(roberta) / "test_predictions.csv")
     tfidf_predictions = pd.read_csv(out / "runs" / "tfidf" / "test_predictions.csv")
-    assert list(lora_predictions.columns) == list(tfidf_predictions.columns) == ["id", "label", "prediction",
-                                                                                  "prob_0", "prob_1"]
+    assert (
+        list(lora_predictions.columns)
+        == list(tfidf_predictions.columns)
+        == ["id", "label", "prediction", "prob_0", "prob_1"]
+    )
 
 
 def test_three_string_classes_are_compared_with_macro_scores(tmp_path):
     rng = np.random.default_rng(0)
     words = {"fire": "emergency", "sunny": "weather", "match": "sport"}
-    rows = [{"text": f"{word} {' '.join(rng.choice(['a', 'b', 'c', 'd'], 4))}", "target": label}
-            for _ in range(40) for word, label in words.items()]
+    rows = [
+        {"text": f"{word} {' '.join(rng.choice(['a', 'b', 'c', 'd'], 4))}", "target": label}
+        for _ in range(40)
+        for word, label in words.items()
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "three.csv", index=False)
     table = compare(["tfidf"], tmp_path / "out", data=str(tmp_path / "three.csv"))
     assert table.iloc[0]["status"] == "ok"

@@ -12,14 +12,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from conftest import failure_text, torchrun
 
 CLI = str(Path(sys.executable).parent / "lorabench")
 
 
 def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_tokens: int, extra: list[str]) -> dict:
-    command = [CLI, "-q", "train", "--model", model, "--data", str(data), "--out", str(tmp / out),
-               "--batch-tokens", str(batch_tokens), *extra]
+    command = [
+        CLI,
+        "-q",
+        "train",
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--out",
+        str(tmp / out),
+        "--batch-tokens",
+        str(batch_tokens),
+        *extra,
+    ]
     if processes > 1:
         command = [*torchrun(processes), *command]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -33,8 +46,11 @@ def tiny_llama_runs(tiny_models, small_data, tmp_path_factory):
     """A dropout-free tiny Llama (LoRA dropout 0): the two launches must agree to float rounding."""
     tmp = tmp_path_factory.mktemp("ddp_tiny")
     extra = ["--lora-dropout", "0", "--lr", "3e-3", "--epochs", "2"]
-    return (_train(tmp, small_data, str(tiny_models["llama"]), "single", 1, 512, extra),
-            _train(tmp, small_data, str(tiny_models["llama"]), "ddp", 2, 256, extra), tmp)
+    return (
+        _train(tmp, small_data, str(tiny_models["llama"]), "single", 1, 512, extra),
+        _train(tmp, small_data, str(tiny_models["llama"]), "ddp", 2, 256, extra),
+        tmp,
+    )
 
 
 def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tiny_llama_runs):
@@ -43,8 +59,10 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tiny_llama_run
     # 192 short rows: the 50-step floor lowers the 512-token global budget to 282, and lr with its square root
     assert single["effective_batch"] == ddp["effective_batch"] == {"tokens": 282}
     assert single["lr"] == ddp["lr"] == pytest.approx(3e-3 * (282 / 512) ** 0.5)
-    losses = [[json.loads(line)["train_loss"] for line in (tmp / run / "metrics.jsonl").read_text().splitlines()]
-              for run in ("single", "ddp")]
+    losses = [
+        [json.loads(line)["train_loss"] for line in (tmp / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("single", "ddp")
+    ]
     assert len(losses[0]) == len(losses[1]) == 2
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     assert ddp["val"] == pytest.approx(single["val"], abs=1e-6)
@@ -66,8 +84,10 @@ def test_minilm_on_real_rows_matches_one_process(tweets_dir, tmp_path):
     data = tmp_path / "tweets.csv"
     pd.read_csv(tweets_dir / "train.csv").head(600).to_csv(data, index=False)
     config = tmp_path / "no-dropout.yaml"
-    config.write_text("model:\n  name: minilm\n  config_overrides: {hidden_dropout_prob: 0.0, "
-                      "attention_probs_dropout_prob: 0.0}\nlora: {dropout: 0.0}\ntrain: {epochs: 1, lr: 1.0e-3}\n")
+    config.write_text(
+        "model:\n  name: minilm\n  config_overrides: {hidden_dropout_prob: 0.0, "
+        "attention_probs_dropout_prob: 0.0}\nlora: {dropout: 0.0}\ntrain: {epochs: 1, lr: 1.0e-3}\n"
+    )
     extra = ["--config", str(config)]
     single = _train(tmp_path, data, "minilm", "single", 1, 1024, extra)
     ddp = _train(tmp_path, data, "minilm", "ddp", 2, 512, extra)
@@ -83,10 +103,23 @@ def test_compare_under_torchrun_writes_one_report_and_records_a_failure(tiny_mod
     """Every rank runs `compare`; rank 0 alone writes, and a model failing on every rank stays one failed row."""
     out = tmp_path / "cmp"
     missing = str(tmp_path / "no-such-model")
-    command = [*torchrun(2), CLI, "-q", "compare", "--models", f"tfidf,{missing},{tiny_models['llama']}", "--data",
-               str(small_data), "--epochs", "1", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=600)
+    command = [
+        *torchrun(2),
+        CLI,
+        "-q",
+        "compare",
+        "--models",
+        f"tfidf,{missing},{tiny_models['llama']}",
+        "--data",
+        str(small_data),
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
     assert done.returncode == 0, failure_text(done)
     results = pd.read_csv(out / "results.csv")
     assert results["status"].tolist() == ["ok", "failed", "ok"]
@@ -122,7 +155,12 @@ def test_each_process_frees_its_group_before_python_shuts_down(tmp_path):
     must be gone (its worker threads stopped), even after torch._dynamo was imported."""
     script = tmp_path / "leaves_group.py"
     script.write_text(LEAVES_GROUP)
-    done = subprocess.run([*torchrun(2), str(script), str(tmp_path)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    done = subprocess.run(
+        [*torchrun(2), str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert done.returncode == 0, failure_text(done)
     assert [(tmp_path / rank).read_text() for rank in ("0", "1")] == ["False True", "False True"]

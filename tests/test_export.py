@@ -20,9 +20,13 @@ from lorabench.predict import load_classifier, predict_file
 @pytest.fixture(scope="module", params=["roberta", "llama"])
 def run_dir(request, tiny_models, small_data, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"export_{request.param}") / "run"
-    config = resolve_config(str(tiny_models[request.param]), overrides={
-        "data": {"source": str(small_data)},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64}})
+    config = resolve_config(
+        str(tiny_models[request.param]),
+        overrides={
+            "data": {"source": str(small_data)},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64},
+        },
+    )
     train(config, out)
     return out
 
@@ -30,8 +34,9 @@ def run_dir(request, tiny_models, small_data, tmp_path_factory):
 def test_merged_export_loads_with_plain_transformers_and_reproduces_predict(run_dir, small_data, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    result = CliRunner().invoke(app, ["--quiet", "export", "--run", str(run_dir), "--out", str(tmp_path / "merged"),
-                                      "--merge"])
+    result = CliRunner().invoke(
+        app, ["--quiet", "export", "--run", str(run_dir), "--out", str(tmp_path / "merged"), "--merge"]
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "merged"
     files = set(json.loads(result.stdout)["files"])
@@ -58,12 +63,18 @@ def test_merged_export_loads_with_plain_transformers_and_reproduces_predict(run_
 
 def test_plain_export_is_a_run_that_predicts_identically(run_dir, small_data, tmp_path):
     result = export_run(run_dir, tmp_path / "plain")
-    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.yaml", "summary.json",
-            EXPORT_INFO} <= set(result["files"])
+    assert {
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "config.yaml",
+        "summary.json",
+        EXPORT_INFO,
+    } <= set(result["files"])
     assert not any(name.startswith("checkpoint") or name.endswith("_predictions.csv") for name in result["files"])
     texts = pd.read_csv(small_data / "test.csv")["text"].tolist()[:16]
-    np.testing.assert_array_equal(load_classifier(tmp_path / "plain").predict_proba(texts),
-                                  load_classifier(run_dir).predict_proba(texts))
+    np.testing.assert_array_equal(
+        load_classifier(tmp_path / "plain").predict_proba(texts), load_classifier(run_dir).predict_proba(texts)
+    )
 
 
 def test_export_replaces_only_an_earlier_export(run_dir, tmp_path):

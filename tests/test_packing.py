@@ -43,8 +43,15 @@ def _sequences(vocab_size: int, pad_id: int, seed: int = 0) -> list[list[int]]:
 def _tiny_bert():
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    return BertConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
 
 
 def _model(kind, tiny_models, attention):
@@ -98,7 +105,7 @@ def test_packed_gradients_equal_padded_gradients(kind, tiny_models):
         torch.nn.functional.cross_entropy(logits, labels).backward()
         gradients.append([p.grad.clone() for p in trainable])
     assert sum(float(g.abs().sum()) for g in gradients[0]) > 0
-    for padded_grad, packed_grad in zip(*gradients):
+    for padded_grad, packed_grad in zip(*gradients, strict=True):
         torch.testing.assert_close(packed_grad, padded_grad, atol=1e-5, rtol=1e-4)
 
 
@@ -135,7 +142,8 @@ def test_unsupported_architecture_is_refused_in_one_line():
     from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
     model = AutoModelForSequenceClassification.from_config(
-        DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, hidden_dim=64))
+        DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    )
     assert not can_pack(model)
     with pytest.raises(LorabenchError, match="packed batches support .* not distilbert"):
         pack([[5, 6]], model, 0)

@@ -26,8 +26,9 @@ def test_quantize_needs_cuda(tiny_models, small_data):
         pytest.skip("this machine has CUDA: the refusal is for CPU-only machines")
     from lorabench.train import prepare
 
-    config = resolve_config(str(tiny_models["llama"]), overrides={"data": {"source": str(small_data)},
-                                                                  "model": {"quantize": "4bit"}})
+    config = resolve_config(
+        str(tiny_models["llama"]), overrides={"data": {"source": str(small_data)}, "model": {"quantize": "4bit"}}
+    )
     with pytest.raises(LorabenchError, match="needs a CUDA GPU"):
         prepare(config)
 
@@ -37,9 +38,14 @@ def test_4bit_training_on_cuda(tiny_models, small_data, tmp_path):
     pytest.importorskip("bitsandbytes")
     from lorabench.api import train
 
-    config = resolve_config(str(tiny_models["llama"]), overrides={
-        "data": {"source": str(small_data)}, "model": {"quantize": "4bit"},
-        "train": {"epochs": 1, "max_length": 48, "batch_tokens": 1024}})
+    config = resolve_config(
+        str(tiny_models["llama"]),
+        overrides={
+            "data": {"source": str(small_data)},
+            "model": {"quantize": "4bit"},
+            "train": {"epochs": 1, "max_length": 48, "batch_tokens": 1024},
+        },
+    )
     summary = train(config, tmp_path / "run")
     assert summary["precision"] == "bfloat16"
     assert 0 <= summary["val"]["f1"] <= 1
@@ -60,11 +66,33 @@ def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_
     cli = str(Path(sys.executable).parent / "lorabench")
     data = tmp_path / "tweets.csv"
     pd.read_csv(tweets_dir / "train.csv").head(800).to_csv(data, index=False)
-    subprocess.run([cli, "-q", "train", "--model", "minilm", "--data", str(data), "--epochs", "1",
-                    "--batch-tokens", "256", "--out", str(tmp_path / "run")], check=True, timeout=600)
+    subprocess.run(
+        [
+            cli,
+            "-q",
+            "train",
+            "--model",
+            "minilm",
+            "--data",
+            str(data),
+            "--epochs",
+            "1",
+            "--batch-tokens",
+            "256",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        check=True,
+        timeout=600,
+    )
     measured = json.loads((tmp_path / "run" / "summary.json").read_text())["peak_memory_mb"]
-    planned = subprocess.run([cli, "plan", "--model", "minilm", "--batch-tokens", "256", "--json"],
-                             check=True, capture_output=True, text=True, timeout=300)
+    planned = subprocess.run(
+        [cli, "plan", "--model", "minilm", "--batch-tokens", "256", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     fp32 = json.loads(planned.stdout)["estimates"][0]
     assert (fp32["precision"], fp32["gradient_checkpointing"]) == ("fp32", False)
     assert fp32["total_mb"] == pytest.approx(measured, rel=0.25)

@@ -46,15 +46,29 @@ def test_predict_keeps_ids_and_reproduces_the_runs_test_scores(llama_run, llama_
     np.testing.assert_allclose(written["score"], recorded["prob_1"], atol=2e-6)
     # the recorded threshold decides, not the arg-max
     assert written["target"].tolist() == (recorded["prob_1"] >= threshold).astype(int).tolist()
-    assert result["label_counts"] == {str(k): int(v) for k, v in written["target"].value_counts().reindex([0, 1], fill_value=0).items()}
+    assert result["label_counts"] == {
+        str(k): int(v) for k, v in written["target"].value_counts().reindex([0, 1], fill_value=0).items()
+    }
     # --threshold 0.5 reproduces the run's own arg-max predictions
     predict_file(llama_run, small_data / "test.csv", tmp_path / "half.csv", threshold=0.5, classifier=llama_classifier)
     assert pd.read_csv(tmp_path / "half.csv")["target"].tolist() == recorded["prediction"].tolist()
 
 
 def test_cli_submission_is_exactly_kaggles_format(llama_run, small_data, tmp_path):
-    result = CliRunner().invoke(app, ["--quiet", "predict", "--run", str(llama_run), "--data",
-                                      str(small_data / "test.csv"), "--out", str(tmp_path / "sub.csv"), "--submission"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--quiet",
+            "predict",
+            "--run",
+            str(llama_run),
+            "--data",
+            str(small_data / "test.csv"),
+            "--out",
+            str(tmp_path / "sub.csv"),
+            "--submission",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "sub.csv").read_text().splitlines()
     assert lines[0] == "id,target"
@@ -77,11 +91,16 @@ def test_chunked_prediction_equals_unchunked_for_every_input_format(llama_run, l
         assert chunked["id"].astype(int).tolist() == expected["id"].tolist()
         assert chunked["target"].tolist() == expected["target"].tolist()
         np.testing.assert_allclose(chunked["score"], expected["score"], atol=2e-6)
-    predict_file(llama_run, small_data / "test.csv", tmp_path / "chunked.csv", chunk_rows=7,
-                 classifier=llama_classifier)
+    predict_file(
+        llama_run, small_data / "test.csv", tmp_path / "chunked.csv", chunk_rows=7, classifier=llama_classifier
+    )
     assert pd.read_csv(tmp_path / "chunked.csv")["target"].tolist() == expected["target"].tolist()
-    assert whole["label_counts"] == predict_file(llama_run, tmp_path / "test.parquet", tmp_path / "p.csv",
-                                                 chunk_rows=7, classifier=llama_classifier)["label_counts"]
+    assert (
+        whole["label_counts"]
+        == predict_file(
+            llama_run, tmp_path / "test.parquet", tmp_path / "p.csv", chunk_rows=7, classifier=llama_classifier
+        )["label_counts"]
+    )
 
 
 def test_large_file_is_read_in_bounded_chunks(tmp_path):
@@ -103,8 +122,9 @@ def test_failure_midway_leaves_no_output(tmp_path):
     pd.DataFrame({"id": range(100), "text": ["a tweet"] * 100}).to_csv(tmp_path / "in.csv", index=False)
     (tmp_path / "out.csv").write_text("previous results\n")
     with pytest.raises(RuntimeError, match="model failed"):
-        predict_file(None, tmp_path / "in.csv", tmp_path / "out.csv", chunk_rows=30,
-                     classifier=FakeClassifier(fail_on_call=3))
+        predict_file(
+            None, tmp_path / "in.csv", tmp_path / "out.csv", chunk_rows=30, classifier=FakeClassifier(fail_on_call=3)
+        )
     assert (tmp_path / "out.csv").read_text() == "previous results\n"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]  # no temporary file left
 
@@ -134,8 +154,20 @@ def test_bad_requests_are_refused_with_one_line(tmp_path):
 def test_cli_reports_errors_as_one_line(tmp_path, capsys, monkeypatch):
     from lorabench.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["lorabench", "predict", "--run", str(tmp_path / "missing"),
-                                      "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o.csv")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "lorabench",
+            "predict",
+            "--run",
+            str(tmp_path / "missing"),
+            "--data",
+            str(tmp_path / "none.csv"),
+            "--out",
+            str(tmp_path / "o.csv"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2

@@ -15,14 +15,26 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import failure_text, torchrun
 
+from conftest import failure_text, torchrun
 from lorabench.record import CHECKPOINT_DIR, RunDir, recover_dir
 
 # 192 training rows in batches of 16 rows (batch_tokens 0: a known number of steps): 12 steps per epoch; with
 # --save-every-steps 5 the checkpoints fall after global steps 5, 10, 12 (end of epoch 1), 15, 20 and 24.
-FLAGS = ["--epochs", "2", "--batch-size", "16", "--lr", "0.001", "--max-length", "48", "--seed", "3",
-         "--lora-dropout", "0.3"]
+FLAGS = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.001",
+    "--max-length",
+    "48",
+    "--seed",
+    "3",
+    "--lora-dropout",
+    "0.3",
+]
 KILL_AFTER_LOSS = """
 import os, signal, sys
 import torch
@@ -61,8 +73,10 @@ def lorabench(*args, kill_at_loss: int | None = None, processes: int = 1) -> sub
 def outcome(run_dir: Path) -> dict:
     """What must match between runs: summary metrics, per-epoch metrics (less wall time), predictions, adapter."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        {k: v for k, v in json.loads(line).items() if k != "seconds"}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     return {
         "summary": {k: summary[k] for k in ("val", "test", "best_epoch", "threshold", "rows", "truncated_texts")},
         "metrics": metrics,
@@ -89,17 +103,31 @@ def uninterrupted(tmp_path_factory, tiny_models, small_data, recipe) -> dict:
     return result
 
 
-@pytest.mark.parametrize("kill_at_loss, progress_at_kill, resume_args", [
-    # killed in step 8 of epoch 1: resumes mid-epoch from the step-5 checkpoint, with only --resume --out
-    (8, {"epoch": 0, "step": 5}, []),
-    # killed in step 2 of epoch 2: resumes from the end-of-epoch-1 checkpoint, with the full command repeated
-    (14, {"epoch": 1, "step": 0}, None),
-])
-def test_killed_run_resumes_to_the_same_result(kill_at_loss, progress_at_kill, resume_args, uninterrupted,
-                                               recipe, tiny_models, small_data, tmp_path):
+@pytest.mark.parametrize(
+    "kill_at_loss, progress_at_kill, resume_args",
+    [
+        # killed in step 8 of epoch 1: resumes mid-epoch from the step-5 checkpoint, with only --resume --out
+        (8, {"epoch": 0, "step": 5}, []),
+        # killed in step 2 of epoch 2: resumes from the end-of-epoch-1 checkpoint, with the full command repeated
+        (14, {"epoch": 1, "step": 0}, None),
+    ],
+)
+def test_killed_run_resumes_to_the_same_result(
+    kill_at_loss, progress_at_kill, resume_args, uninterrupted, recipe, tiny_models, small_data, tmp_path
+):
     out = tmp_path / "run"
-    command = ["train", "--model", tiny_models["roberta"], "--data", small_data, "--out", out, *recipe,
-               "--save-every-steps", "5"]
+    command = [
+        "train",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        small_data,
+        "--out",
+        out,
+        *recipe,
+        "--save-every-steps",
+        "5",
+    ]
     killed = lorabench(*command, kill_at_loss=kill_at_loss)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     progress = json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())
@@ -156,8 +184,18 @@ def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_model
     """Two processes each draw dropout for their own rows, so each needs its own random state back: a run killed
     mid-epoch and resumed ends byte-identical to an uninterrupted two-process run; one process may not resume it."""
     # 8 rows per process: a global batch of 16, 12 steps per epoch, the step-5 checkpoint is mid-epoch
-    command = ["train", "--model", tiny_models["roberta"], "--data", small_data, *recipe, "--batch-size", "8",
-               "--save-every-steps", "5"]
+    command = [
+        "train",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        small_data,
+        *recipe,
+        "--batch-size",
+        "8",
+        "--save-every-steps",
+        "5",
+    ]
     done = lorabench(*command, "--out", tmp_path / "uninterrupted", processes=2)
     assert done.returncode == 0, failure_text(done)
 
@@ -170,7 +208,8 @@ def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_model
     alone = lorabench("train", "--out", out, "--resume")
     assert alone.returncode == 2
     assert alone.stderr.strip().splitlines() == [
-        "error: resume this run with the launch that trained it: 2 processes, not 1"]
+        "error: resume this run with the launch that trained it: 2 processes, not 1"
+    ]
 
     resumed = lorabench("train", "--out", out, "--resume", processes=2)
     assert resumed.returncode == 0, failure_text(resumed)

@@ -55,9 +55,28 @@ def test_remote_code_runs_only_with_the_flag(remote_code_model, small_data, tmp_
     """The control: the same directory with --trust-remote-code does import the module (so the marker works)."""
     model, marker = remote_code_model
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "lorabench.cli", "-q", "train", "--model", str(model), "--data",
-                    str(small_data), "--out", str(tmp_path / "out"), "--epochs", "1", "--trust-remote-code"],
-                   capture_output=True, text=True, timeout=600, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lorabench.cli",
+            "-q",
+            "train",
+            "--model",
+            str(model),
+            "--data",
+            str(small_data),
+            "--out",
+            str(tmp_path / "out"),
+            "--epochs",
+            "1",
+            "--trust-remote-code",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert marker.read_text() == "remote code ran"
 
 
@@ -92,8 +111,9 @@ def test_pickle_weights_are_refused_without_the_flag(cli, pickle_model, small_da
 def test_allowed_pickle_weights_still_load_without_running_code(cli, pickle_model, small_data, tmp_path):
     """--allow-pickle loads through torch's weights-only unpickler, which refuses the payload instead of running it."""
     model, marker = pickle_model
-    result = cli("train", "--model", model, "--data", small_data, "--out", tmp_path / "out", "--epochs", 1,
-                 "--allow-pickle")
+    result = cli(
+        "train", "--model", model, "--data", small_data, "--out", tmp_path / "out", "--epochs", 1, "--allow-pickle"
+    )
     assert_refused(result, "objects other than tensors")
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
@@ -109,8 +129,9 @@ def test_allowed_pickle_weights_of_plain_tensors_load(tiny_models, small_data, t
     shutil.copytree(tiny_models["roberta"], model)
     torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
     (model / "model.safetensors").unlink()
-    config = resolve_config(str(model), overrides={"data": {"source": str(small_data)},
-                                                   "model": {"allow_pickle": True}})
+    config = resolve_config(
+        str(model), overrides={"data": {"source": str(small_data)}, "model": {"allow_pickle": True}}
+    )
     prepared = prepare(config)
     original = load_file(tiny_models["roberta"] / "model.safetensors")
     (expected,) = [tensor for name, tensor in original.items() if name.endswith("word_embeddings.weight")]
@@ -131,6 +152,7 @@ def test_hub_models_load_without_remote_code_and_from_safetensors(monkeypatch, t
         def load(source, *args, **kwargs):
             calls.append((source, kwargs))
             return real(tiny_models["roberta"], *args, **kwargs)  # stand in for the download
+
         return load
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", record(real_tokenizer))

@@ -26,8 +26,9 @@ MAX_TEXTS, MAX_CHARS = 8, 300
 def server(llama_run, llama_classifier):
     """uvicorn serving the app in a thread on a socket bound to a free loopback port; yields its base URL."""
     # 50 ms of gathering makes the batching of concurrent requests certain even on a busy machine.
-    app = create_app(llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS,
-                     gather_seconds=0.05)
+    app = create_app(
+        llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS, gather_seconds=0.05
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -85,8 +86,9 @@ def test_limits_and_malformed_requests_are_refused_and_the_server_keeps_serving(
         assert too_long.json()["detail"] == f"text 1 has {MAX_CHARS + 1} characters; the limit is {MAX_CHARS}"
         huge = client.post("/predict", json={"texts": ["y" * 50_000]})  # refused by size before it is read
         assert huge.status_code == 413
-        assert huge.json()["detail"] == ("request body larger than 15488 bytes, the most that 8 texts of 300 "
-                                         "characters take")
+        assert huge.json()["detail"] == (
+            "request body larger than 15488 bytes, the most that 8 texts of 300 characters take"
+        )
 
         def streamed():  # no Content-Length: counted as it arrives
             yield b'{"texts": ["'
@@ -99,8 +101,14 @@ def test_limits_and_malformed_requests_are_refused_and_the_server_keeps_serving(
 
         headers = {"content-type": "application/json"}
         assert client.post("/predict", content=b'{"texts": ["unterminated', headers=headers).status_code == 422
-        for body in ({"texts": "one string"}, {"texts": [1, 2]}, {"text": ["typo"]}, {"texts": ["a"], "extra": 1},
-                     ["a list"], {"texts": [None]}):
+        for body in (
+            {"texts": "one string"},
+            {"texts": [1, 2]},
+            {"text": ["typo"]},
+            {"texts": ["a"], "extra": 1},
+            ["a list"],
+            {"texts": [None]},
+        ):
             answer = client.post("/predict", json=body)
             assert answer.status_code == 422, body
             assert answer.json()["detail"][0]["loc"][0] == "body"
@@ -134,8 +142,19 @@ def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "lorabench.cli", "--quiet", "serve", "--run", str(llama_run), "--port", str(port),
-               "--threshold", "0.5"]
+    command = [
+        sys.executable,
+        "-m",
+        "lorabench.cli",
+        "--quiet",
+        "serve",
+        "--run",
+        str(llama_run),
+        "--port",
+        str(port),
+        "--threshold",
+        "0.5",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

@@ -34,8 +34,14 @@ def write_space(path: Path, text: str = TINY_SPACE) -> Path:
 
 def tiny_settings(tiny_models, small_data, out: Path, **values) -> SweepSettings:
     space = values.pop("space", None) or write_space(out.parent / f"{out.name}_space.yaml")
-    return SweepSettings(model=str(tiny_models["roberta"]), data=str(small_data), out=out, space=space,
-                         epochs=values.pop("epochs", 1), **values)
+    return SweepSettings(
+        model=str(tiny_models["roberta"]),
+        data=str(small_data),
+        out=out,
+        space=space,
+        epochs=values.pop("epochs", 1),
+        **values,
+    )
 
 
 def load_study(out: Path) -> optuna.Study:
@@ -62,7 +68,8 @@ def test_study_space_is_the_papers():
     assert space.fixed() == {"lora_bias": "none", "max_length": 512}
     assert space.overrides({"lora_rank": 16, "lr": 1e-4, "lora_alpha": 32, "lora_dropout": 0.05}) == {
         "lora": {"bias": "none", "r": 16, "alpha": 32, "dropout": 0.05},
-        "train": {"max_length": 512, "lr": 1e-4}}
+        "train": {"max_length": 512, "lr": 1e-4},
+    }
 
 
 def test_sampled_values_stay_in_the_space():
@@ -95,8 +102,19 @@ BAD_SPACES = [
 @pytest.mark.parametrize("text,fragment", BAD_SPACES)
 def test_bad_space_is_refused_in_one_line_before_training(text, fragment, cli, tiny_models, small_data, tmp_path):
     space = write_space(tmp_path / "space.yaml", text)
-    result = cli("sweep", "--model", tiny_models["roberta"], "--data", small_data, "--out", tmp_path / "sweep",
-                 "--space", space, "--trials", 1)
+    result = cli(
+        "sweep",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        small_data,
+        "--out",
+        tmp_path / "sweep",
+        "--space",
+        space,
+        "--trials",
+        1,
+    )
     assert result.code == 2, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
@@ -105,8 +123,17 @@ def test_bad_space_is_refused_in_one_line_before_training(text, fragment, cli, t
 
 
 def test_unusable_storage_is_refused_in_one_line(cli, tiny_models, small_data, tmp_path):
-    result = cli("sweep", "--model", tiny_models["roberta"], "--data", small_data, "--out", tmp_path / "sweep",
-                 "--storage", "not-a-database-url")
+    result = cli(
+        "sweep",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        small_data,
+        "--out",
+        tmp_path / "sweep",
+        "--storage",
+        "not-a-database-url",
+    )
     assert result.code == 2 and result.stderr.startswith("error: cannot open the study storage not-a-database-url")
     assert not (tmp_path / "sweep").exists()
 
@@ -177,8 +204,25 @@ def test_best_json_trains_again_to_the_same_f1(resumed_sweep, cli, tmp_path):
 def test_killed_sweep_resumes_with_the_same_number_of_trials(tiny_models, small_data, tmp_path):
     out = tmp_path / "sweep"
     settings = tiny_settings(tiny_models, small_data, out, trials=4, epochs=2)
-    command = [sys.executable, "-m", "lorabench.cli", "-q", "sweep", "--model", settings.model, "--data",
-               settings.data, "--out", str(out), "--space", str(settings.space), "--trials", "4", "--epochs", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "lorabench.cli",
+        "-q",
+        "sweep",
+        "--model",
+        settings.model,
+        "--data",
+        settings.data,
+        "--out",
+        str(out),
+        "--space",
+        str(settings.space),
+        "--trials",
+        "4",
+        "--epochs",
+        "2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
@@ -219,8 +263,12 @@ def test_rerun_with_other_settings_is_refused_by_name(resumed_sweep, tiny_models
 
 def test_median_pruner_stops_a_hopeless_trial_before_its_last_epoch(tiny_models, small_data, tmp_path):
     out = tmp_path / "sweep"
-    space = write_space(tmp_path / "space.yaml", TINY_SPACE.replace(
-        "lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}", "lr: {values: [1.0e-2, 1.0e-7]}"))
+    space = write_space(
+        tmp_path / "space.yaml",
+        TINY_SPACE.replace(
+            "lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}", "lr: {values: [1.0e-2, 1.0e-7]}"
+        ),
+    )
     # Queue two good learning rates, then one too small to move the model off its initial guess (each is
     # scaled down with the small data's batches, by the same factor).
     out.mkdir()
@@ -240,13 +288,25 @@ def test_median_pruner_stops_a_hopeless_trial_before_its_last_epoch(tiny_models,
 # ---------------------------------------------------------------------------------------------- W&B
 
 
-def test_wandb_backend_writes_the_sweep_and_names_the_missing_key(cli, tiny_models, small_data, tmp_path,
-                                                                  monkeypatch):
+def test_wandb_backend_writes_the_sweep_and_names_the_missing_key(cli, tiny_models, small_data, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
     out = tmp_path / "sweep"
-    result = cli("sweep", "--backend", "wandb", "--model", tiny_models["roberta"], "--data", small_data,
-                 "--out", out, "--trials", 30, "--epochs", 2)
+    result = cli(
+        "sweep",
+        "--backend",
+        "wandb",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        small_data,
+        "--out",
+        out,
+        "--trials",
+        30,
+        "--epochs",
+        2,
+    )
     assert result.code == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: W&B needs an API key") and "wandb_sweep.yaml" in lines[0]
@@ -281,8 +341,19 @@ def test_sweep_agent_trains_what_wandb_chose_and_logs_eval_f1(cli, tiny_models, 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda: run))
     out = tmp_path / "sweep"
     space = write_space(tmp_path / "space.yaml")
-    result = cli("sweep-agent", "--model", tiny_models["roberta"], "--data", small_data, "--out", out,
-                 "--space", space, "--epochs", 2)
+    result = cli(
+        "sweep-agent",
+        "--model",
+        tiny_models["roberta"],
+        "--data",
+        small_data,
+        "--out",
+        out,
+        "--space",
+        space,
+        "--epochs",
+        2,
+    )
     assert result.code == 0, result.stderr
     trial_dir = out / "trials" / "abc123"
     config = yaml.safe_load((trial_dir / "config.yaml").read_text())
@@ -306,8 +377,7 @@ def test_sweep_agent_outside_wandb_agent_says_so(cli, tiny_models, small_data, t
 def test_ray_runs_two_trials_in_parallel(tiny_models, small_data, tmp_path):
     pytest.importorskip("ray.tune")
     out = tmp_path / "sweep"
-    result = sweep(tiny_settings(tiny_models, small_data, out, trials=2, epochs=2, backend="ray",
-                                 cpus_per_trial=1))
+    result = sweep(tiny_settings(tiny_models, small_data, out, trials=2, epochs=2, backend="ray", cpus_per_trial=1))
     table = pd.read_csv(out / "trials.csv")
     assert sorted(table["number"]) == [0, 1] and set(table["state"]) <= {"COMPLETE", "PRUNED"}
     starts = pd.to_datetime(table["started"])
@@ -317,4 +387,5 @@ def test_ray_runs_two_trials_in_parallel(tiny_models, small_data, tmp_path):
     assert (out / "best.json").is_file() and (out / "optimization_history.png").is_file()
     best = json.loads((out / "best.json").read_text())
     assert best["value"] == pytest.approx(
-        json.loads((out / "trials" / str(best["trial"]) / "summary.json").read_text())["val"]["f1"])
+        json.loads((out / "trials" / str(best["trial"]) / "summary.json").read_text())["val"]["f1"]
+    )

@@ -15,8 +15,9 @@ TINY = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch
 
 
 def tiny_config(model_dir, data_dir, **train_overrides):
-    return resolve_config(str(model_dir), overrides={"data": {"source": str(data_dir)},
-                                                     "train": {**TINY, **train_overrides}})
+    return resolve_config(
+        str(model_dir), overrides={"data": {"source": str(data_dir)}, "train": {**TINY, **train_overrides}}
+    )
 
 
 @pytest.mark.parametrize("kind", ["roberta", "llama", "mistral"])
@@ -35,7 +36,9 @@ def test_tiny_model_trains_and_records_the_run(kind, tiny_models, small_data, tm
     assert summary["best_epoch"] == best["epoch"]
     assert summary["val"]["f1"] == pytest.approx(best["val_f1"], abs=1e-6)
     assert 0 < summary["trainable_params"] < summary["total_params"]
-    assert summary["trainable_percent"] == pytest.approx(100 * summary["trainable_params"] / summary["total_params"], abs=1e-3)
+    assert summary["trainable_percent"] == pytest.approx(
+        100 * summary["trainable_params"] / summary["total_params"], abs=1e-3
+    )
     assert (run.file("adapter") / "adapter_model.safetensors").is_file()
     assert run.config().model.source == str(tiny_models[kind])
     test_predictions = pd.read_csv(run.file("test_predictions.csv"))
@@ -72,8 +75,11 @@ def test_same_seed_gives_identical_metrics(tiny_models, small_data, tmp_path):
 def test_string_labels_and_three_classes(tiny_models, tmp_path):
     rng = np.random.default_rng(0)
     words = {"fire": "emergency", "sunny": "weather", "match": "sport"}
-    rows = [{"text": f"{word} {' '.join(rng.choice(['a', 'b', 'c'], 3))}", "target": label}
-            for _ in range(40) for word, label in words.items()]
+    rows = [
+        {"text": f"{word} {' '.join(rng.choice(['a', 'b', 'c'], 3))}", "target": label}
+        for _ in range(40)
+        for word, label in words.items()
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "three.csv", index=False)
     summary = train(tiny_config(tiny_models["roberta"], tmp_path / "three.csv", epochs=1), tmp_path / "run")
     assert summary["label_names"] == ["emergency", "sport", "weather"]  # names sorted, ids in that order
@@ -86,17 +92,26 @@ def test_string_labels_and_three_classes(tiny_models, tmp_path):
 def test_labelled_test_file_is_scored(tiny_models, small_data, tmp_path):
     labelled = pd.read_csv(small_data / "train.csv").tail(30)
     labelled.to_csv(tmp_path / "labelled_test.csv", index=False)
-    config = resolve_config(str(tiny_models["roberta"]), overrides={
-        "data": {"source": str(small_data / "train.csv"), "test": str(tmp_path / "labelled_test.csv")},
-        "train": {**TINY, "epochs": 1}})
+    config = resolve_config(
+        str(tiny_models["roberta"]),
+        overrides={
+            "data": {"source": str(small_data / "train.csv"), "test": str(tmp_path / "labelled_test.csv")},
+            "train": {**TINY, "epochs": 1},
+        },
+    )
     summary = train(config, tmp_path / "run")
     assert summary["test"] is not None and 0 <= summary["test"]["f1"] <= 1
     assert summary["rows"]["test"] == 30
 
 
 def test_minilm_beats_majority_class_on_real_tweets(tweets_dir, tmp_path):
-    config = resolve_config("minilm", overrides={"data": {"source": str(tweets_dir), "max_train_rows": 400},
-                                                 "train": {"epochs": 2, "eval_batch_size": 128}})
+    config = resolve_config(
+        "minilm",
+        overrides={
+            "data": {"source": str(tweets_dir), "max_train_rows": 400},
+            "train": {"epochs": 2, "eval_batch_size": 128},
+        },
+    )
     summary = train(config, tmp_path / "run")
     # the majority class (0) has F1 0 on the positive class and accuracy 872/1523 = 0.5725 on validation
     assert summary["val"]["accuracy"] > 0.65
@@ -105,8 +120,10 @@ def test_minilm_beats_majority_class_on_real_tweets(tweets_dir, tmp_path):
 
 
 def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
-    config = resolve_config("smollm2", overrides={"data": {"source": str(tweets_dir), "max_train_rows": 24},
-                                                  "train": {"epochs": 1, "max_length": 32}})
+    config = resolve_config(
+        "smollm2",
+        overrides={"data": {"source": str(tweets_dir), "max_train_rows": 24}, "train": {"epochs": 1, "max_length": 32}},
+    )
     from lorabench.train import prepare
 
     prepared = prepare(config)

@@ -9,8 +9,22 @@ from lorabench.report import render as render_report
 from lorabench.serve import create_app, serve
 from lorabench.sweep import SweepSettings, load_space, sweep
 
-__all__ = ["RunConfig", "compare", "create_app", "export_run", "load_classifier", "load_splits", "predict_file",
-           "render_report", "resolve_config", "serve", "SweepSettings", "load_space", "sweep", "train"]
+__all__ = [
+    "RunConfig",
+    "compare",
+    "create_app",
+    "export_run",
+    "load_classifier",
+    "load_splits",
+    "predict_file",
+    "render_report",
+    "resolve_config",
+    "serve",
+    "SweepSettings",
+    "load_space",
+    "sweep",
+    "train",
+]
 
 
 def train(config: RunConfig, out_dir, resume: bool = False, on_epoch_end=None) -> dict:

@@ -11,14 +11,17 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from lorabench.errors import LorabenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune pretrained language models with LoRA for text classification.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune pretrained language models with LoRA for text classification.",
+)
 _state = {"debug": False}
 
 DATA_HELP = "hub data set id, a directory with train/test files, or one CSV / Parquet / JSON Lines file"
@@ -68,36 +71,39 @@ def _value(option):
 
 @app.command()
 def train(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="preset name, local model directory or hub id"),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help="preset name, local model directory or hub id"),
+    data: str | None = typer.Option(None, "--data", "-d", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="run directory to write"),
-    test: Optional[str] = typer.Option(None, "--test", help="a test file (labels optional)"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON run config"),
-    epochs: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None, help="rows per batch when --batch-tokens is 0"),
-    batch_tokens: Optional[int] = typer.Option(None, min=0, help="padded tokens per batch of length-sorted rows "
-                                               "(default 2048); 0 = --batch-size rows in random order"),
-    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="padding-free batches"),
-    lr: Optional[float] = typer.Option(None),
-    lora_r: Optional[int] = typer.Option(None),
-    lora_alpha: Optional[float] = typer.Option(None),
-    lora_dropout: Optional[float] = typer.Option(None),
-    lora_bias: Optional[LoraBias] = typer.Option(None),
-    max_length: Optional[int] = typer.Option(None),
-    max_train_rows: Optional[int] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    precision: Optional[Precision] = typer.Option(None),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
-    tracking: Optional[Tracking] = typer.Option(None),
-    gguf_file: Optional[str] = typer.Option(None, help="GGUF file name inside the model directory"),
-    text_column: Optional[str] = typer.Option(None),
-    label_column: Optional[str] = typer.Option(None),
-    strict: Optional[bool] = typer.Option(None, "--strict", help="refuse empty texts instead of skipping them"),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow a model's own Python code"),
-    allow_pickle: Optional[bool] = typer.Option(None, "--allow-pickle", help="allow pickle (.bin) weights"),
-    quantize: Optional[Quantize] = typer.Option(None, help="4bit / 8bit base weights (bitsandbytes, CUDA only)"),
+    test: str | None = typer.Option(None, "--test", help="a test file (labels optional)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON run config"),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="rows per batch when --batch-tokens is 0"),
+    batch_tokens: int | None = typer.Option(
+        None,
+        min=0,
+        help="padded tokens per batch of length-sorted rows (default 2048); 0 = --batch-size rows in random order",
+    ),
+    packing: bool | None = typer.Option(None, "--packing/--no-packing", help="padding-free batches"),
+    lr: float | None = typer.Option(None),
+    lora_r: int | None = typer.Option(None),
+    lora_alpha: float | None = typer.Option(None),
+    lora_dropout: float | None = typer.Option(None),
+    lora_bias: LoraBias | None = typer.Option(None),
+    max_length: int | None = typer.Option(None),
+    max_train_rows: int | None = typer.Option(None),
+    seed: int | None = typer.Option(None),
+    precision: Precision | None = typer.Option(None),
+    gradient_checkpointing: bool | None = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    tracking: Tracking | None = typer.Option(None),
+    gguf_file: str | None = typer.Option(None, help="GGUF file name inside the model directory"),
+    text_column: str | None = typer.Option(None),
+    label_column: str | None = typer.Option(None),
+    strict: bool | None = typer.Option(None, "--strict", help="refuse empty texts instead of skipping them"),
+    trust_remote_code: bool | None = typer.Option(None, "--trust-remote-code", help="allow a model's own Python code"),
+    allow_pickle: bool | None = typer.Option(None, "--allow-pickle", help="allow pickle (.bin) weights"),
+    quantize: Quantize | None = typer.Option(None, help="4bit / 8bit base weights (bitsandbytes, CUDA only)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
-    save_every_steps: Optional[int] = typer.Option(None, help="also checkpoint every N steps (mid-epoch)"),
+    save_every_steps: int | None = typer.Option(None, help="also checkpoint every N steps (mid-epoch)"),
 ) -> None:
     """Fine-tune one model with LoRA and write its run record."""
     from lorabench.api import train as train_run
@@ -105,15 +111,34 @@ def train(
     from lorabench.distributed import world
 
     overrides = {
-        "model": {"gguf_file": gguf_file, "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle,
-                  "quantize": _value(quantize)},
-        "data": {"source": data, "test": test, "text_column": text_column, "label_column": label_column,
-                 "max_train_rows": max_train_rows, "strict": strict},
+        "model": {
+            "gguf_file": gguf_file,
+            "trust_remote_code": trust_remote_code,
+            "allow_pickle": allow_pickle,
+            "quantize": _value(quantize),
+        },
+        "data": {
+            "source": data,
+            "test": test,
+            "text_column": text_column,
+            "label_column": label_column,
+            "max_train_rows": max_train_rows,
+            "strict": strict,
+        },
         "lora": {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "bias": _value(lora_bias)},
-        "train": {"epochs": epochs, "batch_size": batch_size, "batch_tokens": batch_tokens, "packing": packing,
-                  "lr": lr, "max_length": max_length, "seed": seed,
-                  "precision": _value(precision), "gradient_checkpointing": gradient_checkpointing,
-                  "tracking": _value(tracking), "save_every_steps": save_every_steps},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "batch_tokens": batch_tokens,
+            "packing": packing,
+            "lr": lr,
+            "max_length": max_length,
+            "seed": seed,
+            "precision": _value(precision),
+            "gradient_checkpointing": gradient_checkpointing,
+            "tracking": _value(tracking),
+            "save_every_steps": save_every_steps,
+        },
     }
     if resume and model is None and config is None:  # `train --resume --out RUN` continues RUN as configured
         if not (out / "config.yaml").is_file():
@@ -122,25 +147,44 @@ def train(
     run_config = resolve_config(model, config, overrides)
     summary = train_run(run_config, out, resume=resume)
     if world().is_main:  # under torchrun every process returns the summary; print it once
-        typer.echo(json.dumps({key: summary[key] for key in ("model", "best_epoch", "val", "test", "train_seconds",
-                                                              "peak_memory_mb", "trainable_percent")}))
+        typer.echo(
+            json.dumps(
+                {
+                    key: summary[key]
+                    for key in (
+                        "model",
+                        "best_epoch",
+                        "val",
+                        "test",
+                        "train_seconds",
+                        "peak_memory_mb",
+                        "trainable_percent",
+                    )
+                }
+            )
+        )
 
 
 @app.command()
 def data(
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
-    test: Optional[str] = typer.Option(None, "--test"),
-    text_column: Optional[str] = typer.Option(None),
-    label_column: Optional[str] = typer.Option(None),
-    strict: Optional[bool] = typer.Option(None, "--strict", help="refuse empty texts instead of skipping them"),
+    data: str | None = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    test: str | None = typer.Option(None, "--test"),
+    text_column: str | None = typer.Option(None),
+    label_column: str | None = typer.Option(None),
+    strict: bool | None = typer.Option(None, "--strict", help="refuse empty texts instead of skipping them"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights."""
     from lorabench.config import DataConfig
     from lorabench.data import describe
 
-    overrides = {"source": data, "test": test, "text_column": text_column, "label_column": label_column,
-                 "strict": strict}
+    overrides = {
+        "source": data,
+        "test": test,
+        "text_column": text_column,
+        "label_column": label_column,
+        "strict": strict,
+    }
     stats = describe(DataConfig(**{k: v for k, v in overrides.items() if v is not None}))
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
@@ -159,8 +203,13 @@ def _print_stats(stats: dict) -> None:
         table.add_column(column, justify="right" if column != "split" else "left")
     for split, entry in stats["splits"].items():
         counts = entry.get("class_counts", {})
-        table.add_row(split, str(entry["rows"]), *[str(counts.get(n, "-")) for n in names],
-                      str(entry["max_chars"]), str(entry["max_words"]))
+        table.add_row(
+            split,
+            str(entry["rows"]),
+            *[str(counts.get(n, "-")) for n in names],
+            str(entry["max_chars"]),
+            str(entry["max_words"]),
+        )
     console.print(table)
     missing = Table(title="missing values per column")
     missing.add_column("split")
@@ -178,9 +227,9 @@ def _print_stats(stats: dict) -> None:
 @app.command()
 def plan(
     model: str = typer.Option("minilm", "--model", "-m", help="preset name, local model directory or hub id"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON run config"),
-    batch_size: Optional[int] = typer.Option(None),
-    batch_tokens: Optional[int] = typer.Option(None, min=0),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON run config"),
+    batch_size: int | None = typer.Option(None),
+    batch_tokens: int | None = typer.Option(None, min=0),
     longest: int = typer.Option(64, min=1, help="longest text in tokens expected in a batch (tweets: ~64)"),
     num_labels: int = typer.Option(2, min=2),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
@@ -197,17 +246,30 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result['model']}: {result['total_params']:,} parameters, {result['trainable_params']:,} "
-                        f"trainable; {result['tokens_per_batch']} tokens per batch; {result['device']} has "
-                        f"{result['free_mb']:,} MB free")
-    table.caption = ("MB: frozen weights, LoRA + head with Adam states, activations of one training batch, "
-                     "one validation batch's working set, runtime")
+    table = Table(
+        title=f"{result['model']}: {result['total_params']:,} parameters, {result['trainable_params']:,} "
+        f"trainable; {result['tokens_per_batch']} tokens per batch; {result['device']} has "
+        f"{result['free_mb']:,} MB free"
+    )
+    table.caption = (
+        "MB: frozen weights, LoRA + head with Adam states, activations of one training batch, "
+        "one validation batch's working set, runtime"
+    )
     for column in ("precision", "quant", "ckpt", "weights", "adam", "activ.", "eval", "runtime", "total", "fits"):
         table.add_column(column, justify="left" if column in ("precision", "quant") else "right")
     for row in result["estimates"]:
-        table.add_row(row["precision"], row["quantize"], "yes" if row["gradient_checkpointing"] else "no",
-                      f"{row['weights_mb']:,}", f"{row['trainable_states_mb']:,}", f"{row['activations_mb']:,}",
-                      f"{row['evaluation_mb']:,}", f"{row['overhead_mb']:,}", f"{row['total_mb']:,}", "yes" if row["fits"] else "no")
+        table.add_row(
+            row["precision"],
+            row["quantize"],
+            "yes" if row["gradient_checkpointing"] else "no",
+            f"{row['weights_mb']:,}",
+            f"{row['trainable_states_mb']:,}",
+            f"{row['activations_mb']:,}",
+            f"{row['evaluation_mb']:,}",
+            f"{row['overhead_mb']:,}",
+            f"{row['total_mb']:,}",
+            "yes" if row["fits"] else "no",
+        )
     Console().print(table)
 
 
@@ -222,14 +284,18 @@ def presets() -> None:
 
 @app.command()
 def compare(
-    models: Optional[str] = typer.Option(None, "--models", help="comma-separated presets, model directories or hub "
-                                         "ids, e.g. tfidf,minilm,smollm2 (default: the models in --config)"),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    models: str | None = typer.Option(
+        None,
+        "--models",
+        help="comma-separated presets, model directories or hub "
+        "ids, e.g. tfidf,minilm,smollm2 (default: the models in --config)",
+    ),
+    data: str | None = typer.Option(None, "--data", "-d", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="empty directory for the runs, results and report"),
-    test: Optional[str] = typer.Option(None, "--test", help="a test file (labels optional)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs for every model without its own in --config"),
-    max_train_rows: Optional[int] = typer.Option(None, help="training row cap for every model without its own"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON: shared data/train, per-model entries"),
+    test: str | None = typer.Option(None, "--test", help="a test file (labels optional)"),
+    epochs: int | None = typer.Option(None, help="epochs for every model without its own in --config"),
+    max_train_rows: int | None = typer.Option(None, help="training row cap for every model without its own"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON: shared data/train, per-model entries"),
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
     from lorabench.api import compare as run_compare
@@ -237,8 +303,9 @@ def compare(
     from lorabench.report import display_rows, markdown_table
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
-    table = run_compare(names, out, data=data, test=test, epochs=epochs, max_train_rows=max_train_rows,
-                        config_file=config)
+    table = run_compare(
+        names, out, data=data, test=test, epochs=epochs, max_train_rows=max_train_rows, config_file=config
+    )
     if world().is_main:  # under torchrun every process returns the table; print it once
         typer.echo(markdown_table(*display_rows(table)) + f"report: {out / 'report.html'}")
 
@@ -261,17 +328,27 @@ def predict(
     run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
     data: Path = typer.Option(..., "--data", "-d", help="CSV / Parquet / JSON Lines file of texts"),
     out: Path = typer.Option(..., "--out", "-o", help="output file: .csv or .jsonl"),
-    threshold: Optional[float] = typer.Option(None, help=THRESHOLD_HELP),
+    threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
     submission: bool = typer.Option(False, "--submission", help="write exactly Kaggle's id,target"),
     text_column: str = typer.Option("text"),
     id_column: str = typer.Option("id"),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="texts per model call (default: the run's eval batch size)"),
+    batch_size: int | None = typer.Option(
+        None, min=1, help="texts per model call (default: the run's eval batch size)"
+    ),
 ) -> None:
     """Score a file of texts with a trained run: id, target (label) and score per row."""
     from lorabench.predict import predict_file
 
-    result = predict_file(run, data, out, threshold=threshold, submission=submission, text_column=text_column,
-                          id_column=id_column, batch_size=batch_size)
+    result = predict_file(
+        run,
+        data,
+        out,
+        threshold=threshold,
+        submission=submission,
+        text_column=text_column,
+        id_column=id_column,
+        batch_size=batch_size,
+    )
     typer.echo(json.dumps(result))
 
 
@@ -294,14 +371,15 @@ def serve(
     port: int = typer.Option(8000),
     max_texts: int = typer.Option(64, min=1, help="most texts per request (413 beyond)"),
     max_chars: int = typer.Option(2000, min=1, help="most characters per text (413 beyond)"),
-    threshold: Optional[float] = typer.Option(None, help=THRESHOLD_HELP),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="texts per model call"),
+    threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
+    batch_size: int | None = typer.Option(None, min=1, help="texts per model call"),
 ) -> None:
     """Serve a run over HTTP: POST /predict, GET /health, GET /info, OpenAPI at /docs."""
     from lorabench.serve import serve as serve_run
 
-    serve_run(run, host=host, port=port, max_texts=max_texts, max_chars=max_chars, threshold=threshold,
-              batch_size=batch_size)
+    serve_run(
+        run, host=host, port=port, max_texts=max_texts, max_chars=max_chars, threshold=threshold, batch_size=batch_size
+    )
 
 
 class SweepBackend(str, Enum):
@@ -315,46 +393,62 @@ SPACE_HELP = "search-space YAML (default: the study's, src/lorabench/presets/spa
 
 @app.command()
 def sweep(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="preset name, local model directory or hub id"),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help="preset name, local model directory or hub id"),
+    data: str | None = typer.Option(None, "--data", "-d", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="sweep directory: trials, database, report (rerun to resume)"),
     trials: int = typer.Option(30, min=1, help="finished trials wanted (the study ran 30)"),
     backend: SweepBackend = typer.Option(SweepBackend.optuna, help="optuna: embedded; wandb: W&B sweep; ray: Ray Tune"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite:///OUT/study.db)"),
-    space: Optional[Path] = typer.Option(None, help=SPACE_HELP),
-    epochs: Optional[int] = typer.Option(None, min=1),
-    max_train_rows: Optional[int] = typer.Option(None, min=1),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite:///OUT/study.db)"),
+    space: Path | None = typer.Option(None, help=SPACE_HELP),
+    epochs: int | None = typer.Option(None, min=1),
+    max_train_rows: int | None = typer.Option(None, min=1),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="stop hopeless trials after an epoch"),
     seed: int = typer.Option(0, help="the sampler's seed"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (ray backend; default: a local instance)"),
+    address: str | None = typer.Option(None, help="Ray cluster address (ray backend; default: a local instance)"),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs each Ray trial reserves"),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs each Ray trial reserves"),
 ) -> None:
     """Tune LoRA hyperparameters (Bayesian search, best validation F1); writes trials.csv, best.json, charts."""
-    from lorabench.api import SweepSettings, sweep as run_sweep
+    from lorabench.api import SweepSettings
+    from lorabench.api import sweep as run_sweep
 
-    settings = SweepSettings.build(model=model, data=data, out=out, trials=trials, backend=_value(backend),
-                                   storage=storage, space=space, epochs=epochs, max_train_rows=max_train_rows,
-                                   prune=prune, seed=seed, address=address, cpus_per_trial=cpus_per_trial,
-                                   gpus_per_trial=gpus_per_trial)
+    settings = SweepSettings.build(
+        model=model,
+        data=data,
+        out=out,
+        trials=trials,
+        backend=_value(backend),
+        storage=storage,
+        space=space,
+        epochs=epochs,
+        max_train_rows=max_train_rows,
+        prune=prune,
+        seed=seed,
+        address=address,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+    )
     typer.echo(json.dumps(run_sweep(settings)))
 
 
 @app.command("sweep-agent")
 def sweep_agent(
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    data: Optional[str] = typer.Option(None, "--data", "-d"),
+    model: str | None = typer.Option(None, "--model", "-m"),
+    data: str | None = typer.Option(None, "--data", "-d"),
     out: Path = typer.Option(..., "--out", "-o"),
-    space: Optional[Path] = typer.Option(None, help=SPACE_HELP),
-    epochs: Optional[int] = typer.Option(None, min=1),
-    max_train_rows: Optional[int] = typer.Option(None, min=1),
+    space: Path | None = typer.Option(None, help=SPACE_HELP),
+    epochs: int | None = typer.Option(None, min=1),
+    max_train_rows: int | None = typer.Option(None, min=1),
 ) -> None:
     """One trial of a W&B sweep; `wandb agent` runs this (see OUT/wandb_sweep.yaml)."""
     from lorabench.api import SweepSettings
     from lorabench.sweep.wandb_backend import agent
 
-    agent(SweepSettings.build(model=model, data=data, out=out, backend="wandb", space=space, epochs=epochs,
-                              max_train_rows=max_train_rows))
+    agent(
+        SweepSettings.build(
+            model=model, data=data, out=out, backend="wandb", space=space, epochs=epochs, max_train_rows=max_train_rows
+        )
+    )
 
 
 def main() -> None:

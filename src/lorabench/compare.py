@@ -7,6 +7,7 @@ down (out of memory, a native abort) is recorded like any other failure while th
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -78,8 +79,14 @@ def _given(section: BaseModel) -> dict[str, Any]:
     return section.model_dump(mode="json", exclude_unset=True)
 
 
-def plan_runs(models: list[str], settings: CompareConfig, data: str | None = None, test: str | None = None,
-              epochs: int | None = None, max_train_rows: int | None = None) -> dict[str, RunConfig]:
+def plan_runs(
+    models: list[str],
+    settings: CompareConfig,
+    data: str | None = None,
+    test: str | None = None,
+    epochs: int | None = None,
+    max_train_rows: int | None = None,
+) -> dict[str, RunConfig]:
     """Each model's resolved config: preset < shared config < command-line flags < the model's own entry."""
     if not models:
         raise LorabenchError("no models to compare: pass --models a,b or list them under 'models' in --config")
@@ -87,13 +94,18 @@ def plan_runs(models: list[str], settings: CompareConfig, data: str | None = Non
     if duplicates:
         raise LorabenchError(f"model listed twice: {', '.join(duplicates)}")
     shared = {"data": _given(settings.data), "train": _given(settings.train)}
-    shared = merge(shared, {"data": {"source": data, "test": test, "max_train_rows": max_train_rows},
-                            "train": {"epochs": epochs}})
+    shared = merge(
+        shared, {"data": {"source": data, "test": test, "max_train_rows": max_train_rows}, "train": {"epochs": epochs}}
+    )
     plans = {}
     for name in models:
         entry = settings.models.get(name, ModelEntry())
-        own = {"model": _given(entry.model), "lora": _given(entry.lora), "train": _given(entry.train),
-               "data": _given(entry.data)}
+        own = {
+            "model": _given(entry.model),
+            "lora": _given(entry.lora),
+            "train": _given(entry.train),
+            "data": _given(entry.data),
+        }
         try:
             plans[name] = resolve_config(name, None, merge(shared, own))
         except LorabenchError as err:
@@ -119,8 +131,13 @@ def machine_info() -> dict:
     gpus = []
     if shutil.which("nvidia-smi"):
         try:
-            query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                   capture_output=True, text=True, timeout=20, check=True)
+            query = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
             gpus = [line.strip() for line in query.stdout.splitlines() if line.strip()]
         except (OSError, subprocess.SubprocessError):
             pass
@@ -129,17 +146,22 @@ def machine_info() -> dict:
         memory_gb = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
     # Timings mean little on a machine busy with other work: record how busy it was when the comparison began.
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "memory_gb": memory_gb, "gpus": gpus,
-            "os": platform.platform(), "python": platform.python_version(), "load_average": load}
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "gpus": gpus,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": load,
+    }
 
 
 def package_versions() -> dict:
     found = {}
     for package in VERSIONED_PACKAGES:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found[package] = version(package)
-        except PackageNotFoundError:
-            pass
     return found
 
 
@@ -190,8 +212,11 @@ def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
         raise
     if status == "failed" and not reason:
         code = process.exitcode
-        reason = (f"the training process was killed by signal {-code} (out of memory?)" if code and code < 0
-                  else f"the training process ended with exit code {code} and no message")
+        reason = (
+            f"the training process was killed by signal {-code} (out of memory?)"
+            if code and code < 0
+            else f"the training process ended with exit code {code} and no message"
+        )
     return status, reason
 
 
@@ -204,9 +229,15 @@ def _describe(name: str, config: RunConfig, train_rows: int) -> str:
     return f"{name}: {passes}, {rows}"
 
 
-def compare(models: list[str] | None, out_dir: str | Path, data: str | None = None, test: str | None = None,
-            epochs: int | None = None, max_train_rows: int | None = None,
-            config_file: str | Path | None = None) -> pd.DataFrame:
+def compare(
+    models: list[str] | None,
+    out_dir: str | Path,
+    data: str | None = None,
+    test: str | None = None,
+    epochs: int | None = None,
+    max_train_rows: int | None = None,
+    config_file: str | Path | None = None,
+) -> pd.DataFrame:
     """Train every model into OUT/runs/<model> on the identical split and write the results and the report.
 
     Returns the results table (one row per model). Bad input fails before anything is written; a model that
@@ -241,13 +272,24 @@ def compare(models: list[str] | None, out_dir: str | Path, data: str | None = No
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": shared_data.model_dump(mode="json"),
-        "rows": {"train": len(splits.train), "validation": len(splits.validation),
-                 "test": len(splits.test) if splits.test is not None else 0},
+        "rows": {
+            "train": len(splits.train),
+            "validation": len(splits.validation),
+            "test": len(splits.test) if splits.test is not None else 0,
+        },
         "hardware": {**machine_info(), "processes": current.size},
         "versions": package_versions(),
-        "models": [{"name": name, "run_dir": f"{RUNS_DIR}/{names[name]}", "status": "pending", "error": "",
-                    "wall_seconds": None, "plan": _describe(name, plans[name], len(splits.train))}
-                   for name in models],
+        "models": [
+            {
+                "name": name,
+                "run_dir": f"{RUNS_DIR}/{names[name]}",
+                "status": "pending",
+                "error": "",
+                "wall_seconds": None,
+                "plan": _describe(name, plans[name], len(splits.train)),
+            }
+            for name in models
+        ],
     }
 
     def write_manifest() -> None:
@@ -258,8 +300,11 @@ def compare(models: list[str] | None, out_dir: str | Path, data: str | None = No
         say(f"[{number}/{len(models)}] {entry['plan']}")
         started = time.perf_counter()
         run_dir = out_dir / entry["run_dir"]
-        entry["status"], entry["error"] = (train_reporting(plans[entry["name"]], run_dir) if current.distributed
-                                           else train_isolated(plans[entry["name"]], run_dir))
+        entry["status"], entry["error"] = (
+            train_reporting(plans[entry["name"]], run_dir)
+            if current.distributed
+            else train_isolated(plans[entry["name"]], run_dir)
+        )
         entry["wall_seconds"] = round(time.perf_counter() - started, 1)
         if entry["error"]:
             say(f"{entry['name']} failed: {entry['error']}")

@@ -30,7 +30,8 @@ class ModelConfig(_Section):
     allow_pickle: bool = False
     quantize: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes QLoRA; CUDA only")
     config_overrides: dict[str, float | int | bool | str] = Field(
-        default_factory=dict, description="set on the architecture's config when loading, e.g. hidden_dropout_prob")
+        default_factory=dict, description="set on the architecture's config when loading, e.g. hidden_dropout_prob"
+    )
 
 
 class DataConfig(_Section):

@@ -48,7 +48,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise LorabenchError(f"not a file: {path}")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise LorabenchError(f"unknown data format '{path.suffix or path.name}' for {path}; use CSV, Parquet or JSON Lines")
+        raise LorabenchError(
+            f"unknown data format '{path.suffix or path.name}' for {path}; use CSV, Parquet or JSON Lines"
+        )
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -73,7 +75,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 except pd.errors.ParserError as err:
                     header = text.partition("\n")[0]
                     hint = _delimiter_hint(header) if sep not in header else ""
-                    raise LorabenchError(f"cannot parse {path} as csv: {str(err).splitlines()[0].strip()}{hint}") from None
+                    raise LorabenchError(
+                        f"cannot parse {path} as csv: {str(err).splitlines()[0].strip()}{hint}"
+                    ) from None
             else:
                 frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
     except LorabenchError:
@@ -88,7 +92,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def _delimiter_hint(header: str) -> str:
     """A hint for a file whose header is split by another delimiter than the one its type implies."""
     delimiter = next((d for d in (";", "\t", "|", ",") if d in header), None)
-    return f"; the header '{header[:60]}' looks delimited by {delimiter!r} - is the delimiter wrong?" if delimiter else ""
+    return (
+        f"; the header '{header[:60]}' looks delimited by {delimiter!r} - is the delimiter wrong?" if delimiter else ""
+    )
 
 
 def _find_split_file(directory: Path, split: str) -> Path | None:
@@ -124,7 +130,9 @@ def load_raw_splits(config: DataConfig) -> dict[str, pd.DataFrame]:
             if found is not None:
                 frames[split] = read_table(found)
         if "train" not in frames:
-            raise LorabenchError(f"no training data in directory {source}: expected train.csv, train.parquet or train.jsonl")
+            raise LorabenchError(
+                f"no training data in directory {source}: expected train.csv, train.parquet or train.jsonl"
+            )
     elif source.exists() or source.suffix.lower() in FORMATS or str(config.source).startswith((".", "/")):
         frames = {"train": read_table(source)}
     else:
@@ -151,7 +159,9 @@ def _clean_texts(frame: pd.DataFrame, column: str, split: str, strict: bool, not
     empty = texts.isna() | texts.astype(str).str.strip().eq("")
     if empty.any():
         if strict:
-            raise LorabenchError(f"{split} data has {int(empty.sum())} empty or missing texts in column '{column}' (--strict)")
+            raise LorabenchError(
+                f"{split} data has {int(empty.sum())} empty or missing texts in column '{column}' (--strict)"
+            )
         notes.append(f"skipped {int(empty.sum())} {split} rows with an empty or missing text")
         frame = frame.loc[~empty]
         if frame.empty:
@@ -176,8 +186,10 @@ def _check_ids(frame: pd.DataFrame, column: str, split: str, notes: list[str]) -
     if not problems:
         return
     if split == "test":
-        raise LorabenchError(f"test data has {' and '.join(problems)} in column '{column}'; "
-                             "every test row needs its own id in the predictions")
+        raise LorabenchError(
+            f"test data has {' and '.join(problems)} in column '{column}'; "
+            "every test row needs its own id in the predictions"
+        )
     notes.append(f"{split} data has {' and '.join(problems)} in column '{column}'")
 
 
@@ -194,7 +206,9 @@ def _label_values(values: pd.Series, split: str, column: str) -> list:
             continue
         if isinstance(value, (float, np.floating)):
             if not float(value).is_integer():
-                raise LorabenchError(f"{split} label {value!r} in column '{column}' is neither an integer class id nor a class name")
+                raise LorabenchError(
+                    f"{split} label {value!r} in column '{column}' is neither an integer class id nor a class name"
+                )
             parsed.append(int(value))
             continue
         text = str(value).strip()
@@ -204,7 +218,9 @@ def _label_values(values: pd.Series, split: str, column: str) -> list:
             parsed.append(text)
             continue
         if not math.isfinite(number) or not number.is_integer():
-            raise LorabenchError(f"{split} label {text!r} in column '{column}' is neither an integer class id nor a class name")
+            raise LorabenchError(
+                f"{split} label {text!r} in column '{column}' is neither an integer class id nor a class name"
+            )
         parsed.append(int(number))
     kinds = {type(v) for v in parsed}
     if kinds == {int} and min(parsed) < 0:
@@ -246,7 +262,9 @@ def load_splits(config: DataConfig) -> TextSplits:
     for split, frame in frames.items():
         _require_column(frame, config.text_column, "text", split)
     _require_column(train_raw, config.label_column, "label", "train")
-    frames = {split: _clean_texts(frame, config.text_column, split, config.strict, notes) for split, frame in frames.items()}
+    frames = {
+        split: _clean_texts(frame, config.text_column, split, config.strict, notes) for split, frame in frames.items()
+    }
     for split, frame in frames.items():
         _check_ids(frame, config.id_column, split, notes)
 
@@ -255,7 +273,9 @@ def load_splits(config: DataConfig) -> TextSplits:
         train_part, val_part = frames["train"], frames["validation"]
     else:
         if len(frames["train"]) < 4:
-            raise LorabenchError(f"training data has only {len(frames['train'])} rows; at least 4 are needed to split off validation")
+            raise LorabenchError(
+                f"training data has only {len(frames['train'])} rows; at least 4 are needed to split off validation"
+            )
         train_idx, val_idx = split_indices(len(frames["train"]), config.train_size, config.split_seed)
         train_part, val_part = frames["train"].iloc[train_idx], frames["train"].iloc[val_idx]
     if config.max_train_rows and len(train_part) > config.max_train_rows:

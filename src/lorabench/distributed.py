@@ -83,8 +83,9 @@ def wrap(model, current: World):
     from torch.nn.parallel import DistributedDataParallel
 
     # the buffers (position ids) never change: no need to sync them before every forward
-    return DistributedDataParallel(model, device_ids=[current.local_rank] if torch.cuda.is_available() else None,
-                                   forward_sync_buffers=False)
+    return DistributedDataParallel(
+        model, device_ids=[current.local_rank] if torch.cuda.is_available() else None, forward_sync_buffers=False
+    )
 
 
 def sum_all(value: float, current: World) -> float:

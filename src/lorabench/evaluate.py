@@ -14,8 +14,17 @@ from lorabench.tokenization import Encoded, length_sorted_batches
 from lorabench.ui import progress_bar
 
 
-def predict_proba(model, encoded: Encoded, batch_size: int, device: torch.device, autocast_dtype, pad_id: int,
-                  padding_side: str = "right", description: str = "evaluate", packed: bool = False) -> np.ndarray:
+def predict_proba(
+    model,
+    encoded: Encoded,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype,
+    pad_id: int,
+    padding_side: str = "right",
+    description: str = "evaluate",
+    packed: bool = False,
+) -> np.ndarray:
     """Softmax probabilities in the input's row order, computed in length-sorted batches (packed or padded)."""
     model.eval()
     probabilities = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)

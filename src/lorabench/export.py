@@ -31,25 +31,36 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
     summary = run.summary()
     out = Path(out)
     _check_out(out, run.path)
-    info = {"format": "merged" if merge else "run", "model": summary.get("model"),
-            "label_names": summary.get("label_names"), "threshold": summary.get("threshold"),
-            "best_epoch": summary.get("best_epoch"), "val": summary.get("val"), "test": summary.get("test")}
+    info = {
+        "format": "merged" if merge else "run",
+        "model": summary.get("model"),
+        "label_names": summary.get("label_names"),
+        "threshold": summary.get("threshold"),
+        "best_epoch": summary.get("best_epoch"),
+        "val": summary.get("val"),
+        "test": summary.get("test"),
+    }
     if merge:
         if run_model_name(run.path) == "tfidf":
-            raise LorabenchError("export --merge applies to LoRA runs; a TF-IDF run has no base weights to merge "
-                                 "into (export it without --merge)")
+            raise LorabenchError(
+                "export --merge applies to LoRA runs; a TF-IDF run has no base weights to merge "
+                "into (export it without --merge)"
+            )
         classifier = LoraClassifier(run.path)
         merged = classifier.model.merge_and_unload(safe_merge=True).to("cpu")
         _drop_dequantized_gguf_marker(merged)
         info["max_length"] = classifier.max_length
-        info["usage"] = ("two classes: predict label_names[1] when P(label_names[1]) >= threshold; "
-                         "otherwise the arg-max class (config.json id2label)")
+        info["usage"] = (
+            "two classes: predict label_names[1] when P(label_names[1]) >= threshold; "
+            "otherwise the arg-max class (config.json id2label)"
+        )
 
         def build(directory: Path) -> None:
             merged.save_pretrained(directory, safe_serialization=True)
             classifier.tokenizer.save_pretrained(directory)
             record.write_json(directory / EXPORT_INFO, info)
     else:
+
         def build(directory: Path) -> None:
             for entry in sorted(run.path.iterdir()):
                 if entry.name.startswith(".") or entry.name in LEFT_OUT_DIRS or entry.name.endswith(LEFT_OUT_SUFFIX):
@@ -62,8 +73,11 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     record.replace_dir(build, out)
-    return {"out": str(out), "format": info["format"],
-            "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())}
+    return {
+        "out": str(out),
+        "format": info["format"],
+        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
+    }
 
 
 def _drop_dequantized_gguf_marker(model) -> None:

@@ -18,8 +18,15 @@ from lorabench.errors import LorabenchError
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                   "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 # The GGUF spec's fixed-size value types as struct formats; 8 is a string, 9 an array.
 GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 GGUF_STRING, GGUF_ARRAY, GGUF_UINT32 = 8, 9, 4
@@ -86,8 +93,10 @@ def check_local_model(directory: Path, config: ModelConfig) -> None:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
         if model_config.get("model_type") not in CONFIG_MAPPING:
-            raise LorabenchError(f"{config_path} names model_type {model_config.get('model_type')!r}, "
-                                 "which this version of transformers does not know")
+            raise LorabenchError(
+                f"{config_path} names model_type {model_config.get('model_type')!r}, "
+                "which this version of transformers does not know"
+            )
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise LorabenchError(f"{directory} has no tokenizer files (tokenizer.json, tokenizer_config.json, vocab...)")
     has_safe = any((directory / name).is_file() for name in SAFE_WEIGHTS)
@@ -181,11 +190,15 @@ def check_gguf(path: Path) -> None:
         reason = "it ends inside its header" if isinstance(err, struct.error) else str(err) or type(err).__name__
         raise LorabenchError(f"{path} is not a valid GGUF file ({reason}); download it again") from None
     if data_start + data_size > size:
-        raise LorabenchError(f"{path} is truncated: its tensors need {data_start + data_size:,} bytes but the file "
-                             f"has {size:,}; download it again")
+        raise LorabenchError(
+            f"{path} is truncated: its tensors need {data_start + data_size:,} bytes but the file "
+            f"has {size:,}; download it again"
+        )
 
 
-def load_base_model(resolved: ResolvedModel, config: ModelConfig, num_labels: int, label_names: list, pad_token_id: int):
+def load_base_model(
+    resolved: ResolvedModel, config: ModelConfig, num_labels: int, label_names: list, pad_token_id: int
+):
     """Load the pretrained weights under a fresh classification head of `num_labels` outputs."""
     from transformers import AutoModelForSequenceClassification
 
@@ -237,16 +250,25 @@ def quantization_kwargs(quantize: str) -> dict:
     try:
         import bitsandbytes  # noqa: F401  (transformers needs it importable for its quantizer)
     except ImportError:
-        raise LorabenchError(f"--quantize {quantize} needs the bitsandbytes package: pip install bitsandbytes") from None
+        raise LorabenchError(
+            f"--quantize {quantize} needs the bitsandbytes package: pip install bitsandbytes"
+        ) from None
     from transformers import BitsAndBytesConfig
 
     if quantize == "4bit":
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
     else:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
-    return {"quantization_config": quantization, "dtype": torch.bfloat16,
-            "device_map": {"": torch.cuda.current_device()}}
+    return {
+        "quantization_config": quantization,
+        "dtype": torch.bfloat16,
+        "device_map": {"": torch.cuda.current_device()},
+    }
 
 
 def add_lora(model, settings: LoraSettings):

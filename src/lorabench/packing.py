@@ -18,6 +18,8 @@ padded path stays the default and packing is opt-in (`train.packing`).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -48,10 +50,9 @@ def choose_attention(model) -> str:
     when a batch has no padding.
     """
     wanted = "sdpa" if is_decoder_classifier(model) else "eager"
-    try:
+    # an architecture without that implementation keeps the one it loaded with
+    with contextlib.suppress(ValueError, ImportError):
         classifier(model).set_attn_implementation(wanted)
-    except (ValueError, ImportError):
-        pass  # an architecture without that implementation keeps the one it loaded with
     return classifier(model).config._attn_implementation
 
 
@@ -73,8 +74,10 @@ def pack(sequences: list[list[int]], model, pad_id: int) -> dict[str, torch.Tens
     token, and for encoders the block-diagonal 4-D attention mask."""
     config = classifier(model).config
     if config.model_type not in PACKED_ENCODERS + PACKED_DECODERS:
-        raise LorabenchError(f"packed batches support {', '.join(PACKED_ENCODERS + PACKED_DECODERS)}, "
-                             f"not {config.model_type}; set train.packing to false")
+        raise LorabenchError(
+            f"packed batches support {', '.join(PACKED_ENCODERS + PACKED_DECODERS)}, "
+            f"not {config.model_type}; set train.packing to false"
+        )
     lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=len(sequences))
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     ids = np.fromiter((token for seq in sequences for token in seq), dtype=np.int64, count=int(lengths.sum()))
@@ -86,7 +89,9 @@ def pack(sequences: list[list[int]], model, pad_id: int) -> dict[str, torch.Tens
     packed["position_ids"] = torch.from_numpy(local)[None]
     if config.model_type in PACKED_DECODERS:
         # the rightmost token that is not padding, as GenericForSequenceClassification picks it
-        packed["pooled"] = torch.tensor([start + _last_real(seq, pad_id) for start, seq in zip(starts, sequences)])
+        packed["pooled"] = torch.tensor(
+            [start + _last_real(seq, pad_id) for start, seq in zip(starts, sequences, strict=True)]
+        )
     else:
         packed["pooled"] = torch.from_numpy(starts)
         segment = torch.from_numpy(np.repeat(np.arange(len(sequences)), lengths))
@@ -111,8 +116,9 @@ def packed_logits(model, packed: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
     # no cache: transformers only detects packed position_ids (and masks across sequences) without one
     options = {"use_cache": False} if model_type in PACKED_DECODERS else {}
-    hidden = backbone(input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=mask,
-                      **options).last_hidden_state[0]
+    hidden = backbone(
+        input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=mask, **options
+    ).last_hidden_state[0]
     pooled = hidden[packed["pooled"]]
     if model_type in PACKED_DECODERS:
         return head_model.score(pooled)
@@ -121,8 +127,9 @@ def packed_logits(model, packed: dict[str, torch.Tensor]) -> torch.Tensor:
     return head_model.classifier(pooled[:, None])  # RobertaClassificationHead reads features[:, 0]
 
 
-def batch_logits(model, sequences: list[list[int]], pad_id: int, padding_side: str, device: torch.device,
-                 packed: bool = False) -> torch.Tensor:
+def batch_logits(
+    model, sequences: list[list[int]], pad_id: int, padding_side: str, device: torch.device, packed: bool = False
+) -> torch.Tensor:
     """Logits (rows, classes) of `sequences`, in their order, through the padded or the packed path."""
     if packed:
         inputs = {key: value.to(device) for key, value in pack(sequences, model, pad_id).items()}

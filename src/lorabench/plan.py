@@ -54,7 +54,9 @@ def model_config_for(config: RunConfig):
     try:
         return AutoConfig.from_pretrained(resolved.source, trust_remote_code=config.model.trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
-        raise LorabenchError(f"cannot read the configuration of {config.model.name}: {str(err).splitlines()[0]}") from None
+        raise LorabenchError(
+            f"cannot read the configuration of {config.model.name}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def parameter_counts_on_meta(config: RunConfig, model_config, num_labels: int) -> dict:
@@ -69,21 +71,26 @@ def parameter_counts_on_meta(config: RunConfig, model_config, num_labels: int) -
     with torch.device("meta"):
         model = add_lora(AutoModelForSequenceClassification.from_config(model_config), config.lora)
     counts = parameter_counts(model)
-    counts["linear_params"] = sum(m.weight.numel() for name, m in model.named_modules()
-                                  if isinstance(m, torch.nn.Linear) and "lora_" not in name
-                                  and "classifier" not in name and "score" not in name)
+    counts["linear_params"] = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and "lora_" not in name and "classifier" not in name and "score" not in name
+    )
     # LoRA dropout keeps a dropped copy of every adapted layer's input for backward (plus its mask)
-    counts["lora_dropout_features"] = (sum(m.in_features for m in model.modules()
-                                           if hasattr(m, "lora_A") and hasattr(m, "in_features"))
-                                       if config.lora.dropout > 0 else 0)
+    counts["lora_dropout_features"] = (
+        sum(m.in_features for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "in_features"))
+        if config.lora.dropout > 0
+        else 0
+    )
     counts["hidden_size"] = model_config.hidden_size
     counts["layers"] = model_config.num_hidden_layers
     counts["heads"] = model_config.num_attention_heads
     return counts
 
 
-def activation_bytes(hidden: int, heads: int, layers: int, tokens_per_batch: int, longest: int,
-                     sixteen_bit: bool, checkpointing: bool) -> float:
+def activation_bytes(
+    hidden: int, heads: int, layers: int, tokens_per_batch: int, longest: int, sixteen_bit: bool, checkpointing: bool
+) -> float:
     """Activations one training batch keeps for backward: ~(34 * hidden + 5 * heads * length) bytes per token
     and layer in 16-bit, twice that in fp32. With checkpointing only each layer's input is kept, plus one
     layer's full activations during its recomputation."""
@@ -116,8 +123,17 @@ def evaluation_bytes(hidden: int, heads: int, eval_tokens: int, longest: int, si
     return activation_bytes(hidden, heads, 1, eval_tokens, longest, sixteen_bit, checkpointing=False)
 
 
-def estimate(counts: dict, precision: str, quantize: str, checkpointing: bool, tokens_per_batch: int,
-             longest: int, device: torch.device, free_bytes: float, eval_tokens: int) -> Estimate:
+def estimate(
+    counts: dict,
+    precision: str,
+    quantize: str,
+    checkpointing: bool,
+    tokens_per_batch: int,
+    longest: int,
+    device: torch.device,
+    free_bytes: float,
+    eval_tokens: int,
+) -> Estimate:
     frozen = counts["total_params"] - counts["trainable_params"]
     # Training casts frozen weights to bf16 only on CUDA; fp16 is autocast over fp32 weights.
     weight_bytes = 2 if precision == "bf16" and device.type == "cuda" else 4
@@ -128,20 +144,30 @@ def estimate(counts: dict, precision: str, quantize: str, checkpointing: bool, t
         weights = frozen * weight_bytes
     states = counts["trainable_params"] * ADAM_BYTES_PER_TRAINABLE
     sixteen_bit = precision in ("bf16", "fp16") or quantize != "none"
-    activations = activation_bytes(counts["hidden_size"], counts["heads"], counts["layers"], tokens_per_batch,
-                                   longest, sixteen_bit, checkpointing)
+    activations = activation_bytes(
+        counts["hidden_size"], counts["heads"], counts["layers"], tokens_per_batch, longest, sixteen_bit, checkpointing
+    )
     # The dropped inputs of LoRA layers (one layer's worth at a time under checkpointing) and their bool masks;
     # counted exactly with saved-tensor hooks on minilm (r 16 on all linear layers: +21 kB per token and layer
     # over r 8 on query/value, this count 17), and scaled like the rest for what eager fp32 keeps beyond that.
     dropout_features = counts["lora_dropout_features"] / (counts["layers"] if checkpointing else 1)
-    activations += (dropout_features * tokens_per_batch * (3 if sixteen_bit else 5 * FP32_MEASURED_FACTOR))
+    activations += dropout_features * tokens_per_batch * (3 if sixteen_bit else 5 * FP32_MEASURED_FACTOR)
     evaluation = evaluation_bytes(counts["hidden_size"], counts["heads"], eval_tokens, longest, sixteen_bit)
     overhead = runtime_overhead_bytes(device)
     total = weights + states + activations + evaluation + overhead
     mb = 2**20
-    return Estimate(precision, quantize, checkpointing, round(weights / mb), round(states / mb),
-                    round(activations / mb), round(evaluation / mb), round(overhead / mb), round(total / mb),
-                    total < free_bytes)
+    return Estimate(
+        precision,
+        quantize,
+        checkpointing,
+        round(weights / mb),
+        round(states / mb),
+        round(activations / mb),
+        round(evaluation / mb),
+        round(overhead / mb),
+        round(total / mb),
+        total < free_bytes,
+    )
 
 
 def plan(config: RunConfig, num_labels: int = 2, longest: int = 64) -> dict:
@@ -161,10 +187,18 @@ def plan(config: RunConfig, num_labels: int = 2, longest: int = 64) -> dict:
     free = free_memory_bytes(device)
     choices = [("fp32", "none"), ("bf16", "none"), ("bf16", "8bit"), ("bf16", "4bit")]
     eval_tokens = settings.eval_batch_size * longest
-    rows = [asdict(estimate(counts, precision, quantize, checkpointing, tokens, longest, device, free, eval_tokens))
-            for precision, quantize in choices for checkpointing in (False, True)
-            if device.type == "cuda" or quantize == "none"]
-    return {"model": config.model.name, "device": device.type, "free_mb": round(free / 2**20),
-            "tokens_per_batch": tokens, "longest": longest,
-            **{k: counts[k] for k in ("total_params", "trainable_params", "trainable_percent")}, "estimates": rows}
-
+    rows = [
+        asdict(estimate(counts, precision, quantize, checkpointing, tokens, longest, device, free, eval_tokens))
+        for precision, quantize in choices
+        for checkpointing in (False, True)
+        if device.type == "cuda" or quantize == "none"
+    ]
+    return {
+        "model": config.model.name,
+        "device": device.type,
+        "free_mb": round(free / 2**20),
+        "tokens_per_batch": tokens,
+        "longest": longest,
+        **{k: counts[k] for k in ("total_params", "trainable_params", "trainable_percent")},
+        "estimates": rows,
+    }

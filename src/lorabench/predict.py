@@ -8,8 +8,8 @@ torch and the model stack are imported only when a LoRA model is loaded, so `lor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -45,8 +45,13 @@ class LoraClassifier:
         self.batch_size = batch_size or settings.eval_batch_size
         self.max_length = settings.max_length
         self.tokenizer = load_tokenizer(str(adapter_dir), trust_remote_code=self.config.model.trust_remote_code)
-        base = load_base_model(resolve_source(self.config.model), self.config.model, len(self.label_names),
-                               self.label_names, self.tokenizer.pad_token_id)
+        base = load_base_model(
+            resolve_source(self.config.model),
+            self.config.model,
+            len(self.label_names),
+            self.label_names,
+            self.tokenizer.pad_token_id,
+        )
         self.device = choose_device()
         # A run trained in fp16 on a GPU is still usable on a CPU, in fp32.
         fp16_on_cpu = settings.precision == "fp16" and self.device.type != "cuda"
@@ -54,7 +59,9 @@ class LoraClassifier:
         try:
             self.model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).to(self.device)
         except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise LorabenchError(f"cannot load the adapter in {adapter_dir}: {str(err).strip().splitlines()[0]}") from None
+            raise LorabenchError(
+                f"cannot load the adapter in {adapter_dir}: {str(err).strip().splitlines()[0]}"
+            ) from None
         self.model.eval()
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
@@ -67,8 +74,16 @@ class LoraClassifier:
         encoded = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "predict")
         # A decoder tokenizer without BOS turns "" into no tokens at all; score it as a lone pad (= eos) token.
         encoded.input_ids = [ids or [self.tokenizer.pad_token_id] for ids in encoded.input_ids]
-        return predict_proba(self.model, encoded, self.batch_size, self.device, self.autocast,
-                             self.tokenizer.pad_token_id, self.tokenizer.padding_side, "predict")
+        return predict_proba(
+            self.model,
+            encoded,
+            self.batch_size,
+            self.device,
+            self.autocast,
+            self.tokenizer.pad_token_id,
+            self.tokenizer.padding_side,
+            "predict",
+        )
 
 
 def load_classifier(run_dir: str | Path, batch_size: int | None = None):
@@ -101,10 +116,7 @@ def decide(probabilities: np.ndarray, label_names: list, threshold: float | None
     from lorabench.evaluate import predicted_labels
 
     ids = predicted_labels(probabilities, threshold)
-    if probabilities.shape[1] == 2:
-        scores = probabilities[:, 1]
-    else:
-        scores = probabilities[np.arange(len(ids)), ids]
+    scores = probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities[np.arange(len(ids)), ids]
     return [label_names[i] for i in ids], scores
 
 
@@ -117,9 +129,18 @@ def check_threshold(threshold: float | None, label_names: list) -> None:
         raise LorabenchError(f"--threshold must lie between 0 and 1, not {threshold}")
 
 
-def predict_file(run_dir: str | Path, data: str | Path, out: str | Path, threshold: float | None = None,
-                 submission: bool = False, text_column: str = "text", id_column: str = "id",
-                 batch_size: int | None = None, chunk_rows: int = READ_CHUNK_ROWS, classifier=None) -> dict:
+def predict_file(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    threshold: float | None = None,
+    submission: bool = False,
+    text_column: str = "text",
+    id_column: str = "id",
+    batch_size: int | None = None,
+    chunk_rows: int = READ_CHUNK_ROWS,
+    classifier=None,
+) -> dict:
     """Score every row of `data` into `out` (CSV or JSON Lines) chunk by chunk; memory does not grow with the file.
 
     The output keeps the id column and adds `target` (label name) and `score`; with `submission` it is exactly
@@ -168,7 +189,9 @@ def _input_kind(path: Path) -> str:
         raise LorabenchError(f"data file not found: {path}" if not path.exists() else f"not a file: {path}")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise LorabenchError(f"unknown data format '{path.suffix or path.name}' for {path}; use CSV, Parquet or JSON Lines")
+        raise LorabenchError(
+            f"unknown data format '{path.suffix or path.name}' for {path}; use CSV, Parquet or JSON Lines"
+        )
     return kind
 
 
@@ -192,8 +215,16 @@ def _count_rows(path: Path, kind: str) -> int:
 def _csv_reader(path: Path, chunk_rows: int, usecols=None):
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     # Same reading rules as data.read_table: every column as text, only empty cells missing.
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
-                       chunksize=chunk_rows, usecols=usecols)
+    return pd.read_csv(
+        path,
+        sep=sep,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        encoding="utf-8-sig",
+        chunksize=chunk_rows,
+        usecols=usecols,
+    )
 
 
 def _read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -222,8 +253,9 @@ def _read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> 
         raise LorabenchError(f"cannot read {path} as {kind}: {str(err).strip().splitlines()[0]}") from None
 
 
-def _output_table(chunk: pd.DataFrame, id_column: str, first_row: int, labels: list, scores: np.ndarray,
-                  submission: bool) -> pd.DataFrame:
+def _output_table(
+    chunk: pd.DataFrame, id_column: str, first_row: int, labels: list, scores: np.ndarray, submission: bool
+) -> pd.DataFrame:
     if submission:
         return pd.DataFrame({"id": chunk[id_column].to_numpy(), "target": labels})
     if id_column in chunk.columns:

@@ -36,7 +36,9 @@ def atomic_file(path: Path, binary: bool = False):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
+        with os.fdopen(
+            fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})
+        ) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -105,7 +107,9 @@ class RunDir:
         if not self.path.is_dir() or not any(self.path.iterdir()):
             return False
         if not self.file(CONFIG_FILE).is_file():
-            raise LorabenchError(f"output directory {self.path} is not empty and holds no lorabench run; choose another --out")
+            raise LorabenchError(
+                f"output directory {self.path} is not empty and holds no lorabench run; choose another --out"
+            )
         try:
             same = self.config() == config
         except LorabenchError:
@@ -113,7 +117,9 @@ class RunDir:
         if not same:
             raise LorabenchError(f"output directory {self.path} already holds a different run; choose another --out")
         if not resume:
-            raise LorabenchError(f"output directory {self.path} already holds this run; pass --resume to continue it or choose another --out")
+            raise LorabenchError(
+                f"output directory {self.path} already holds this run; pass --resume to continue it or choose another --out"
+            )
         return any(self.file(name).is_dir() for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old"))
 
     def prepare(self, config: RunConfig, resume: bool) -> bool:

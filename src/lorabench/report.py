@@ -21,9 +21,23 @@ from lorabench.errors import LorabenchError
 
 CHARTS_DIR = "charts"
 METRICS = ("f1", "precision", "recall", "accuracy")
-COLUMNS = ["model", "status", *[f"val_{m}" for m in METRICS], *[f"test_{m}" for m in METRICS], "best_epoch",
-           "epochs", "train_rows", "train_seconds", "wall_seconds", "peak_memory_mb", "trainable_params",
-           "total_params", "trainable_percent", "device", "error"]
+COLUMNS = [
+    "model",
+    "status",
+    *[f"val_{m}" for m in METRICS],
+    *[f"test_{m}" for m in METRICS],
+    "best_epoch",
+    "epochs",
+    "train_rows",
+    "train_seconds",
+    "wall_seconds",
+    "peak_memory_mb",
+    "trainable_params",
+    "total_params",
+    "trainable_percent",
+    "device",
+    "error",
+]
 INTEGER_COLUMNS = ("best_epoch", "epochs", "train_rows", "trainable_params", "total_params")
 
 
@@ -57,8 +71,9 @@ def load_results(out_dir: str | Path) -> tuple[dict, list[ModelResult]]:
     manifest = record.read_json(manifest_path)
     results = []
     for entry in manifest["models"]:
-        result = ModelResult(entry["name"], out_dir / entry["run_dir"], entry["status"], entry["error"],
-                             entry.get("wall_seconds"))
+        result = ModelResult(
+            entry["name"], out_dir / entry["run_dir"], entry["status"], entry["error"], entry.get("wall_seconds")
+        )
         if result.ok:
             try:
                 result.summary = record.RunDir(result.run_dir).summary()
@@ -72,16 +87,32 @@ def load_results(out_dir: str | Path) -> tuple[dict, list[ModelResult]]:
 def results_table(results: list[ModelResult]) -> pd.DataFrame:
     rows = []
     for result in results:
-        row = {"model": result.name, "status": result.status, "error": result.error,
-               "wall_seconds": result.wall_seconds}
+        row = {
+            "model": result.name,
+            "status": result.status,
+            "error": result.error,
+            "wall_seconds": result.wall_seconds,
+        }
         if result.ok:
             summary = result.summary
             for split in ("val", "test"):
                 for metric in METRICS:
                     row[f"{split}_{metric}"] = (summary[split] or {}).get(metric)
-            row.update({key: summary.get(key) for key in ("best_epoch", "epochs", "train_seconds", "peak_memory_mb",
-                                                          "trainable_params", "total_params", "trainable_percent",
-                                                          "device")})
+            row.update(
+                {
+                    key: summary.get(key)
+                    for key in (
+                        "best_epoch",
+                        "epochs",
+                        "train_seconds",
+                        "peak_memory_mb",
+                        "trainable_params",
+                        "total_params",
+                        "trainable_percent",
+                        "device",
+                    )
+                }
+            )
             row["train_rows"] = summary["rows"]["train"]
         rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -102,9 +133,18 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     metric_columns = [(f"val_{m}", f"val {m}") for m in METRICS]
     if has_test:
         metric_columns += [(f"test_{m}", f"test {m}") for m in METRICS]
-    columns = [("model", "model"), *metric_columns, ("best_epoch", "best epoch"), ("train_rows", "train rows"),
-               ("train_seconds", "train s"), ("wall_seconds", "total s"), ("peak_memory_mb", "peak memory MB"),
-               ("trainable_params", "trainable params"), ("trainable_percent", "trainable %"), ("status", "status")]
+    columns = [
+        ("model", "model"),
+        *metric_columns,
+        ("best_epoch", "best epoch"),
+        ("train_rows", "train rows"),
+        ("train_seconds", "train s"),
+        ("wall_seconds", "total s"),
+        ("peak_memory_mb", "peak memory MB"),
+        ("trainable_params", "trainable params"),
+        ("trainable_percent", "trainable %"),
+        ("status", "status"),
+    ]
     rows = []
     for values in table.to_dict("records"):
         cells = []
@@ -165,8 +205,15 @@ def _confusion_chart(result: ModelResult) -> bytes:
     names = [str(name) for name in result.summary["label_names"]]
     figure = Figure(figsize=(3.4, 3.0))
     axes = figure.subplots()
-    ConfusionMatrixDisplay.from_predictions(labels, probabilities.argmax(axis=1), labels=list(range(len(names))),
-                                            display_labels=names, ax=axes, colorbar=False, cmap="Blues")
+    ConfusionMatrixDisplay.from_predictions(
+        labels,
+        probabilities.argmax(axis=1),
+        labels=list(range(len(names))),
+        display_labels=names,
+        ax=axes,
+        colorbar=False,
+        cmap="Blues",
+    )
     axes.set_title(result.name)
     return _png(figure)
 
@@ -208,8 +255,13 @@ def draw_charts(results: list[ModelResult]) -> dict[str, bytes]:
         f1["test"] = [result.summary["test"]["f1"] for result in trained]
     charts = {
         "f1.png": _bar_chart(names, f1, "F1 (higher is better)", "F1", 3),
-        "train_time.png": _bar_chart(names, {"train": [result.summary["train_seconds"] for result in trained]},
-                                     "Training time (lower is better)", "seconds", 1),
+        "train_time.png": _bar_chart(
+            names,
+            {"train": [result.summary["train_seconds"] for result in trained]},
+            "Training time (lower is better)",
+            "seconds",
+            1,
+        ),
         "pr_curves.png": _pr_chart(trained),
     }
     for result in trained:
@@ -224,8 +276,11 @@ def split_check(results: list[ModelResult]) -> str:
         return "no model finished training"
     keys = ["id", "label"] if "id" in trained[0].validation.columns else ["label"]
     reference = trained[0].validation[keys]
-    differing = [result.name for result in trained[1:] if list(result.validation.columns[:len(keys)]) != keys
-                 or not result.validation[keys].equals(reference)]
+    differing = [
+        result.name
+        for result in trained[1:]
+        if list(result.validation.columns[: len(keys)]) != keys or not result.validation[keys].equals(reference)
+    ]
     if differing:
         return f"WARNING: {', '.join(differing)} scored other validation rows than {trained[0].name}"
     if len(trained) == 1:
@@ -243,10 +298,13 @@ th, td { border: 1px solid #d5dae3; padding: 5px 9px; text-align: right; }
 th { background: #eef2f8; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
 """
 
-PAGE = """<!DOCTYPE html>
+PAGE = (
+    """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lorabench comparison</title>
 <style>
-""" + BASE_CSS + """tr.failed td { background: #fdecec; color: #8a1f1f; } tr.best td { background: #eaf7ea; }
+"""
+    + BASE_CSS
+    + """tr.failed td { background: #fdecec; color: #8a1f1f; } tr.best td { background: #eaf7ea; }
 td.status { text-align: left; } .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .charts img { max-width: 100%; border: 1px solid #e3e7ee; } .charts.pair img { width: calc(50% - 10px); box-sizing: border-box; }
 table.info td, table.info th { text-align: left; font-weight: normal; }
@@ -295,6 +353,7 @@ than on an idle machine)</td></tr>{% endif %}
 {% endfor %}</tbody></table>
 </body></html>
 """
+)
 
 
 def _data_uri(png: bytes) -> str:
@@ -307,20 +366,35 @@ def render_html(manifest: dict, results: list[ModelResult], table: pd.DataFrame,
     headers, rows = display_rows(table)
     trained = table[table["status"] == "ok"]
     best = trained.loc[trained["val_f1"].idxmax(), "model"] if len(trained) else None
-    statuses = ["best" if name == best else ("failed" if status != "ok" else "")
-                for name, status in zip(table["model"], table["status"])]
-    runs = [{"name": result.name, "dir": str(result.run_dir.relative_to(result.run_dir.parents[1])),
-             "device": result.summary["device"] if result.ok else "–",
-             "precision": result.summary["precision"] if result.ok else "–",
-             "notes": "; ".join(result.summary.get("notes", [])) if result.ok else result.error}
-            for result in results]
+    statuses = [
+        "best" if name == best else ("failed" if status != "ok" else "")
+        for name, status in zip(table["model"], table["status"], strict=True)
+    ]
+    runs = [
+        {
+            "name": result.name,
+            "dir": str(result.run_dir.relative_to(result.run_dir.parents[1])),
+            "device": result.summary["device"] if result.ok else "–",
+            "precision": result.summary["precision"] if result.ok else "–",
+            "notes": "; ".join(result.summary.get("notes", [])) if result.ok else result.error,
+        }
+        for result in results
+    ]
     page = Environment(autoescape=True).from_string(PAGE)
     return page.render(
-        data=manifest["data"], rows=manifest["rows"], created=manifest["created"], split_check=split_check(results),
-        best=best, headers=headers, rows_and_status=list(zip(rows, statuses)), has_test=table["test_f1"].notna().any(),
+        data=manifest["data"],
+        rows=manifest["rows"],
+        created=manifest["created"],
+        split_check=split_check(results),
+        best=best,
+        headers=headers,
+        rows_and_status=list(zip(rows, statuses, strict=True)),
+        has_test=table["test_f1"].notna().any(),
         charts={name: _data_uri(png) for name, png in charts.items()},
         confusions=[(r.name, f"confusion_{run_dir_name(r.name)}.png") for r in results if r.ok],
-        runs=runs, hardware=manifest["hardware"], versions=manifest["versions"],
+        runs=runs,
+        hardware=manifest["hardware"],
+        versions=manifest["versions"],
     )
 
 

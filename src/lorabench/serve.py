@@ -106,8 +106,10 @@ class BodyLimit:
         self.app = app
         # each character takes at most 6 bytes in JSON (a \uXXXX escape), plus quotes, commas and the envelope
         self.max_bytes = max_texts * (6 * max_chars + 8) + 1024
-        self.message = (f"request body larger than {self.max_bytes} bytes, the most that {max_texts} texts of "
-                        f"{max_chars} characters take")
+        self.message = (
+            f"request body larger than {self.max_bytes} bytes, the most that {max_texts} texts of "
+            f"{max_chars} characters take"
+        )
 
     async def __call__(self, scope, receive, send):
         from fastapi import HTTPException
@@ -132,9 +134,15 @@ class BodyLimit:
         await self.app(scope, counted_receive, send)
 
 
-def create_app(classifier, summary: dict, threshold: float | None = None, max_texts: int = DEFAULT_MAX_TEXTS,
-               max_chars: int = DEFAULT_MAX_CHARS, max_batch: int = MAX_BATCH_TEXTS,
-               gather_seconds: float = GATHER_SECONDS):
+def create_app(
+    classifier,
+    summary: dict,
+    threshold: float | None = None,
+    max_texts: int = DEFAULT_MAX_TEXTS,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    max_batch: int = MAX_BATCH_TEXTS,
+    gather_seconds: float = GATHER_SECONDS,
+):
     """The FastAPI app for one loaded classifier; `summary` is the run's summary.json (for /info)."""
     from fastapi import FastAPI, HTTPException
 
@@ -152,8 +160,12 @@ def create_app(classifier, summary: dict, threshold: float | None = None, max_te
         finally:
             task.cancel()
 
-    app = FastAPI(title="lorabench", version="1", lifespan=lifespan,
-                  description=f"Text classification with the LoRA fine-tuned model '{model_name}'.")
+    app = FastAPI(
+        title="lorabench",
+        version="1",
+        lifespan=lifespan,
+        description=f"Text classification with the LoRA fine-tuned model '{model_name}'.",
+    )
     app.add_middleware(BodyLimit, max_texts=max_texts, max_chars=max_chars)
 
     @app.post("/predict", response_model=PredictResponse)
@@ -169,7 +181,9 @@ def create_app(classifier, summary: dict, threshold: float | None = None, max_te
             return PredictResponse(model=model_name, threshold=threshold, predictions=[])
         probabilities = await worker.submit(texts)
         labels, scores = decide(probabilities, classifier.label_names, threshold)
-        predictions = [Prediction(label=label, score=round(float(score), 6)) for label, score in zip(labels, scores)]
+        predictions = [
+            Prediction(label=label, score=round(float(score), 6)) for label, score in zip(labels, scores, strict=True)
+        ]
         return PredictResponse(model=model_name, threshold=threshold, predictions=predictions)
 
     @app.get("/health")
@@ -180,17 +194,29 @@ def create_app(classifier, summary: dict, threshold: float | None = None, max_te
     @app.get("/info")
     async def info() -> dict:
         """The model, its metrics, the decision threshold in use and the request limits."""
-        return {"model": model_name, "label_names": list(classifier.label_names), "threshold": threshold,
-                "trained_threshold": summary.get("threshold"), "best_epoch": summary.get("best_epoch"),
-                "metrics": {"val": summary.get("val"), "test": summary.get("test")},
-                "limits": {"max_texts": max_texts, "max_chars": max_chars},
-                "batching": {"max_batch": max_batch, "gather_ms": gather_seconds * 1000}}
+        return {
+            "model": model_name,
+            "label_names": list(classifier.label_names),
+            "threshold": threshold,
+            "trained_threshold": summary.get("threshold"),
+            "best_epoch": summary.get("best_epoch"),
+            "metrics": {"val": summary.get("val"), "test": summary.get("test")},
+            "limits": {"max_texts": max_texts, "max_chars": max_chars},
+            "batching": {"max_batch": max_batch, "gather_ms": gather_seconds * 1000},
+        }
 
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFAULT_MAX_TEXTS,
-          max_chars: int = DEFAULT_MAX_CHARS, threshold: float | None = None, batch_size: int | None = None) -> None:
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_texts: int = DEFAULT_MAX_TEXTS,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+) -> None:
     """Load the run's model and serve it until interrupted."""
     import uvicorn
 

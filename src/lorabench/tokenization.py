@@ -32,7 +32,7 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def subset(self, rows: np.ndarray) -> "Encoded":
+    def subset(self, rows: np.ndarray) -> Encoded:
         return Encoded([self.input_ids[i] for i in rows], self.labels[rows], truncated=0)
 
     @property
@@ -104,8 +104,9 @@ def step_budget(lengths: np.ndarray, batch_tokens: int) -> int:
     return min(batch_tokens, int(lengths.sum()) // MIN_STEPS_PER_EPOCH)
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  batch_tokens: int | None = None) -> list[np.ndarray]:
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, batch_tokens: int | None = None
+) -> list[np.ndarray]:
     """Row indices for one training epoch, drawn from (seed, epoch) alone so a resumed run sees exactly the
     batches an uninterrupted one would.
 

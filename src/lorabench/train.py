@@ -83,7 +83,9 @@ def prepare(config: RunConfig) -> Prepared:
         raise LorabenchError(f"train.packing does not support {base.config.model_type} models; set it to false")
     max_length = config.train.max_length
     train = encode(tokenizer, splits.train["text"].tolist(), splits.train["label"].to_numpy(), max_length, "train")
-    validation = encode(tokenizer, splits.validation["text"].tolist(), splits.validation["label"].to_numpy(), max_length, "validation")
+    validation = encode(
+        tokenizer, splits.validation["text"].tolist(), splits.validation["label"].to_numpy(), max_length, "validation"
+    )
     test = None
     if splits.test is not None:
         test = encode(tokenizer, splits.test["text"].tolist(), splits.test["label"].to_numpy(), max_length, "test")
@@ -142,8 +144,10 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     used_tokens = step_budget(lengths, global_tokens) if global_tokens else None
     lr = settings.lr
     if used_tokens and used_tokens < global_tokens:
-        note = (f"note: {int(lengths.sum()):,} training tokens: batches of {used_tokens} tokens instead of "
-                f"{global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)")
+        note = (
+            f"note: {int(lengths.sum()):,} training tokens: batches of {used_tokens} tokens instead of "
+            f"{global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)"
+        )
         if settings.scale_lr_with_batch:
             lr *= math.sqrt(used_tokens / global_tokens)
             note += f", lr scaled to {lr:.3g} (train.scale_lr_with_batch)"
@@ -152,20 +156,29 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     checkpointing = settings.gradient_checkpointing
     if checkpointing == "auto":
         text_config = model.config.get_text_config()
-        need = activation_bytes(text_config.hidden_size, text_config.num_attention_heads,
-                                text_config.num_hidden_layers, tokens_per_batch, longest,
-                                sixteen_bit=amp_dtype is not None, checkpointing=False)
+        need = activation_bytes(
+            text_config.hidden_size,
+            text_config.num_attention_heads,
+            text_config.num_hidden_layers,
+            tokens_per_batch,
+            longest,
+            sixteen_bit=amp_dtype is not None,
+            checkpointing=False,
+        )
         checkpointing = need > 0.8 * free_memory_bytes(device)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = parameter_counts(model)
-    say(f"{config.model.name}: {counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters "
+    say(
+        f"{config.model.name}: {counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters "
         f"({counts['trainable_percent']:.4f}%) on {device.type}, "
         f"precision {str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}, "
         f"{model.config._attn_implementation} attention, "
         + (f"batches of {used_tokens} tokens" if used_tokens else f"batches of {global_rows} rows")
         + (f" split across {current.size} processes" if current.distributed else "")
-        + (", packed" if settings.packing else "") + (", gradient checkpointing" if checkpointing else ""))
+        + (", packed" if settings.packing else "")
+        + (", gradient checkpointing" if checkpointing else "")
+    )
 
     weights = torch.tensor(class_weights(prepared.train.labels, prepared.splits.num_labels), dtype=torch.float32)
     # Summed here and divided by the whole (global) batch's weight below: the class-weighted mean of the
@@ -178,20 +191,35 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     total_steps = steps_per_epoch * settings.epochs
     from transformers import get_scheduler
 
-    scheduler = get_scheduler(settings.scheduler if settings.scheduler != "constant" else "constant_with_warmup",
-                              optimizer, num_warmup_steps=int(settings.warmup * total_steps), num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        settings.scheduler if settings.scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=int(settings.warmup * total_steps),
+        num_training_steps=total_steps,
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     pad_id, side = tokenizer.pad_token_id, tokenizer.padding_side
 
     # "step" batches of epoch "epoch" + 1 are done when a mid-epoch checkpoint is resumed (0 otherwise).
-    state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "rows_seen": 0, "best_f1": -1.0, "best_epoch": 0,
-             "train_seconds": 0.0}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "loss_sum": 0.0,
+        "rows_seen": 0,
+        "best_f1": -1.0,
+        "best_epoch": 0,
+        "train_seconds": 0.0,
+    }
     if can_resume:
         state = {**state, **_restore_checkpoint(run, model, optimizer, scheduler, scaler, current)}
-        say(f"resuming after epoch {state['epoch']}" + (f" step {state['step']}" if state["step"] else "")
-            + f" of {settings.epochs}")
-    tracker = make_tracker(settings.tracking if current.is_main else "none", run.path,
-                           config.model_dump(mode="json"), run.path.name)
+        say(
+            f"resuming after epoch {state['epoch']}"
+            + (f" step {state['step']}" if state["step"] else "")
+            + f" of {settings.epochs}"
+        )
+    tracker = make_tracker(
+        settings.tracking if current.is_main else "none", run.path, config.model_dump(mode="json"), run.path.name
+    )
 
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         done = state["step"]  # batches of this epoch already trained before a resume
@@ -233,24 +261,56 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
                 bar.advance(1, info=f"loss {loss_sum / rows_seen:.4f}")
                 every = settings.save_every_steps
                 if every and step < len(batches) and ((epoch - 1) * steps_per_epoch + step) % every == 0:
-                    _save_checkpoint(run, model, optimizer, scheduler, scaler, {
-                        **state, "step": step, "loss_sum": loss_sum, "rows_seen": rows_seen,
-                        "train_seconds": state["train_seconds"] + time.perf_counter() - started}, current)
-        state.update(step=0, loss_sum=0.0, rows_seen=0,
-                     train_seconds=state["train_seconds"] + time.perf_counter() - started)
+                    _save_checkpoint(
+                        run,
+                        model,
+                        optimizer,
+                        scheduler,
+                        scaler,
+                        {
+                            **state,
+                            "step": step,
+                            "loss_sum": loss_sum,
+                            "rows_seen": rows_seen,
+                            "train_seconds": state["train_seconds"] + time.perf_counter() - started,
+                        },
+                        current,
+                    )
+        state.update(
+            step=0, loss_sum=0.0, rows_seen=0, train_seconds=state["train_seconds"] + time.perf_counter() - started
+        )
 
         # each process scores every N-th validation row; the metrics are computed over all of them
         shown = current.shard(np.arange(len(prepared.validation)))
         probabilities = distributed.gather_rows(
-            predict_proba(model, prepared.validation.subset(shown), settings.eval_batch_size, device, amp_dtype,
-                          pad_id, side, f"validate epoch {epoch}", settings.packing),
-            shown, len(prepared.validation), current)
-        val = classification_metrics(prepared.validation.labels, predicted_labels(probabilities),
-                                     prepared.splits.num_labels)
-        row = {"epoch": epoch, "train_loss": round(loss_sum / rows_seen, 6),
-               **{f"val_{k}": v for k, v in val.items()}, "seconds": round(state["train_seconds"], 2)}
+            predict_proba(
+                model,
+                prepared.validation.subset(shown),
+                settings.eval_batch_size,
+                device,
+                amp_dtype,
+                pad_id,
+                side,
+                f"validate epoch {epoch}",
+                settings.packing,
+            ),
+            shown,
+            len(prepared.validation),
+            current,
+        )
+        val = classification_metrics(
+            prepared.validation.labels, predicted_labels(probabilities), prepared.splits.num_labels
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": round(loss_sum / rows_seen, 6),
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": round(state["train_seconds"], 2),
+        }
         tracker.log(row, step=epoch * steps_per_epoch)
-        say(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val F1 {val['f1']:.4f}, accuracy {val['accuracy']:.4f}")
+        say(
+            f"epoch {epoch}: train loss {row['train_loss']:.4f}, val F1 {val['f1']:.4f}, accuracy {val['accuracy']:.4f}"
+        )
         improved = val["f1"] > state["best_f1"]
         if improved:
             state["best_f1"], state["best_epoch"] = val["f1"], epoch
@@ -266,8 +326,7 @@ def fit(prepared: Prepared, run: record.RunDir, can_resume: bool = False, on_epo
     # rank 0 scores the best epoch and writes the summary; every process returns it
     # N processes train one global batch per step: N x the per-process budget (tokens, or rows)
     batch = {"tokens": used_tokens} if used_tokens else {"rows": global_rows}
-    summary = distributed.on_main(lambda: _finish(prepared, run, state, counts, device, amp_dtype, lr, batch),
-                                  current)
+    summary = distributed.on_main(lambda: _finish(prepared, run, state, counts, device, amp_dtype, lr, batch), current)
     tracker.finish(summary)
     return summary
 
@@ -277,21 +336,30 @@ def _save_adapter(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _save_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler, state: dict,
-                     current: distributed.World) -> None:
+def _save_checkpoint(
+    run: record.RunDir, model, optimizer, scheduler, scaler, state: dict, current: distributed.World
+) -> None:
     """Everything the loop needs to continue exactly: weights, optimizer, schedule, loss scale, every process's
     random state (dropout mid-epoch; each process drew for its own rows) and `state` (epoch, step, loss sums,
     best epoch), swapped in as one directory by rank 0. Called on every process."""
     random_states = distributed.gather_all(
-        {"cpu": torch.get_rng_state(),
-         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, current)
+        {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        current,
+    )
     if not current.is_main:
         return
 
     def build(directory: Path) -> None:
-        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": random_states},
-                   directory / "state.pt")
+        torch.save(
+            {
+                "trainable": trainable_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": random_states,
+            },
+            directory / "state.pt",
+        )
         record.write_json(directory / "progress.json", {**state, "processes": current.size})
 
     record.replace_dir(build, run.file(record.CHECKPOINT_DIR))
@@ -307,8 +375,10 @@ def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler,
     processes = state.pop("processes", 1)
     if processes != current.size:
         # the global batch is the per-process budget x the processes: another count would change every batch
-        raise LorabenchError(f"resume this run with the launch that trained it: {processes} "
-                             f"process{'es' if processes > 1 else ''}, not {current.size}")
+        raise LorabenchError(
+            f"resume this run with the launch that trained it: {processes} "
+            f"process{'es' if processes > 1 else ''}, not {current.size}"
+        )
     load_trainable_state(model, saved["trainable"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -321,8 +391,16 @@ def _restore_checkpoint(run: record.RunDir, model, optimizer, scheduler, scaler,
     return state
 
 
-def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, device, amp_dtype, lr: float,
-            effective_batch: dict) -> dict:
+def _finish(
+    prepared: Prepared,
+    run: record.RunDir,
+    state: dict,
+    counts: dict,
+    device,
+    amp_dtype,
+    lr: float,
+    effective_batch: dict,
+) -> dict:
     """Reload the best epoch's weights, score validation and test with them, and write the summary."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -333,13 +411,24 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
     pad_id, side = prepared.tokenizer.pad_token_id, prepared.tokenizer.padding_side
     names = prepared.splits.label_names
     results, threshold = {}, None
-    for split_name, encoded, frame in (("val", prepared.validation, prepared.splits.validation),
-                                       ("test", prepared.test, prepared.splits.test)):
+    for split_name, encoded, frame in (
+        ("val", prepared.validation, prepared.splits.validation),
+        ("test", prepared.test, prepared.splits.test),
+    ):
         if encoded is None:
             results[split_name] = None
             continue
-        probabilities = predict_proba(model, encoded, settings.eval_batch_size, device, amp_dtype, pad_id, side,
-                                      f"score {split_name}", settings.packing)
+        probabilities = predict_proba(
+            model,
+            encoded,
+            settings.eval_batch_size,
+            device,
+            amp_dtype,
+            pad_id,
+            side,
+            f"score {split_name}",
+            settings.packing,
+        )
         if split_name == "val" and len(names) == 2:
             threshold = round(best_threshold(encoded.labels, probabilities[:, 1]), 6)
         predictions = predicted_labels(probabilities)
@@ -361,9 +450,13 @@ def _finish(prepared: Prepared, run: record.RunDir, state: dict, counts: dict, d
         # The F1-maximising threshold on P(positive) found on validation; predict/serve use it. Metrics above
         # are at the arg-max (0.5) decision, so they compare fairly with the study.
         "threshold": threshold,
-        "rows": {"train": len(prepared.train), "validation": len(prepared.validation),
-                 "test": len(prepared.test) if prepared.test is not None else 0},
-        "truncated_texts": prepared.train.truncated + prepared.validation.truncated
+        "rows": {
+            "train": len(prepared.train),
+            "validation": len(prepared.validation),
+            "test": len(prepared.test) if prepared.test is not None else 0,
+        },
+        "truncated_texts": prepared.train.truncated
+        + prepared.validation.truncated
         + (prepared.test.truncated if prepared.test is not None else 0),
         "class_weights": [round(float(w), 6) for w in class_weights(prepared.train.labels, len(names))],
         "device": device.type,
@@ -383,5 +476,10 @@ def _versions() -> dict:
     import peft
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "machine": platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "machine": platform.machine(),
+    }

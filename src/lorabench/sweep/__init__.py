@@ -18,6 +18,7 @@ from lorabench.errors import LorabenchError
 from lorabench.sweep.objective import METRIC, Objective, TrialRecord
 from lorabench.sweep.space import STUDY_SPACE, SearchSpace, load_space
 
+
 class SweepSettings(BaseModel):
     """What `lorabench sweep` was asked to do; None means the preset's value."""
 
@@ -38,7 +39,7 @@ class SweepSettings(BaseModel):
     gpus_per_trial: float = Field(0, ge=0)
 
     @classmethod
-    def build(cls, **values) -> "SweepSettings":
+    def build(cls, **values) -> SweepSettings:
         """Validate, naming the first bad setting in one line."""
         try:
             return cls(**values)
@@ -51,8 +52,10 @@ class SweepSettings(BaseModel):
 def make_objective(settings: SweepSettings) -> Objective:
     """Resolve the base run config and the space, and check the space's bounds against it (before any trial)."""
     space = load_space(settings.space)
-    overrides = {"data": {"source": settings.data, "max_train_rows": settings.max_train_rows},
-                 "train": {"epochs": settings.epochs}}
+    overrides = {
+        "data": {"source": settings.data, "max_train_rows": settings.max_train_rows},
+        "train": {"epochs": settings.epochs},
+    }
     base = resolve_config(settings.model, None, overrides).model_dump(mode="json")
     space.check_against(base, str(settings.space or STUDY_SPACE))
     return Objective(base, space, settings.out.resolve() / "trials")
@@ -82,5 +85,13 @@ def sweep(settings: SweepSettings) -> dict:
     return report.write(settings.out, records, objective, settings.backend)
 
 
-__all__ = ["METRIC", "Objective", "SearchSpace", "SweepSettings", "TrialRecord", "load_space",
-           "make_objective", "sweep"]
+__all__ = [
+    "METRIC",
+    "Objective",
+    "SearchSpace",
+    "SweepSettings",
+    "TrialRecord",
+    "load_space",
+    "make_objective",
+    "sweep",
+]

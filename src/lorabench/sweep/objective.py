@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lorabench.config import RunConfig, merge, validate
 from lorabench.sweep.space import SearchSpace
@@ -23,8 +24,9 @@ class Objective:
     def config(self, params: dict[str, Any]) -> RunConfig:
         return validate(merge(self.base, self.space.overrides(params)))
 
-    def run(self, params: dict[str, Any], name: str | int,
-            on_epoch_end: Callable[[int, dict], None] | None = None) -> float:
+    def run(
+        self, params: dict[str, Any], name: str | int, on_epoch_end: Callable[[int, dict], None] | None = None
+    ) -> float:
         """Train into trials_dir/<name>; `on_epoch_end(epoch, row)` reports (and may prune) after each epoch."""
         from lorabench.api import train  # deferred: importing the sweep API must not load torch
 

@@ -34,12 +34,20 @@ def open_study(settings, objective: Objective) -> optuna.Study:
     """Create or load the study and check that it is this same sweep (model, data, epochs, space)."""
     if settings.storage is None:
         settings.out.mkdir(parents=True, exist_ok=True)  # for OUT/study.db
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
-              if settings.prune else optuna.pruners.NopPruner())
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
+        if settings.prune
+        else optuna.pruners.NopPruner()
+    )
     url = storage_url(settings.out, settings.storage)
     try:
-        study = optuna.create_study(study_name=settings.out.resolve().name, direction="maximize", pruner=pruner,
-                                    storage=url, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=settings.out.resolve().name,
+            direction="maximize",
+            pruner=pruner,
+            storage=url,
+            load_if_exists=True,
+        )
     except (SQLAlchemyError, ImportError) as err:
         raise LorabenchError(f"cannot open the study storage {url}: {str(err).splitlines()[0]}") from None
     identity = {"base_config": objective.base, "space": objective.space.to_wandb()}
@@ -47,8 +55,10 @@ def open_study(settings, objective: Objective) -> optuna.Study:
     if stored is None:
         study.set_user_attr("sweep", identity)
     elif changed := _changed_settings(stored, identity):
-        raise LorabenchError(f"study '{study.study_name}' already holds a sweep with other settings "
-                             f"({', '.join(changed)}); choose another --out (or --storage)")
+        raise LorabenchError(
+            f"study '{study.study_name}' already holds a sweep with other settings "
+            f"({', '.join(changed)}); choose another --out (or --storage)"
+        )
     # Seeded from the trial count, so a resumed sweep draws new points instead of replaying its first ones.
     study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials))
     return study
@@ -121,9 +131,11 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
     if finished < settings.trials:
         say(f"sweep: {finished} of {settings.trials} trials finished, running {settings.trials - finished} more")
         # MaxTrialsCallback stops this worker when others sharing the storage have finished the rest.
-        study.optimize(make_optuna_objective(objective, settings.prune), n_trials=settings.trials - finished,
-                       callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=FINISHED),
-                                  _say_result])
+        study.optimize(
+            make_optuna_objective(objective, settings.prune),
+            n_trials=settings.trials - finished,
+            callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=FINISHED), _say_result],
+        )
     return records(study)
 
 
@@ -133,10 +145,17 @@ def _say_result(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 def records(study: optuna.Study) -> list[TrialRecord]:
-    return [TrialRecord(
-        number=t.number, state=t.state.name, value=t.value, params=dict(t.params),
-        seconds=round(t.duration.total_seconds(), 2) if t.duration else None,
-        started=t.datetime_start.timestamp() if t.datetime_start else None,
-        finished=t.datetime_complete.timestamp() if t.datetime_complete else None,
-        extra={"retry_of": t.user_attrs.get("retry_of")},
-    ) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    return [
+        TrialRecord(
+            number=t.number,
+            state=t.state.name,
+            value=t.value,
+            params=dict(t.params),
+            seconds=round(t.duration.total_seconds(), 2) if t.duration else None,
+            started=t.datetime_start.timestamp() if t.datetime_start else None,
+            finished=t.datetime_complete.timestamp() if t.datetime_complete else None,
+            extra={"retry_of": t.user_attrs.get("retry_of")},
+        )
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING
+    ]

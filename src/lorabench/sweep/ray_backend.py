@@ -72,20 +72,28 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
 
     # ASHA may stop a trial after any epoch but its last (stopping then would only discard a finished result).
     metric = {"metric": "best_val_f1", "mode": "max"}
-    scheduler = (ASHAScheduler(max_t=objective.epochs - 1, grace_period=1, stop_last_trials=False, **metric)
-                 if settings.prune and objective.epochs > 1 else None)
+    scheduler = (
+        ASHAScheduler(max_t=objective.epochs - 1, grace_period=1, stop_last_trials=False, **metric)
+        if settings.prune and objective.epochs > 1
+        else None
+    )
     threads = max(1, int(settings.cpus_per_trial))
-    trainable = tune.with_resources(tune.with_parameters(_trainable, objective=objective, threads=threads,
-                                                          cwd=os.getcwd()),
-                                    {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-    search = OptunaSearch(functools.partial(_define_by_run, objective.space),
-                          sampler=optuna.samplers.TPESampler(seed=settings.seed), **metric)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, objective=objective, threads=threads, cwd=os.getcwd()),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    )
+    search = OptunaSearch(
+        functools.partial(_define_by_run, objective.space),
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        **metric,
+    )
     _start_ray(settings)
     try:
-        tuner = tune.Tuner(trainable,
-                           tune_config=tune.TuneConfig(num_samples=settings.trials, scheduler=scheduler,
-                                                       search_alg=search),
-                           run_config=tune.RunConfig(name=RAY_DIR, storage_path=str(out), verbose=0))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(num_samples=settings.trials, scheduler=scheduler, search_alg=search),
+            run_config=tune.RunConfig(name=RAY_DIR, storage_path=str(out), verbose=0),
+        )
         with contextlib.redirect_stdout(sys.stderr):  # Tune's tables are progress; stdout is for the result
             results = tuner.fit()
     finally:
@@ -97,14 +105,18 @@ def _record(result, objective: Objective) -> TrialRecord:
     metrics = result.metrics or {}
     params = {name: result.config[name] for name in objective.space.sampled()}
     epochs_run = metrics.get("epoch", 0)
-    state = ("FAIL" if result.error else "COMPLETE" if epochs_run == objective.config(params).train.epochs
-             else "PRUNED")
+    state = "FAIL" if result.error else "COMPLETE" if epochs_run == objective.config(params).train.epochs else "PRUNED"
     # Ray times a trial up to its last report (after the last epoch's validation).
     started, seconds = metrics.get("started"), metrics.get("time_total_s")
     value = metrics.get("best_val_f1")
     say(f"trial {result.config['trial_number']}: {state.lower()}, val F1 {value if value is not None else '-'}")
     return TrialRecord(
-        number=result.config["trial_number"], state=state, value=value, params=params,
-        seconds=round(seconds, 2) if seconds is not None else None, started=started,
+        number=result.config["trial_number"],
+        state=state,
+        value=value,
+        params=params,
+        seconds=round(seconds, 2) if seconds is not None else None,
+        started=started,
         finished=started + seconds if started is not None and seconds is not None else None,
-        extra={"epochs_run": epochs_run})
+        extra={"epochs_run": epochs_run},
+    )

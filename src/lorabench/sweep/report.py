@@ -29,10 +29,19 @@ def _time(stamp: float | None) -> str:
 
 def trials_table(records: list[TrialRecord], objective: Objective) -> pd.DataFrame:
     names = list(objective.space.sampled())
-    rows = [{"number": r.number, "state": r.state, "value": r.value, "seconds": r.seconds,
-             "started": _time(r.started), "finished": _time(r.finished),
-             **{key: value for key, value in r.extra.items() if value is not None},
-             **{name: r.params.get(name) for name in names}} for r in sorted(records, key=lambda r: r.number)]
+    rows = [
+        {
+            "number": r.number,
+            "state": r.state,
+            "value": r.value,
+            "seconds": r.seconds,
+            "started": _time(r.started),
+            "finished": _time(r.finished),
+            **{key: value for key, value in r.extra.items() if value is not None},
+            **{name: r.params.get(name) for name in names},
+        }
+        for r in sorted(records, key=lambda r: r.number)
+    ]
     if not rows:
         return pd.DataFrame(columns=["number", "state", "value", "seconds", "started", "finished", *names])
     return pd.DataFrame(rows).convert_dtypes()  # integer columns with gaps (retry_of) stay integers
@@ -52,9 +61,14 @@ def _chart_study(records: list[TrialRecord], objective: Objective):
     distributions = objective.space.distributions()
     for r in sorted(records, key=lambda r: r.number):  # every trial, so the charts show the real numbers
         finished = r.state in ("COMPLETE", "PRUNED") and r.value is not None
-        study.add_trial(create_trial(params=r.params, distributions={k: distributions[k] for k in r.params},
-                                     value=r.value if finished else None,
-                                     state=TrialState[r.state] if finished else TrialState.FAIL))
+        study.add_trial(
+            create_trial(
+                params=r.params,
+                distributions={k: distributions[k] for k in r.params},
+                value=r.value if finished else None,
+                state=TrialState[r.state] if finished else TrialState.FAIL,
+            )
+        )
     return study
 
 
@@ -105,24 +119,42 @@ def write(out: Path, records: list[TrialRecord], objective: Objective, backend: 
     if best is None:
         raise LorabenchError(f"no trial completed; see {out / 'trials.csv'}")
     config = objective.config(best.params)
-    best_json = {"metric": METRIC, "value": best.value, "trial": best.number, "params": best.params,
-                 "fixed": objective.space.fixed(), "backend": backend,
-                 # `lorabench train --config best.json` reads this section: the best trial's full run config.
-                 "config": config.model_dump(mode="json")}
+    best_json = {
+        "metric": METRIC,
+        "value": best.value,
+        "trial": best.number,
+        "params": best.params,
+        "fixed": objective.space.fixed(),
+        "backend": backend,
+        # `lorabench train --config best.json` reads this section: the best trial's full run config.
+        "config": config.model_dump(mode="json"),
+    }
     write_json(out / "best.json", best_json)
     missing = write_charts(out, records, objective)
     write_atomic(out / "index.html", _page(out, table, best_json, missing))
     finished = int(table["state"].isin(["COMPLETE", "PRUNED"]).sum())
-    say(f"sweep: {finished} trials finished; best trial {best.number}: val F1 {best.value:.4f} {best.params}; "
-        f"report {out / 'index.html'}")
-    return {"backend": backend, "finished_trials": finished, "best_trial": best.number, "best_val_f1": best.value,
-            "best_params": best.params, "best_json": str(out / "best.json"), "report": str(out / "index.html")}
+    say(
+        f"sweep: {finished} trials finished; best trial {best.number}: val F1 {best.value:.4f} {best.params}; "
+        f"report {out / 'index.html'}"
+    )
+    return {
+        "backend": backend,
+        "finished_trials": finished,
+        "best_trial": best.number,
+        "best_val_f1": best.value,
+        "best_params": best.params,
+        "best_json": str(out / "best.json"),
+        "report": str(out / "index.html"),
+    }
 
 
-PAGE = """<!DOCTYPE html>
+PAGE = (
+    """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lorabench sweep {{ name }}</title>
 <style>
-""" + BASE_CSS + """tr.best td { background: #eaf7ea; } tr.FAIL td, tr.RUNNING td { color: #8a1f1f; } tr.PRUNED td { color: #555e6e; }
+"""
+    + BASE_CSS
+    + """tr.best td { background: #eaf7ea; } tr.FAIL td, tr.RUNNING td { color: #8a1f1f; } tr.PRUNED td { color: #555e6e; }
 .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .charts img { max-width: 100%; border: 1px solid #e3e7ee; }
 </style></head><body>
@@ -145,6 +177,7 @@ Files: <a href="trials.csv">trials.csv</a>, <a href="best.json">best.json</a>; t
 {% endfor %}</tbody></table>
 </body></html>
 """
+)
 
 
 def _cell(value) -> str:
@@ -156,9 +189,21 @@ def _cell(value) -> str:
 def _page(out: Path, table: pd.DataFrame, best: dict, missing: dict[str, str]) -> str:
     from jinja2 import Environment
 
-    rows = [([_cell(v) for v in row], "best" if row[0] == best["trial"] else row[1])
-            for row in table.itertuples(index=False)]
-    return Environment(autoescape=True).from_string(PAGE).render(
-        name=out.resolve().name, best=best, best_path=str(out / "best.json"),
-        parameters={**best["params"], **best["fixed"]}, missing=missing, headers=list(table.columns), rows=rows,
-        charts=[(HISTORY_PNG, "Optimisation history"), (IMPORTANCE_PNG, "Parameter importance")])
+    rows = [
+        ([_cell(v) for v in row], "best" if row[0] == best["trial"] else row[1])
+        for row in table.itertuples(index=False)
+    ]
+    return (
+        Environment(autoescape=True)
+        .from_string(PAGE)
+        .render(
+            name=out.resolve().name,
+            best=best,
+            best_path=str(out / "best.json"),
+            parameters={**best["params"], **best["fixed"]},
+            missing=missing,
+            headers=list(table.columns),
+            rows=rows,
+            charts=[(HISTORY_PNG, "Optimisation history"), (IMPORTANCE_PNG, "Parameter importance")],
+        )
+    )

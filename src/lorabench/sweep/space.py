@@ -44,7 +44,7 @@ class Parameter(BaseModel):
     max: int | float | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Parameter":
+    def _one_kind(self) -> Parameter:
         given = self.model_fields_set
         kinds = ["value" in given, "values" in given, bool(given & {"distribution", "min", "max"})]
         if sum(kinds) != 1:
@@ -99,7 +99,7 @@ class SearchSpace(BaseModel):
     parameters: dict[str, Parameter]
 
     @model_validator(mode="after")
-    def _known_names(self) -> "SearchSpace":
+    def _known_names(self) -> SearchSpace:
         for name in self.parameters:
             if "." not in ALIASES.get(name, name):
                 raise ValueError(f"unknown parameter '{name}': use one of {', '.join(ALIASES)} or section.key")

@@ -48,11 +48,18 @@ def api_key_configured() -> bool:
 
 def agent_arguments(settings) -> list[str]:
     """`lorabench sweep-agent` flags that rebuild this sweep's objective; local paths made absolute."""
+
     def local(value):
         return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
 
-    flags = {"--model": local(settings.model), "--data": local(settings.data), "--out": str(settings.out.resolve()),
-             "--space": local(settings.space), "--epochs": settings.epochs, "--max-train-rows": settings.max_train_rows}
+    flags = {
+        "--model": local(settings.model),
+        "--data": local(settings.data),
+        "--out": str(settings.out.resolve()),
+        "--space": local(settings.space),
+        "--epochs": settings.epochs,
+        "--max-train-rows": settings.max_train_rows,
+    }
     return [part for flag, value in flags.items() if value is not None for part in (flag, str(value))]
 
 
@@ -77,8 +84,10 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
     header = "# W&B sweep written by `lorabench sweep --backend wandb`: `wandb sweep` this file, then `wandb agent`.\n"
     write_atomic(path, header + yaml.safe_dump(configuration, sort_keys=False))
     if not api_key_configured():
-        raise LorabenchError(f"W&B needs an API key (set WANDB_API_KEY or run `wandb login`); the sweep "
-                             f"configuration is written to {path}; --backend optuna needs no account")
+        raise LorabenchError(
+            f"W&B needs an API key (set WANDB_API_KEY or run `wandb login`); the sweep "
+            f"configuration is written to {path}; --backend optuna needs no account"
+        )
     wandb = _import_wandb()
     project = os.environ.get("WANDB_PROJECT", "lorabench")
     sweep_id = wandb.sweep(configuration, project=project)
@@ -94,8 +103,10 @@ def run_agent_trial(objective: Objective) -> float:
     missing = [name for name in objective.space.sampled() if name not in run.config]
     if missing:
         run.finish(exit_code=1)
-        raise LorabenchError(f"wandb.config lacks {', '.join(missing)}: `lorabench sweep-agent` is started by "
-                             "`wandb agent` for a sweep of the same space")
+        raise LorabenchError(
+            f"wandb.config lacks {', '.join(missing)}: `lorabench sweep-agent` is started by "
+            "`wandb agent` for a sweep of the same space"
+        )
     params = {name: run.config[name] for name in objective.space.sampled()}
     started = time.time()
 
@@ -105,8 +116,16 @@ def run_agent_trial(objective: Objective) -> float:
     value = objective.run(params, run.id, log)
     run.summary[WANDB_METRIC] = value  # the best epoch's F1 is the trial's result, not the last epoch's
     finished = time.time()
-    record = TrialRecord(number=-1, state="COMPLETE", value=value, params=params, seconds=round(finished - started, 2),
-                         started=started, finished=finished, extra={"wandb_run": run.id})
+    record = TrialRecord(
+        number=-1,
+        state="COMPLETE",
+        value=value,
+        params=params,
+        seconds=round(finished - started, 2),
+        started=started,
+        finished=finished,
+        extra={"wandb_run": run.id},
+    )
     write_json(objective.trials_dir / run.id / TRIAL_FILE, asdict(record))
     run.finish()
     return value
@@ -121,8 +140,10 @@ def agent(settings) -> float:
 
 def local_records(trials_dir: Path) -> list[TrialRecord]:
     """The trials run on this machine, numbered in the order they started (W&B's page shows every agent's)."""
-    found = sorted((TrialRecord(**read_json(path)) for path in trials_dir.glob(f"*/{TRIAL_FILE}")),
-                   key=lambda record: record.started)
+    found = sorted(
+        (TrialRecord(**read_json(path)) for path in trials_dir.glob(f"*/{TRIAL_FILE}")),
+        key=lambda record: record.started,
+    )
     for number, record in enumerate(found):
         record.number = number
     return found
