@@ -3,7 +3,7 @@
 (a) recipe: transformers.Trainer as the study wrote it - batches of 8 random rows padded to their longest
     (dynamic padding), fp32 weights (+ fp16 autocast on CUDA), gradient checkpointing, constant schedule after
     warm-up, class-weighted cross-entropy (`compute_loss_func`), the model's default (SDPA) attention.
-(b) lorabench: `lorabench.train.fit` with every default (token-budget batches of sorted rows, no checkpointing
+(b) lorabench: `lorabench.training.lora_recipe.fit` with every default (token-budget batches of sorted rows, no checkpointing
     unless memory needs it, attention per architecture, bf16 on CUDA).
 Both start from the same initial weights and use the same LoRA settings, learning rate and epochs (the preset's).
 
@@ -11,7 +11,7 @@ CPU mode (`--device cpu`): real models (minilm, smollm2) on the real disaster tw
 threads that take turns of `--slice-s` seconds of training (only one computes at a time), so load from other
 processes on a shared machine falls on both alike; each side's clock runs only during its own training steps.
 Both are scored on the full validation split after every epoch by the same code
-(`lorabench.evaluate.predict_proba`, not timed).
+(`lorabench.models.lora.score_encoded`, not timed).
 
 GPU mode (`--device cuda`): RoBERTa-large, Mistral-7B and Llama-2-7B built from their configurations (written out
 below, no hub) with random weights, fed random token ids with the real tweets' token lengths
@@ -48,15 +48,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorabench import record
-from lorabench.config import ModelConfig, RunConfig, TrainSettings, resolve_config
-from lorabench.data import TextSplits, class_weights
-from lorabench.evaluate import classification_metrics, predict_proba, predicted_labels
-from lorabench.model import add_lora
-from lorabench.packing import choose_attention
-from lorabench.tokenization import Encoded, pad_batch
-from lorabench.train import Prepared, fit, prepare
-from lorabench.ui import quiet_libraries, set_progress
+from lorabench.core import storage as record
+from lorabench.core.config import ModelConfig, RunConfig, TrainSettings, resolve_config
+from lorabench.core.console import quiet_libraries, set_progress
+from lorabench.core.metrics import classification_metrics, predicted_labels
+from lorabench.data.sources import TextSplits, class_weights
+from lorabench.data.tokenization import Encoded, pad_batch
+from lorabench.models.lora import add_lora
+from lorabench.models.lora import score_encoded as predict_proba
+from lorabench.models.packing import choose_attention
+from lorabench.training.lora_recipe import Prepared, fit, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "disaster_tweets"
@@ -303,7 +304,7 @@ def recipe_callback(on_epoch_begin, on_epoch_end, on_step_end=None, on_step_begi
 
 def validation_f1(model, validation: Encoded, pad_id: int, side: str, device, amp_dtype) -> float:
     probabilities = predict_proba(model, validation, 128, device, amp_dtype, pad_id, side, "bench validation")
-    return classification_metrics(validation.labels, predicted_labels(probabilities), 2)["f1"]
+    return classification_metrics(validation.labels, predicted_labels(probabilities), 2).f1
 
 
 def cpu_nominal_flops() -> float:
@@ -615,7 +616,7 @@ def train_variant(
     peak: float,
     quantize: str = "none",
 ) -> dict:
-    """One epoch of `lorabench.train.fit` on `train` with the preset's settings plus `update`; its figures."""
+    """One epoch of `lorabench.training.lora_recipe.fit` on `train` with the preset's settings plus `update`; its figures."""
     settings = preset.train.model_copy(update=update)
     config = RunConfig(
         model=ModelConfig(name=name, source="random weights", quantize=quantize), lora=preset.lora, train=settings
@@ -633,16 +634,16 @@ def train_variant(
     return {
         "rows": len(train),
         "batch_tokens": settings.batch_tokens,
-        "effective_batch_tokens": summary["effective_batch"].get("tokens"),
-        "lr": summary["lr"],
+        "effective_batch_tokens": summary.effective_batch.get("tokens"),
+        "lr": summary.lr,
         "packing": settings.packing,
         "quantize": quantize,
         "seconds_per_epoch": round(seconds * GPU_EPOCH_ROWS / len(train), 2),
         "samples_per_second": round(len(train) / seconds, 1),
         "mfu_vs_measured_matmul": round(flops / seconds / peak, 4),
         "mfu_vs_nominal_989": round(flops / seconds / H200_BF16_NOMINAL, 4),
-        "peak_memory_mb": summary["peak_memory_mb"],
-        "precision": summary["precision"],
+        "peak_memory_mb": summary.peak_memory_mb,
+        "precision": summary.precision,
         "attention": model.config._attn_implementation,
     }
 
@@ -660,13 +661,13 @@ def qlora_variant(
     rows: int,
 ) -> dict:
     """lorabench's `--quantize 4bit` path on the same random weights: saved as bf16 safetensors, loaded back
-    through `lorabench.model.load_base_model` (bitsandbytes NF4, double quantization, bf16 compute,
+    through `lorabench.models.weights.load_base_model` (bitsandbytes NF4, double quantization, bf16 compute,
     `prepare_model_for_kbit_training`), trained on the first `rows` rows (s/epoch scaled to 6090)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         return {"skipped": "bitsandbytes is not installed on this machine"}
-    from lorabench.model import load_base_model, resolve_source
+    from lorabench.models.weights import load_base_model, resolve_source
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("QLORA_SCRATCH")) as scratch:
         base.to(torch.bfloat16).save_pretrained(scratch)
@@ -674,7 +675,7 @@ def qlora_variant(
         _empty_cache(device)
         model_config = ModelConfig(name=name, source=scratch, quantize="4bit")
         started = time.perf_counter()
-        quantized = load_base_model(resolve_source(model_config), model_config, 2, [0, 1], pad_id)
+        quantized = load_base_model(resolve_source(model_config), model_config, [0, 1], pad_id)
         load_seconds = time.perf_counter() - started
     torch.manual_seed(0)
     model = add_lora(quantized, preset.lora)

@@ -19,10 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-from lorabench.config import DataConfig, resolve_config
-from lorabench.data import load_splits
-from lorabench.model import resolve_source
-from lorabench.tokenization import load_tokenizer
+from lorabench.core.config import DataConfig, resolve_config
+from lorabench.data.sources import load_splits
+from lorabench.data.tokenization import load_tokenizer
+from lorabench.models.weights import resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lorabench.cli import main
-from lorabench.ui import quiet_libraries, set_progress
+from lorabench.core.console import quiet_libraries, set_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TWEETS = ROOT.parent / "shared" / "data" / "disaster_tweets"
@@ -133,7 +133,7 @@ def llama_run(tiny_models, small_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def llama_classifier(llama_run):
-    from lorabench.predict import load_classifier
+    from lorabench.models.registry import load_classifier
 
     return load_classifier(llama_run)
 

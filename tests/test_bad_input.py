@@ -390,8 +390,8 @@ def test_bad_model_is_refused_before_loading(case, cli, tmp_path, tiny_models, s
 
 
 def test_truncated_real_gguf_is_refused(cli, tmp_path, small_data):
-    from lorabench.config import ModelConfig, preset_dict
-    from lorabench.model import resolve_source
+    from lorabench.core.config import ModelConfig, preset_dict
+    from lorabench.models.weights import resolve_source
 
     try:
         real = resolve_source(ModelConfig(**preset_dict("smollm2")["model"], name="smollm2"))
@@ -470,7 +470,7 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 def other_run(tmp_path, small_data, tiny_models) -> Path:
     """An output directory holding (the config of) another run: same model and data, another lr."""
     from lorabench.api import resolve_config
-    from lorabench.record import RunDir
+    from lorabench.core.storage import RunDir
 
     run = RunDir(tmp_path / "run")
     run.prepare(

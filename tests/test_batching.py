@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorabench.tokenization import epoch_batches
+from lorabench.data.batching import epoch_batches
 
 
 def _tweet_like_lengths(rows: int = 6090, seed: int = 0) -> np.ndarray:
@@ -71,7 +71,7 @@ def test_row_mode_is_the_fixed_size_random_batching():
 
 
 def test_small_data_sets_keep_enough_steps_per_epoch():
-    from lorabench.tokenization import MIN_STEPS_PER_EPOCH
+    from lorabench.data.batching import MIN_STEPS_PER_EPOCH
 
     lengths = _tweet_like_lengths(400)
     lengths[[5, 17]] = 30
@@ -116,14 +116,14 @@ def test_token_budget_training_learns(packing, tiny_models, tmp_path):
     )
     assert config.train.batch_tokens == 2048 and config.train.gradient_checkpointing == "auto"
     summary = train(config, tmp_path / "run")
-    assert summary["effective_batch"]["tokens"] < 2048 and summary["lr"] == 3e-3
+    assert summary.effective_batch["tokens"] < 2048 and summary.lr == 3e-3
     losses = pd.read_json(tmp_path / "run" / "metrics.jsonl", lines=True)["train_loss"].tolist()
     assert losses[-1] < losses[0]
-    assert summary["val"]["accuracy"] > 0.9
+    assert summary.val.accuracy > 0.9
 
 
 def test_default_config_uses_token_budget_batches():
-    from lorabench.config import TrainSettings
+    from lorabench.core.config import TrainSettings
 
     settings = TrainSettings()
     assert settings.batch_tokens == 2048 and settings.packing is False
@@ -132,9 +132,9 @@ def test_default_config_uses_token_budget_batches():
 
 
 def test_checkpointing_turns_on_only_when_memory_is_short(tiny_models, small_data, tmp_path, monkeypatch):
-    from lorabench import train as train_module
     from lorabench.api import resolve_config
-    from lorabench.record import RunDir
+    from lorabench.core.storage import RunDir
+    from lorabench.training import lora_recipe as train_module
 
     def fit_with_free_memory(free_bytes, name):
         monkeypatch.setattr(train_module, "free_memory_bytes", lambda device: free_bytes)

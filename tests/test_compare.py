@@ -10,12 +10,13 @@ import pytest
 import yaml
 
 from lorabench.api import compare, render_report, resolve_config, train
-from lorabench.baseline import TfidfClassifier
-from lorabench.compare import CompareConfig, load_compare_config, plan_runs, run_dir_name
-from lorabench.config import DataConfig
-from lorabench.data import load_splits
-from lorabench.errors import LorabenchError
-from lorabench.evaluate import best_threshold
+from lorabench.core.config import DataConfig
+from lorabench.core.errors import LorabenchError
+from lorabench.core.metrics import best_threshold
+from lorabench.core.storage import safe_dir_name as run_dir_name
+from lorabench.data.sources import load_splits
+from lorabench.models.tfidf import TfidfClassifier
+from lorabench.workflows.compare import CompareConfig, load_compare_config, plan_runs
 
 MISSING_MODEL = "/nonexistent/model"
 
@@ -166,10 +167,10 @@ def test_compare_refuses_duplicates_and_a_non_empty_out(tmp_path, small_data):
 def test_tfidf_baseline_on_real_tweets_and_its_pickle_free_record(tweets_dir, tmp_path):
     config = resolve_config("tfidf", overrides={"data": {"source": str(tweets_dir)}})
     summary = train(config, tmp_path / "run")
-    assert summary["val"]["f1"] >= 0.75
-    assert summary["rows"] == {"train": 6090, "validation": 1523, "test": 3263}
-    assert summary["best_epoch"] == 1 and summary["trainable_percent"] == 100
-    assert summary["trainable_params"] == summary["vocabulary_size"] + 1  # one weight per n-gram, one bias
+    assert summary.val.f1 >= 0.75
+    assert summary.rows == {"train": 6090, "validation": 1523, "test": 3263}
+    assert summary.best_epoch == 1 and summary.trainable_percent == 100
+    assert summary.trainable_params == summary.vocabulary_size + 1  # one weight per n-gram, one bias
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1]
     files = {p.relative_to(tmp_path / "run").as_posix() for p in (tmp_path / "run").rglob("*") if p.is_file()}
@@ -191,9 +192,9 @@ def test_tfidf_baseline_on_real_tweets_and_its_pickle_free_record(tweets_dir, tm
     assert probabilities.shape == (1523, 2)
     np.testing.assert_allclose(probabilities[:, 1], validation["prob_1"], atol=1e-6)
     assert classifier.label_names == [0, 1]
-    assert classifier.threshold == summary["threshold"]
+    assert classifier.threshold == summary.threshold
     best = best_threshold(validation["label"].to_numpy(), probabilities[:, 1])
-    assert summary["threshold"] == pytest.approx(best, abs=1e-6)
+    assert summary.threshold == pytest.approx(best, abs=1e-6)
 
 
 def test_tfidf_and_lora_runs_write_the_same_summary_keys(comparison):

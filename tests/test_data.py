@@ -2,8 +2,8 @@
 
 import pytest
 
-from lorabench.config import DataConfig
-from lorabench.data import class_weights, describe, load_splits
+from lorabench.core.config import DataConfig
+from lorabench.data.sources import class_weights, describe, load_splits
 
 
 def test_split_matches_datasets_train_test_split_and_the_study(tweets_dir):

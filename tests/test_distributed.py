@@ -135,7 +135,7 @@ def test_compare_under_torchrun_writes_one_report_and_records_a_failure(tiny_mod
 LEAVES_GROUP = """
 import atexit, os, sys, weakref
 import torch.distributed as dist
-from lorabench.distributed import broadcast, gather_all, world
+from lorabench.training.distributed import broadcast, gather_all, world
 
 def record():  # registered before world(): atexit runs handlers last-in first-out, so this one runs after lorabench's
     open(os.path.join(sys.argv[1], os.environ["RANK"]), "w").write(f"{dist.is_initialized()} {group() is None}")

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from lorabench.api import resolve_config, train
 from lorabench.cli import app
-from lorabench.errors import LorabenchError
-from lorabench.export import EXPORT_INFO, export_run
-from lorabench.predict import load_classifier, predict_file
+from lorabench.core.errors import LorabenchError
+from lorabench.models.registry import load_classifier
+from lorabench.workflows.export import EXPORT_INFO, export_run
+from lorabench.workflows.predict import predict_file
 
 
 @pytest.fixture(scope="module", params=["roberta", "llama"])

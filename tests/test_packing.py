@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lorabench.config import LoraSettings
-from lorabench.errors import LorabenchError
-from lorabench.model import add_lora
-from lorabench.packing import batch_logits, can_pack, choose_attention, pack
+from lorabench.core.config import LoraSettings
+from lorabench.core.errors import LorabenchError
+from lorabench.models.lora import add_lora
+from lorabench.models.packing import batch_logits, can_pack, choose_attention, pack
 
 
 def _classifier(directory_or_config, attention: str | None = None):

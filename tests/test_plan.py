@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorabench.config import resolve_config
-from lorabench.errors import LorabenchError
-from lorabench.plan import plan
+from lorabench.core.config import resolve_config
+from lorabench.core.errors import LorabenchError
+from lorabench.workflows.plan import plan
 
 
 def test_parameter_counts_match_the_study_without_downloading():
@@ -24,7 +24,7 @@ def test_parameter_counts_match_the_study_without_downloading():
 def test_quantize_needs_cuda(tiny_models, small_data):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the refusal is for CPU-only machines")
-    from lorabench.train import prepare
+    from lorabench.training.lora_recipe import prepare
 
     config = resolve_config(
         str(tiny_models["llama"]), overrides={"data": {"source": str(small_data)}, "model": {"quantize": "4bit"}}
@@ -47,8 +47,8 @@ def test_4bit_training_on_cuda(tiny_models, small_data, tmp_path):
         },
     )
     summary = train(config, tmp_path / "run")
-    assert summary["precision"] == "bfloat16"
-    assert 0 <= summary["val"]["f1"] <= 1
+    assert summary.precision == "bfloat16"
+    assert 0 <= summary.val.f1 <= 1
 
 
 def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_dir, tmp_path):

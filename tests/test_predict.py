@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from lorabench.cli import app
-from lorabench.errors import LorabenchError
-from lorabench.predict import decide, predict_file
+from lorabench.core.errors import LorabenchError
+from lorabench.core.metrics import decide
+from lorabench.workflows.predict import predict_file
 
 
 class FakeClassifier:

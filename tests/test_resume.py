@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import failure_text, torchrun
-from lorabench.record import CHECKPOINT_DIR, RunDir, recover_dir
+from lorabench.core.storage import CHECKPOINT_DIR, RunDir, recover_dirs
 
 # 192 training rows in batches of 16 rows (batch_tokens 0: a known number of steps): 12 steps per epoch; with
 # --save-every-steps 5 the checkpoints fall after global steps 5, 10, 12 (end of epoch 1), 15, 20 and 24.
@@ -145,7 +145,7 @@ def test_a_kill_inside_a_checkpoint_swap_is_recovered(tmp_path):
     (run / f".{CHECKPOINT_DIR}.old").mkdir(parents=True)
     (run / f".{CHECKPOINT_DIR}.old" / "progress.json").write_text('{"epoch": 1}')
     (run / f".{CHECKPOINT_DIR}.k3j2x9").mkdir()  # a half-built new copy
-    recover_dir(run / CHECKPOINT_DIR)
+    recover_dirs(run)
     assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT_DIR]
     assert json.loads((run / CHECKPOINT_DIR / "progress.json").read_text()) == {"epoch": 1}
 
@@ -165,7 +165,7 @@ def test_resume_prepares_a_killed_directory(tmp_path, small_data, tiny_models):
 
 def test_every_record_file_is_written_atomically(tmp_path, monkeypatch):
     """A kill during a write leaves the previous file whole: content goes to a temporary name first."""
-    from lorabench import record
+    from lorabench.core import storage as record
 
     target = tmp_path / "summary.json"
     record.write_json(target, {"f1": 0.5})

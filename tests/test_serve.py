@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import uvicorn
 
-from lorabench.errors import LorabenchError
-from lorabench.predict import predict_file
-from lorabench.record import RunDir
-from lorabench.serve import create_app
+from lorabench.core.errors import LorabenchError
+from lorabench.core.storage import RunDir
+from lorabench.workflows.predict import predict_file
+from lorabench.workflows.serve import create_app
 
 MAX_TEXTS, MAX_CHARS = 8, 300
 
@@ -70,7 +70,7 @@ def test_concurrent_requests_are_batched_and_answer_as_predict_does(server, expe
     predictions = [p for answer in answers for p in answer.json()["predictions"]]
     assert [p["label"] for p in predictions] == labels
     assert [p["score"] for p in predictions] == pytest.approx(scores, abs=2e-6)
-    assert answers[0].json()["threshold"] == RunDir(llama_run).summary()["threshold"]
+    assert answers[0].json()["threshold"] == RunDir(llama_run).summary().threshold
     assert after["requests"] - before["requests"] == 10 and after["texts"] - before["texts"] == 40
     assert after["batches"] - before["batches"] < 10  # requests were scored together
 
@@ -123,8 +123,8 @@ def test_limits_and_malformed_requests_are_refused_and_the_server_keeps_serving(
 def test_info_and_openapi(server, llama_run):
     summary = RunDir(llama_run).summary()
     info = httpx.get(f"{server}/info").json()
-    assert info["threshold"] == summary["threshold"] and info["label_names"] == [0, 1]
-    assert info["metrics"]["val"] == summary["val"]
+    assert info["threshold"] == summary.threshold and info["label_names"] == [0, 1]
+    assert info["metrics"]["val"] == summary.val.model_dump()
     assert info["limits"] == {"max_texts": MAX_TEXTS, "max_chars": MAX_CHARS}
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/predict", "/health", "/info"} <= set(schema["paths"])

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lorabench.sweep import SweepSettings, load_space, sweep
+from lorabench.workflows.sweep import SweepSettings, load_space, sweep
 
 # A space the tiny models train on in seconds: short texts, few rows per batch.
 TINY_SPACE = """parameters:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lorabench.api import resolve_config, train
-from lorabench.record import RunDir
+from lorabench.core.storage import RunDir
 
 TINY = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "eval_batch_size": 64}
 
@@ -26,19 +26,17 @@ def test_tiny_model_trains_and_records_the_run(kind, tiny_models, small_data, tm
     run = RunDir(tmp_path / "run")
 
     assert summary == run.summary()
-    assert summary["rows"] == {"train": 192, "validation": 48, "test": 40}
-    assert summary["test"] is None  # Kaggle's test has no labels: predict only
-    assert 1 <= summary["best_epoch"] <= 2
+    assert summary.rows == {"train": 192, "validation": 48, "test": 40}
+    assert summary.test is None  # Kaggle's test has no labels: predict only
+    assert 1 <= summary.best_epoch <= 2
     metrics = run.metrics()
     assert [row["epoch"] for row in metrics] == [1, 2]
     # the best epoch is the one with the highest validation F1, and the summary scores it again exactly
     best = max(metrics, key=lambda row: row["val_f1"])
-    assert summary["best_epoch"] == best["epoch"]
-    assert summary["val"]["f1"] == pytest.approx(best["val_f1"], abs=1e-6)
-    assert 0 < summary["trainable_params"] < summary["total_params"]
-    assert summary["trainable_percent"] == pytest.approx(
-        100 * summary["trainable_params"] / summary["total_params"], abs=1e-3
-    )
+    assert summary.best_epoch == best["epoch"]
+    assert summary.val.f1 == pytest.approx(best["val_f1"], abs=1e-6)
+    assert 0 < summary.trainable_params < summary.total_params
+    assert summary.trainable_percent == pytest.approx(100 * summary.trainable_params / summary.total_params, abs=1e-3)
     assert (run.file("adapter") / "adapter_model.safetensors").is_file()
     assert run.config().model.source == str(tiny_models[kind])
     test_predictions = pd.read_csv(run.file("test_predictions.csv"))
@@ -47,7 +45,7 @@ def test_tiny_model_trains_and_records_the_run(kind, tiny_models, small_data, tm
 
 
 def test_decoder_gets_pad_equal_eos_on_tokenizer_and_model(tiny_models, small_data):
-    from lorabench.train import prepare
+    from lorabench.training.lora_recipe import prepare
 
     prepared = prepare(tiny_config(tiny_models["llama"], small_data))
     assert prepared.tokenizer.pad_token == prepared.tokenizer.eos_token
@@ -55,7 +53,7 @@ def test_decoder_gets_pad_equal_eos_on_tokenizer_and_model(tiny_models, small_da
 
 
 def test_lora_targets_follow_the_architecture(tiny_models, small_data):
-    from lorabench.train import prepare
+    from lorabench.training.lora_recipe import prepare
 
     roberta = prepare(tiny_config(tiny_models["roberta"], small_data)).model
     llama = prepare(tiny_config(tiny_models["llama"], small_data)).model
@@ -82,8 +80,8 @@ def test_string_labels_and_three_classes(tiny_models, tmp_path):
     ]
     pd.DataFrame(rows).to_csv(tmp_path / "three.csv", index=False)
     summary = train(tiny_config(tiny_models["roberta"], tmp_path / "three.csv", epochs=1), tmp_path / "run")
-    assert summary["label_names"] == ["emergency", "sport", "weather"]  # names sorted, ids in that order
-    assert set(summary["val"]) == {"f1", "precision", "recall", "accuracy"}  # macro averages
+    assert summary.label_names == ["emergency", "sport", "weather"]  # names sorted, ids in that order
+    assert set(summary.val.model_dump()) == {"f1", "precision", "recall", "accuracy"}  # macro averages
     predictions = pd.read_csv(tmp_path / "run" / "val_predictions.csv")
     assert set(predictions["prediction"]) <= set(words.values())
     assert {"prob_emergency", "prob_sport", "prob_weather"} <= set(predictions.columns)
@@ -100,8 +98,8 @@ def test_labelled_test_file_is_scored(tiny_models, small_data, tmp_path):
         },
     )
     summary = train(config, tmp_path / "run")
-    assert summary["test"] is not None and 0 <= summary["test"]["f1"] <= 1
-    assert summary["rows"]["test"] == 30
+    assert summary.test is not None and 0 <= summary.test.f1 <= 1
+    assert summary.rows["test"] == 30
 
 
 def test_minilm_beats_majority_class_on_real_tweets(tweets_dir, tmp_path):
@@ -114,9 +112,9 @@ def test_minilm_beats_majority_class_on_real_tweets(tweets_dir, tmp_path):
     )
     summary = train(config, tmp_path / "run")
     # the majority class (0) has F1 0 on the positive class and accuracy 872/1523 = 0.5725 on validation
-    assert summary["val"]["accuracy"] > 0.65
-    assert summary["val"]["f1"] > 0.5
-    assert summary["rows"]["validation"] == 1523
+    assert summary.val.accuracy > 0.65
+    assert summary.val.f1 > 0.5
+    assert summary.rows["validation"] == 1523
 
 
 def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
@@ -124,7 +122,7 @@ def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
         "smollm2",
         overrides={"data": {"source": str(tweets_dir), "max_train_rows": 24}, "train": {"epochs": 1, "max_length": 32}},
     )
-    from lorabench.train import prepare
+    from lorabench.training.lora_recipe import prepare
 
     prepared = prepare(config)
     prepared.validation.input_ids = prepared.validation.input_ids[:32]  # keep the test quick: 32 rows scored
@@ -132,12 +130,12 @@ def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
     prepared.splits.validation = prepared.splits.validation.head(32)
     prepared.test = None
     prepared.splits.test = None
-    from lorabench.train import fit
+    from lorabench.training.lora_recipe import fit
 
     run = RunDir(tmp_path / "run")
     run.prepare(config, resume=False)
     summary = fit(prepared, run)
-    assert summary["model"] == "smollm2"
-    assert summary["total_params"] > 130_000_000
+    assert summary.model == "smollm2"
+    assert summary.total_params > 130_000_000
     assert prepared.model.config.model_type == "llama"
     assert json.loads(run.file("summary.json").read_text())["val"]["accuracy"] >= 0

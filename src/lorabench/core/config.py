@@ -1,0 +1,201 @@
+"""Validated run configuration: presets (YAML files) < a user's config file < command-line flags.
+
+Every section forbids unknown keys so a typo in a config file is named instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lorabench.core.errors import LorabenchError
+
+PRESET_DIR = Path(__file__).parents[1] / "presets"
+DEFAULT_DATA = "mehdiiraqui/twitter_disaster"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("minilm", description="preset name, local model directory or hub id")
+    # The kind of classifier (lorabench.models): LoRA on a pretrained model unless a preset says otherwise.
+    kind: str = Field("lora", description="classifier kind: lora, or a preset's own (see `lorabench presets`)")
+    source: str = Field("", description="what to load: a directory, a hub id, or package:MODULE/SUBDIR")
+    gguf_file: str | None = Field(None, description="GGUF file name inside the model directory")
+    trust_remote_code: bool = Field(False, description="allow a model's own Python code")
+    allow_pickle: bool = Field(False, description="allow pickle (.bin) weights")
+    quantize: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes QLoRA; CUDA only")
+    config_overrides: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="set on the architecture's config when loading, e.g. hidden_dropout_prob"
+    )
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        DEFAULT_DATA,
+        description="hub data set id, a directory with train/test files, or one CSV / Parquet / JSONL file",
+    )
+    test: str | None = Field(None, description="a test file (labels optional)")
+    text_column: str = Field("text", description="column holding the texts")
+    label_column: str = Field("target", description="column holding the labels")
+    id_column: str = Field("id", description="column naming the rows in prediction files")
+    train_size: float = Field(0.8, gt=0, lt=1, description="training share of the train/validation split")
+    split_seed: int = Field(42, description="seed of the train/validation split (the study's: 42)")
+    max_train_rows: int | None = Field(None, gt=0, description="train on the first N training rows only")
+    strict: bool = Field(False, description="refuse empty texts instead of skipping them")
+
+
+class LoraSettings(_Section):
+    r: int = Field(8, gt=0, description="LoRA rank")
+    alpha: float = Field(16, gt=0, description="LoRA scaling alpha")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA input")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train")
+    target_modules: list[str] | None = Field(None, description="layers to adapt; None = peft's default")
+
+
+class TrainSettings(_Section):
+    epochs: int = Field(5, gt=0, description="passes over the training rows")
+    batch_size: int = Field(8, gt=0, description="rows per training batch when batch_tokens is 0")
+    # Training batches hold up to `batch_tokens` padded tokens (rows x longest row) of length-sorted rows, so
+    # short texts share a batch with many others and padding is nearly nil. 2048 (about 60 tweets): on 2 CPU
+    # cores minilm trains an epoch 3.8x faster than the study's recipe (8 random rows, checkpointing) at the
+    # same validation F1, and a GPU gets batches large enough to keep it busy (bench/README.md); small data
+    # sets get smaller batches (tokenization.MIN_STEPS_PER_EPOCH). 0 = the study's `batch_size` random rows.
+    batch_tokens: int = Field(
+        2048, ge=0, description="padded tokens per batch of length-sorted rows; 0 = batch_size random rows"
+    )
+    packing: bool = Field(False, description="padding-free batches; pays only with a varlen attention kernel")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate")
+    # When small data lowers the token budget (at least 50 steps per epoch), lr is multiplied by
+    # sqrt(budget used / batch_tokens), Adam's square-root rule: lr is tuned for full batches, and the preset
+    # minilm lr on 5-tweet batches collapsed to one class (bench/README.md, "lr on small data").
+    scale_lr_with_batch: bool = Field(True, description="scale lr with the square root of a shrunk batch")
+    weight_decay: float = Field(0.001, ge=0, description="AdamW weight decay")
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of all optimizer steps spent warming up")
+    scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="lr after the warm-up")
+    max_grad_norm: float = Field(0.3, gt=0, description="gradient clipping norm")
+    max_length: int = Field(512, gt=1, description="tokens kept per text")
+    eval_batch_size: int = Field(64, gt=0, description="rows per scoring batch")
+    seed: int = Field(0, description="head and LoRA init, batch order and dropout")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32"
+    )
+    # auto: only when one batch's estimated activations would not fit in the free memory (it costs a forward)
+    gradient_checkpointing: bool | Literal["auto"] = Field("auto", description="recompute activations in backward")
+    tracking: Literal["local", "wandb", "none"] = Field("local", description="where metrics go beyond the run record")
+    save_every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings()
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON mapping; `best.json` from a sweep and `config.yaml` from a run both load here."""
+    path = Path(path)
+    if not path.is_file():
+        raise LorabenchError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
+        raise LorabenchError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise LorabenchError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+    # A sweep's best.json wraps the config next to its score; accept it directly.
+    return loaded.get("config", loaded) if "config" in loaded and isinstance(loaded["config"], dict) else loaded
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested mappings; values in `override` win, None in `override` means 'not given'."""
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            merged[key] = merge(merged[key] if isinstance(merged.get(key), dict) else {}, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def preset_dict(name: str) -> dict[str, Any] | None:
+    path = PRESET_DIR / f"{name}.yaml"
+    return read_config_file(path) if path.is_file() else None
+
+
+def validate_as(schema: type[BaseModel], raw: dict[str, Any], what: str = "config", source: str = ""):
+    """Validate `raw` against `schema`, naming the first bad key in one line (pydantic's report is a table)."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        suffix = f" in {source}" if source else ""
+        if first["type"] == "extra_forbidden":
+            raise LorabenchError(f"unknown {what} key '{where}'{suffix}") from None
+        raise LorabenchError(f"invalid {what} value for '{where}'{suffix}: {first['msg']}") from None
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    """Turn a merged mapping into a RunConfig."""
+    return validate_as(RunConfig, raw)
+
+
+def resolve_config(
+    model: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Build the run configuration from a model preset, a config file and explicit overrides (in that order)."""
+    file_values = read_config_file(config_file) if config_file else {}
+    file_model = file_values.get("model") if isinstance(file_values.get("model"), dict) else {}
+    model_name = model or file_model.get("name") or ModelConfig().name
+    preset = preset_dict(model_name) or {}
+    raw = merge(preset, file_values)
+    if model and model != file_model.get("name"):
+        # An explicit --model replaces the file's model section (its source would point elsewhere).
+        raw["model"] = dict(preset.get("model", {"source": model}))
+    raw.setdefault("model", {})["name"] = model_name
+    if not raw["model"].get("source"):
+        raw["model"]["source"] = model_name
+    raw = merge(raw, overrides or {})
+    return validate(raw)
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings (the CLI's --set) as nested overrides; values are read as YAML scalars/lists."""
+    nested: dict[str, Any] = {}
+    for assignment in assignments:
+        path, equals, text = assignment.partition("=")
+        keys = path.strip().split(".")
+        if not equals or len(keys) < 2 or not all(keys):
+            raise LorabenchError(f"--set takes section.key=value (e.g. train.warmup=0.05), not {assignment!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise LorabenchError(f"--set {path}: cannot read the value {text!r}") from err
+        target = nested
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return nested
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,104 @@
+"""Where a process runs: its device and precision, its memory, the machine and the package versions.
+
+Every stage that reports or decides by these reads them here, so training, inference and the records agree.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shutil
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from lorabench.core.errors import LorabenchError
+
+
+def choose_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the device runs it natively, else fp32 (None); fp16 only when asked for (and only on CUDA)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise LorabenchError("--precision fp16 needs a CUDA GPU; use fp32 or bf16 on this machine")
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).removeprefix("torch.") if dtype else "fp32"
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """GPU peak on CUDA, else the process's peak resident set size (ru_maxrss is in KiB on Linux)."""
+    if device is not None and device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def free_memory_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python, the machine's architecture and the installed version of each of `packages` that is present."""
+    found = {"python": platform.python_version(), "machine": platform.machine()}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_names() -> list[str]:
+    """From nvidia-smi, so no CUDA context is held by the process that asks."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        query = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in query.stdout.splitlines() if line.strip()]
+
+
+def machine_info() -> dict:
+    """Where a measurement ran: CPU, cores, memory, GPUs, system, and how busy the machine was."""
+    memory_gb = None
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory_gb = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    # Timings mean little on a machine busy with other work: record how busy it was when the work began.
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": _cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "gpus": _gpu_names(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": load,
+    }

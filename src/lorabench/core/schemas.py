@@ -1,0 +1,92 @@
+"""The records lorabench writes and reads back: a run's summary.json, a comparison's compare.json, a sweep trial.
+
+Each is a pydantic model, so a record is checked once when it is read (an old or edited file missing a field is
+refused in one line naming it) and every reader uses attributes instead of string keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Record(BaseModel):
+    # extra="ignore": a record written by a newer lorabench still loads; the fields read here are all checked
+    model_config = ConfigDict(extra="ignore")
+
+
+class Metrics(_Record):
+    """Precision, recall and F1 of the positive class for two classes (macro averages for more), and accuracy."""
+
+    f1: float
+    precision: float
+    recall: float
+    accuracy: float
+
+
+class RunSummary(_Record):
+    """summary.json: what a finished run of any kind reports; `kind` says which classifier loads it."""
+
+    model: str
+    model_source: str
+    kind: str | None = Field(None, description="the classifier kind; None in runs written before kinds existed")
+    best_epoch: int
+    epochs: int
+    val: Metrics
+    test: Metrics | None
+    train_seconds: float
+    peak_memory_mb: float
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    label_names: list[int | str]
+    # The F1-maximising threshold on P(positive) found on validation (two classes); predict/serve use it. The
+    # metrics are at the arg-max (0.5) decision, so they compare fairly with the study.
+    threshold: float | None
+    rows: dict[str, int]
+    truncated_texts: int = 0
+    class_weights: list[float]
+    device: str
+    processes: int = 1
+    effective_batch: dict[str, int] = Field(default_factory=dict, description="{'tokens': n} or {'rows': n}")
+    lr: float | None = Field(None, description="the lr trained with (train.lr, or scaled with a smaller batch)")
+    precision: str
+    versions: dict[str, str] = Field(default_factory=dict)
+    vocabulary_size: int | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class ModelStatus(_Record):
+    """One model's line in compare.json: where its run is and how it ended."""
+
+    name: str
+    run_dir: str
+    status: str = "pending"  # pending, ok or failed
+    error: str = ""
+    wall_seconds: float | None = None
+    plan: str = ""
+
+
+class CompareManifest(_Record):
+    """compare.json: the comparison's data, machine and versions, and every model's status."""
+
+    created: str
+    data: dict[str, Any]
+    rows: dict[str, int]
+    hardware: dict[str, Any]
+    versions: dict[str, str]
+    models: list[ModelStatus]
+
+
+class TrialRecord(_Record):
+    """One sweep trial as every backend reports it, for trials.csv, best.json and the charts."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL or RUNNING (Optuna's names)
+    value: float | None
+    params: dict[str, Any]
+    seconds: float | None = None
+    started: float | None = None  # Unix time
+    finished: float | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)  # backend-specific columns (e.g. the W&B run id)

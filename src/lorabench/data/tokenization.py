@@ -1,0 +1,94 @@
+"""Stage 2: texts -> token ids once per run, and token ids -> a padded batch each step.
+
+Padding is done here rather than with `DataCollatorWithPadding` because batches are drawn from pre-tokenized
+id lists by our own sampler; padding a list of lists is a few lines and avoids a dict-of-lists round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lorabench.core.console import progress_bar
+from lorabench.core.errors import LorabenchError
+
+TOKENIZE_CHUNK = 1000
+
+
+@dataclass
+class Encoded:
+    """Token ids of one split, unpadded, with the class ids (or -1) alongside."""
+
+    input_ids: list[list[int]]
+    labels: np.ndarray
+    truncated: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, rows: np.ndarray) -> Encoded:
+        return Encoded([self.input_ids[i] for i in rows], self.labels[rows], truncated=0)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+    """Load the tokenizer the way the study did (`add_prefix_space=True`), giving decoders a pad token (= eos)."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True, **kwargs)
+    except (TypeError, ValueError):
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)  # tokenizers that refuse the option
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise LorabenchError(f"the tokenizer of {source} has neither a pad nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode(tokenizer, texts: list[str], labels: np.ndarray, max_length: int, description: str) -> Encoded:
+    """Tokenize once, truncating at `max_length` and counting how many texts were cut."""
+    input_ids: list[list[int]] = []
+    truncated = 0
+    with progress_bar(f"tokenize {description}", len(texts)) as bar:
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = texts[start : start + TOKENIZE_CHUNK]
+            full = tokenizer(chunk, truncation=False, padding=False)["input_ids"]
+            for ids in full:
+                if len(ids) > max_length:
+                    truncated += 1
+                    ids = _truncate(ids, max_length, tokenizer)
+                input_ids.append(ids)
+            bar.advance(len(chunk))
+    return Encoded(input_ids=input_ids, labels=np.asarray(labels, dtype=np.int64), truncated=truncated)
+
+
+def _truncate(ids: list[int], max_length: int, tokenizer) -> list[int]:
+    """Cut to max_length but keep a closing special token (e.g. [SEP], </s>) the model expects last."""
+    last = ids[-1]
+    if last in tokenizer.all_special_ids and max_length > 1:
+        return ids[: max_length - 1] + [last]
+    return ids[:max_length]
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch (dynamic padding) and build the attention mask."""
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if padding_side == "left":
+            input_ids[row, width - len(seq) :] = torch.tensor(seq)
+            attention_mask[row, width - len(seq) :] = 1
+        else:
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention_mask[row, : len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -1,0 +1,207 @@
+"""The `lora` kind: a pretrained transformer under a fresh classification head, fine-tuned through a peft LoRA adapter.
+
+A run keeps the adapter and head (and the tokenizer) in ADAPTER_DIR; the base weights are loaded from the model's
+source again. transformers and peft take seconds to import, so they are imported inside the functions that build
+a model: the other kinds and the light commands never pay for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from lorabench.core.config import LoraSettings
+from lorabench.core.console import progress_bar, quiet_libraries
+from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.runtime import autocast_dtype, choose_device
+from lorabench.core.storage import RunDir, replace_dir
+from lorabench.data.batching import length_sorted_batches
+from lorabench.data.tokenization import Encoded, encode, load_tokenizer
+from lorabench.models.packing import batch_logits
+from lorabench.models.weights import load_base_model, resolve_source
+
+KIND = "lora"
+ADAPTER_DIR = "adapter"
+
+
+def add_lora(model, settings: LoraSettings):
+    """Wrap with a peft LoRA adapter; peft also marks the classification head as trainable and saved."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN_TARGETS
+
+    targets = settings.target_modules
+    if targets is None and model.config.model_type not in KNOWN_TARGETS:
+        targets = "all-linear"  # an architecture peft has no default for: adapt every linear layer
+    lora_config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        bias=settings.bias,
+        target_modules=targets,
+    )
+    try:
+        return get_peft_model(model, lora_config)
+    except ValueError as err:
+        raise LorabenchError(f"cannot apply LoRA: {first_line(err)}") from err
+
+
+def parameter_counts(model) -> dict[str, int | float]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": round(100.0 * trainable / total, 4),
+    }
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The LoRA and head tensors: all a checkpoint needs, since the base weights never change."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def score_encoded(
+    model,
+    encoded: Encoded,
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    pad_id: int,
+    padding_side: str = "right",
+    description: str = "evaluate",
+    packed: bool = False,
+) -> np.ndarray:
+    """Softmax probabilities in the input's row order, computed in length-sorted batches (packed or padded)."""
+    model.eval()
+    probabilities = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
+    batches = length_sorted_batches(encoded.lengths, batch_size)
+    with progress_bar(description, len(encoded)) as bar, torch.inference_mode():
+        for rows in batches:
+            sequences = [encoded.input_ids[i] for i in rows]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = batch_logits(model, sequences, pad_id, padding_side, device, packed)
+            probabilities[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            bar.advance(len(rows))
+    return probabilities
+
+
+class LoraClassifier:
+    """A base model with its LoRA adapter and head, and the tokenizer that feeds it."""
+
+    kind: ClassVar[str] = KIND
+    model_dir: ClassVar[str] = ADAPTER_DIR
+    trains_in_epochs: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        label_names: list,
+        threshold: float | None,
+        max_length: int,
+        batch_size: int,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        packed: bool = False,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label_names = list(label_names)
+        self.threshold = threshold
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.packed = packed
+
+    @classmethod
+    def load(cls, run_dir: str | Path, batch_size: int | None = None) -> LoraClassifier:
+        """Rebuild a finished run's model: the base from its source, then the saved adapter and head."""
+        from peft import PeftModel
+
+        quiet_libraries()
+        run = RunDir(run_dir)
+        config, summary = run.config(), run.summary()
+        adapter_dir = run.file(ADAPTER_DIR)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise LorabenchError(f"{run.path} has no trained adapter ({ADAPTER_DIR}/adapter_config.json)")
+        settings = config.train
+        tokenizer = load_tokenizer(str(adapter_dir), trust_remote_code=config.model.trust_remote_code)
+        base = load_base_model(resolve_source(config.model), config.model, summary.label_names, tokenizer.pad_token_id)
+        device = choose_device()
+        # A run trained in fp16 on a GPU is still usable on a CPU, in fp32.
+        fp16_on_cpu = settings.precision == "fp16" and device.type != "cuda"
+        amp_dtype = None if fp16_on_cpu else autocast_dtype(settings.precision, device)
+        try:
+            model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).to(device)
+        except Exception as err:  # safetensors, peft and torch each raise their own types for a damaged adapter
+            raise LorabenchError(
+                f"cannot load the adapter in {adapter_dir} ({first_line(err)}); the file is damaged or from "
+                "another model: train the run again or restore it from a copy"
+            ) from err
+        model.eval()
+        return cls(model, tokenizer, summary.label_names, summary.threshold, settings.max_length,
+                   batch_size or settings.eval_batch_size, device, amp_dtype)  # fmt: skip
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities (n, k), tokenized and batched exactly as training scores its splits."""
+        if not texts:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        encoded = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "predict")
+        # A decoder tokenizer without BOS turns "" into no tokens at all; score it as a lone pad (= eos) token.
+        encoded.input_ids = [ids or [self.tokenizer.pad_token_id] for ids in encoded.input_ids]
+        return self.score(encoded, "predict")
+
+    def score(self, encoded: Encoded, description: str) -> np.ndarray:
+        """Probabilities of already tokenized rows (training scores its splits this way every epoch)."""
+        pad_id, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
+        return score_encoded(
+            self.model, encoded, self.batch_size, self.device, self.amp_dtype, pad_id, side, description, self.packed
+        )
+
+    def save(self, run_dir: str | Path) -> None:
+        """The adapter, head and tokenizer into the run, swapped in whole."""
+
+        def build(directory: Path) -> None:
+            self.model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+
+        replace_dir(build, Path(run_dir) / ADAPTER_DIR)
+
+    def export_merged(self, directory: Path) -> dict:
+        """The adapter merged into the base (peft's merge_and_unload): a plain Transformers checkpoint."""
+        merged = self.model.merge_and_unload(safe_merge=True).to("cpu")
+        _drop_dequantized_gguf_marker(merged)
+        merged.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        return {
+            "max_length": self.max_length,
+            "usage": "two classes: predict label_names[1] when P(label_names[1]) >= threshold; "
+            "otherwise the arg-max class (config.json id2label)",
+        }
+
+
+def _drop_dequantized_gguf_marker(model) -> None:
+    """A GGUF base (smollm2) is loaded de-quantized into plain fp32 layers, but transformers keeps its GGUF
+    quantizer on the model and then refuses to save it; without the marker it saves as an ordinary checkpoint."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if quantizer.quantization_config.quant_method != "gguf" or getattr(quantizer, "packed_modules", None):
+        raise LorabenchError("export --merge needs a base with plain (de-quantized) weights; this one is quantized")
+    model.hf_quantizer = None
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

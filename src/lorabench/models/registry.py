@@ -1,0 +1,69 @@
+"""One surface for every kind of classifier, and the registry that picks the kind a run directory records.
+
+Callers (predict, export, serve, compare, report) hold a `Classifier` and never ask which kind it is: a new kind
+is a module in lorabench.models with a class of this shape, added to CLASSIFIERS, plus its trainer in
+lorabench.training.run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from lorabench.core.errors import LorabenchError
+from lorabench.core.storage import CONFIG_FILE, RunDir
+from lorabench.models import lora, tfidf
+
+
+class Classifier(Protocol):
+    """What every kind answers: class probabilities for texts, its classes and threshold, save and load."""
+
+    kind: ClassVar[str]
+    model_dir: ClassVar[str]  # the directory of a run that holds this kind's model files
+    trains_in_epochs: ClassVar[bool]
+    label_names: list
+    threshold: float | None
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+    def save(self, run_dir: str | Path) -> None: ...
+
+    @classmethod
+    def load(cls, run_dir: str | Path, batch_size: int | None = None) -> Classifier: ...
+
+    def export_merged(self, directory: Path) -> dict: ...
+
+
+CLASSIFIERS: dict[str, type[Classifier]] = {
+    lora.KIND: lora.LoraClassifier,
+    tfidf.KIND: tfidf.TfidfClassifier,
+}
+
+
+def classifier_type(kind: str) -> type[Classifier]:
+    if kind not in CLASSIFIERS:
+        raise LorabenchError(f"unknown model kind '{kind}'; lorabench has {', '.join(sorted(CLASSIFIERS))}")
+    return CLASSIFIERS[kind]
+
+
+def recorded_kind(run: RunDir) -> str:
+    """The kind a finished run records; runs written before kinds were recorded hold one kind's model files."""
+    kind = run.summary().kind
+    if kind is not None:
+        return kind
+    for candidate, classifier in CLASSIFIERS.items():
+        if run.file(classifier.model_dir).is_dir():
+            return candidate
+    raise LorabenchError(f"{run.path} holds no model files of any kind ({', '.join(sorted(CLASSIFIERS))})")
+
+
+def load_classifier(run_dir: str | Path, batch_size: int | None = None) -> Classifier:
+    """The classifier of a finished run, of whatever kind it records."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise LorabenchError(f"run directory not found: {run.path}")
+    if not run.file(CONFIG_FILE).is_file():
+        raise LorabenchError(f"{run.path} is not a lorabench run (no {CONFIG_FILE})")
+    return classifier_type(recorded_kind(run)).load(run.path, batch_size)

@@ -1,0 +1,82 @@
+"""The end of every run, whatever its kind: score the splits, choose the threshold, write predictions and summary.
+
+Trainers differ in how they fit; what a finished run records is written here once, so every kind's run directory
+reads back the same way (lorabench.core.schemas.RunSummary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lorabench.core.console import say
+from lorabench.core.metrics import best_threshold, classification_metrics, predicted_labels
+from lorabench.core.schemas import RunSummary
+from lorabench.core.storage import RunDir, write_atomic
+from lorabench.data.sources import TextSplits, class_weights
+from lorabench.models.registry import Classifier
+
+SPLITS = (("val", "validation"), ("test", "test"))
+
+
+def write_predictions(path: Path, frame: pd.DataFrame, probabilities: np.ndarray, label_names: list) -> None:
+    """A run's predictions file: the split's id and label columns, predicted class name, one probability per class."""
+    table = frame.drop(columns=["text"]).copy()
+    table["prediction"] = [label_names[i] for i in predicted_labels(probabilities)]
+    for class_id, name in enumerate(label_names):
+        table[f"prob_{name}"] = probabilities[:, class_id].round(6)
+    write_atomic(path, table.to_csv(index=False))
+
+
+def finish_run(
+    classifier: Classifier,
+    splits: TextSplits,
+    run: RunDir,
+    model: str,
+    model_source: str,
+    details: dict[str, Any],
+    score: Callable[[str, pd.DataFrame], np.ndarray] | None = None,
+) -> RunSummary:
+    """Score validation and test with the final model, record the F1-maximising threshold (two classes) and
+    write `<split>_predictions.csv` and summary.json. `score(split, frame)` defaults to the classifier's
+    `predict_proba` on the frame's texts; `details` are the kind's own summary fields (epochs, time, sizes...)."""
+    score = score or (lambda _split, frame: classifier.predict_proba(frame["text"].tolist()))
+    names = splits.label_names
+    metrics, threshold = {}, None
+    for split, attribute in SPLITS:
+        frame = getattr(splits, attribute)
+        metrics[split] = None
+        if frame is None:
+            continue
+        probabilities = score(split, frame)
+        labels = frame["label"].to_numpy()
+        if split == "val" and len(names) == 2:
+            threshold = round(best_threshold(labels, probabilities[:, 1]), 6)
+        write_predictions(run.file(f"{split}_predictions.csv"), frame, probabilities, names)
+        if bool((labels >= 0).all()):
+            metrics[split] = classification_metrics(labels, predicted_labels(probabilities), len(names))
+    classifier.threshold = threshold
+    summary = RunSummary(
+        model=model,
+        model_source=model_source,
+        kind=classifier.kind,
+        val=metrics["val"],
+        test=metrics["test"],
+        label_names=names,
+        threshold=threshold,
+        rows={"train": len(splits.train), "validation": len(splits.validation), "test": _rows(splits.test)},
+        class_weights=[round(float(w), 6) for w in class_weights(splits.train["label"].to_numpy(), len(names))],
+        notes=splits.notes,
+        **details,
+    )
+    run.write_summary(summary)
+    say(f"best epoch {summary.best_epoch}: val F1 {summary.val.f1:.4f}; record in {run.path}")
+    return summary
+
+
+def _rows(frame: pd.DataFrame | None) -> int:
+    return len(frame) if frame is not None else 0

@@ -1,0 +1,40 @@
+"""`train`: the trainer of the kind a run config names, and nothing else to choose.
+
+A new kind adds its recipe to TRAINERS (and its classifier to lorabench.models.registry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from lorabench.core.config import RunConfig
+from lorabench.core.errors import LorabenchError
+from lorabench.core.schemas import RunSummary
+from lorabench.models import lora, tfidf
+from lorabench.models.registry import classifier_type
+from lorabench.training.lora_recipe import train_lora
+from lorabench.training.tfidf_recipe import train_tfidf
+
+Trainer = Callable[..., RunSummary]
+TRAINERS: dict[str, Trainer] = {lora.KIND: train_lora, tfidf.KIND: train_tfidf}
+
+
+def trainer_for(config: RunConfig) -> Trainer:
+    kind = classifier_type(config.model.kind).kind  # refuses an unknown kind in one line
+    if kind not in TRAINERS:
+        raise LorabenchError(f"model kind '{kind}' cannot be trained directly")
+    return TRAINERS[kind]
+
+
+def train(
+    config: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> RunSummary:
+    """Train `config.model` on `config.data` and write its run record to `out_dir`; returns the summary.
+
+    `on_epoch_end(epoch, metrics_row)` is called after each validation (a sweep reports and prunes there).
+    """
+    return trainer_for(config)(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)

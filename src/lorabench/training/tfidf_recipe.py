@@ -1,0 +1,72 @@
+"""Training the TF-IDF baseline: one full-batch fit on the same split, recorded like a LoRA run's single epoch.
+
+LoRA settings and epochs do not apply; `resume` refits. Under torchrun one process fits it and the others wait
+for its summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sklearn.metrics import log_loss
+
+from lorabench.core.config import RunConfig
+from lorabench.core.console import say
+from lorabench.core.runtime import package_versions, peak_memory_mb
+from lorabench.core.schemas import RunSummary
+from lorabench.core.storage import RunDir
+from lorabench.data.sources import load_splits
+from lorabench.models.tfidf import TfidfClassifier
+from lorabench.training import distributed
+from lorabench.training.records import finish_run
+
+VERSIONED_PACKAGES = ("scikit-learn", "numpy")
+
+
+def train_tfidf(
+    config: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> RunSummary:
+    """Fit on `config.data` and write the run record; rank 0 alone under torchrun."""
+    return distributed.on_main(lambda: _fit(config, RunDir(out_dir), resume, on_epoch_end), distributed.world())
+
+
+def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None):
+    splits = load_splits(config.data)
+    for note in splits.notes:
+        say(f"note: {note}")
+    run.prepare(config, resume)
+    texts, labels = splits.train["text"].tolist(), splits.train["label"].to_numpy()
+    started = time.perf_counter()
+    classifier = TfidfClassifier.fit(texts, labels, splits.label_names, config.train.seed)
+    train_seconds = time.perf_counter() - started
+    train_loss = log_loss(labels, classifier.predict_proba(texts), labels=list(range(splits.num_labels)))
+    classifier.save(run.path)
+    params = classifier.parameter_count
+    details = {
+        "best_epoch": 1,
+        "epochs": 1,
+        "train_seconds": round(train_seconds, 2),
+        "peak_memory_mb": peak_memory_mb(),  # this process's peak resident memory
+        "trainable_params": params,
+        "total_params": params,
+        "trainable_percent": 100.0,
+        "device": "cpu",
+        "processes": 1,  # rank 0 fits it alone, also under torchrun
+        "effective_batch": {"rows": len(labels)},  # one full-batch fit
+        "lr": None,  # L-BFGS needs none
+        "precision": "fp64",
+        "versions": package_versions(VERSIONED_PACKAGES),
+        "vocabulary_size": len(classifier.vectorizer.vocabulary_),
+    }
+    summary = finish_run(classifier, splits, run, config.model.name, config.model.source, details)
+    row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
+           **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
+    run.append_metrics(row)
+    if on_epoch_end is not None:
+        on_epoch_end(1, row)
+    return summary

@@ -1,0 +1,244 @@
+"""Compare several models on one data set: the identical split for all, one row per model, one report.
+
+Each model trains in its own spawned process. On CPU a run's `peak_memory_mb` is its process's peak resident
+memory, which in a shared process would carry the previous models' peaks; and a model that takes its process
+down (out of memory, a native abort) is recorded like any other failure while the next model still runs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorabench.core import console
+from lorabench.core.config import (
+    DataConfig,
+    LoraSettings,
+    ModelConfig,
+    RunConfig,
+    TrainSettings,
+    merge,
+    read_config_file,
+    resolve_config,
+    validate_as,
+)
+from lorabench.core.console import say
+from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.runtime import machine_info, package_versions
+from lorabench.core.schemas import CompareManifest, ModelStatus
+from lorabench.core.storage import MANIFEST_FILE, safe_dir_name, write_record
+from lorabench.data.sources import load_splits
+from lorabench.models.registry import classifier_type
+from lorabench.training.distributed import on_main, world
+from lorabench.training.run import train
+from lorabench.workflows.report import render
+
+RUNS_DIR = "runs"
+VERSIONED_PACKAGES = ("lorabench", "torch", "transformers", "peft", "scikit-learn", "numpy", "pandas")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RowCap(_Strict):
+    """The only data setting one model may change: fewer training rows. Validation and test stay shared."""
+
+    max_train_rows: int | None = Field(None, gt=0)
+
+
+class ModelEntry(_Strict):
+    """One model's own settings; they win over the shared ones and the command line (they are its exceptions)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    data: RowCap = Field(default_factory=RowCap)
+
+
+class CompareConfig(_Strict):
+    """A comparison's config file: shared data and training settings, and per-model entries."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+
+
+def load_compare_config(path: str | Path) -> CompareConfig:
+    return validate_as(CompareConfig, read_config_file(path), "compare config", str(path))
+
+
+def _given(section: BaseModel) -> dict[str, Any]:
+    """Only the values a config file actually set (the defaults must not override a model's preset)."""
+    return section.model_dump(mode="json", exclude_unset=True)
+
+
+def plan_runs(
+    models: list[str],
+    settings: CompareConfig,
+    data: str | None = None,
+    test: str | None = None,
+    epochs: int | None = None,
+    max_train_rows: int | None = None,
+) -> dict[str, RunConfig]:
+    """Each model's resolved config: preset < shared config < command-line flags < the model's own entry."""
+    if not models:
+        raise LorabenchError("no models to compare: pass --models a,b or list them under 'models' in --config")
+    duplicates = sorted({name for name in models if models.count(name) > 1})
+    if duplicates:
+        raise LorabenchError(f"model listed twice: {', '.join(duplicates)}")
+    shared = {"data": _given(settings.data), "train": _given(settings.train)}
+    shared = merge(
+        shared, {"data": {"source": data, "test": test, "max_train_rows": max_train_rows}, "train": {"epochs": epochs}}
+    )
+    plans = {}
+    for name in models:
+        entry = settings.models.get(name, ModelEntry())
+        own = {
+            "model": _given(entry.model),
+            "lora": _given(entry.lora),
+            "train": _given(entry.train),
+            "data": _given(entry.data),
+        }
+        try:
+            plans[name] = resolve_config(name, None, merge(shared, own))
+        except LorabenchError as err:
+            raise LorabenchError(f"model {name}: {err}") from err
+    return plans
+
+
+def train_reporting(config: RunConfig, out_dir: str | Path) -> tuple[str, str]:
+    """Train one model; ('ok', '') or ('failed', reason) instead of an exception."""
+    try:
+        train(config, out_dir)
+        return "ok", ""
+    except Exception as err:  # any failure, a library's own bug included, becomes this model's row
+        reason = first_line(err)
+        if not isinstance(err, LorabenchError) and str(err).strip():
+            reason = f"{type(err).__name__}: {reason}"  # a library's own error: name its type
+        return "failed", reason
+
+
+def _train_in_child(config: RunConfig, out_dir: str, progress: bool, conn) -> None:
+    """Runs in the spawned process: train one model, then send back ('ok', '') or ('failed', reason)."""
+    console.set_progress(progress)
+    try:
+        conn.send(train_reporting(config, out_dir))
+    finally:
+        conn.close()
+
+
+def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
+    """Train in a fresh process; returns (status, reason), also when the process dies without a word."""
+    context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and memory
+    receive, send = context.Pipe(duplex=False)
+    progress = console.progress_enabled()  # the child starts with fresh module state: hand on --quiet
+    process = context.Process(target=_train_in_child, args=(config, str(out_dir), progress, send))
+    process.start()
+    send.close()
+    try:
+        try:
+            status, reason = receive.recv()
+        except EOFError:
+            status, reason = "failed", ""
+        process.join()
+    except BaseException:  # Ctrl-C: stop the child before leaving
+        process.terminate()
+        process.join()
+        raise
+    if status == "failed" and not reason:
+        code = process.exitcode
+        reason = (
+            f"the training process was killed by signal {-code} (out of memory?)"
+            if code and code < 0
+            else f"the training process ended with exit code {code} and no message"
+        )
+    return status, reason
+
+
+def _describe(name: str, config: RunConfig, train_rows: int) -> str:
+    cap = config.data.max_train_rows
+    capped = cap is not None and cap < train_rows
+    rows = f"training rows capped at {cap} of {train_rows}" if capped else f"{train_rows} training rows"
+    epochs = config.train.epochs
+    in_epochs = classifier_type(config.model.kind).trains_in_epochs
+    passes = f"{epochs} epoch{'s' if epochs > 1 else ''}" if in_epochs else "one pass"
+    return f"{name}: {passes}, {rows}"
+
+
+def compare(
+    models: list[str] | None,
+    out_dir: str | Path,
+    data: str | None = None,
+    test: str | None = None,
+    epochs: int | None = None,
+    max_train_rows: int | None = None,
+    config_file: str | Path | None = None,
+) -> pd.DataFrame:
+    """Train every model into OUT/runs/<model> on the identical split and write the results and the report.
+
+    Returns the results table (one row per model). Bad input fails before anything is written; a model that
+    fails to load or train gets a row with its reason and the next model still runs.
+    """
+    settings = load_compare_config(config_file) if config_file else CompareConfig()
+    models = models or list(settings.models)
+    plans = plan_runs(models, settings, data, test, epochs, max_train_rows)
+    out_dir = Path(out_dir)
+    # Under torchrun every process runs this function: rank 0 alone checks and writes, and each model
+    # trains in this process (all ranks together) rather than in a child of its own.
+    current = world()
+    if not current.is_main:
+        console.set_progress(False)
+    on_main(lambda: _check_out_dir(out_dir), current)
+    manifest = _start_manifest(plans, current.size)
+
+    def write_manifest() -> None:
+        write_record(out_dir / MANIFEST_FILE, manifest)
+
+    on_main(write_manifest, current)
+    for number, entry in enumerate(manifest.models, start=1):
+        say(f"[{number}/{len(models)}] {entry.plan}")
+        started = time.perf_counter()
+        run_dir = out_dir / entry.run_dir
+        trainer = train_reporting if current.distributed else train_isolated
+        entry.status, entry.error = trainer(plans[entry.name], run_dir)
+        entry.wall_seconds = round(time.perf_counter() - started, 1)
+        if entry.error:
+            say(f"{entry.name} failed: {entry.error}")
+        on_main(write_manifest, current)
+    return on_main(lambda: render(out_dir), current)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise LorabenchError(f"output directory {out_dir} is not empty; choose another --out")
+
+
+def _start_manifest(plans: dict[str, RunConfig], processes: int) -> CompareManifest:
+    """The comparison's record before any model trains; loading the shared split here makes bad data fail now,
+    not once per model."""
+    names = {name: safe_dir_name(name) for name in plans}
+    if len(set(names.values())) < len(names):
+        raise LorabenchError(f"two models share a directory name: {', '.join(names.values())}; rename one")
+    shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
+    splits = load_splits(shared_data)
+    rows = {"train": len(splits.train), "validation": len(splits.validation)}
+    rows["test"] = len(splits.test) if splits.test is not None else 0
+    statuses = [
+        ModelStatus(name=name, run_dir=f"{RUNS_DIR}/{names[name]}", plan=_describe(name, plan, rows["train"]))
+        for name, plan in plans.items()
+    ]
+    return CompareManifest(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data=shared_data.model_dump(mode="json"),
+        rows=rows,
+        hardware={**machine_info(), "processes": processes},
+        versions=package_versions(VERSIONED_PACKAGES),
+        models=statuses,
+    )

@@ -1,0 +1,76 @@
+"""Stage 8: ship a finished run to another system.
+
+Two forms: the run's model files as they are (a directory that `lorabench predict/serve --run` accepts, the
+model files beside the config and summary), or - for kinds built on a pretrained model - the model merged into
+one plain checkpoint (LoRA: peft's `merge_and_unload`, saved with its tokenizer and id2label) that
+`AutoModelForSequenceClassification.from_pretrained` loads without lorabench or peft.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lorabench.core.errors import LorabenchError
+from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, RunDir, replace_dir, write_json
+from lorabench.models.registry import load_classifier
+
+EXPORT_INFO = "lorabench_export.json"
+# Not part of the model: the resume state (optimizer moments) and tracking logs of the training run, and its
+# per-row predictions on the training data's splits.
+LEFT_OUT_DIRS = {CHECKPOINT_DIR, "wandb"}
+LEFT_OUT_SUFFIX = "_predictions.csv"
+
+
+def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dict:
+    """Write the run's model to `out` (a new directory, or an earlier export that is replaced whole)."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir() or not run.file(CONFIG_FILE).is_file():
+        raise LorabenchError(f"{run.path} is not a lorabench run directory (no {CONFIG_FILE})")
+    summary = run.summary()
+    out = Path(out)
+    _check_out(out, run.path)
+    info = {
+        "format": "merged" if merge else "run",
+        "model": summary.model,
+        "label_names": summary.label_names,
+        "threshold": summary.threshold,
+        "best_epoch": summary.best_epoch,
+        "val": summary.val.model_dump(),
+        "test": summary.test.model_dump() if summary.test else None,
+    }
+    if merge:
+        classifier = load_classifier(run.path)
+
+        def build(directory: Path) -> None:
+            info.update(classifier.export_merged(directory))
+            write_json(directory / EXPORT_INFO, info)
+    else:
+
+        def build(directory: Path) -> None:
+            for entry in sorted(run.path.iterdir()):
+                if entry.name.startswith(".") or entry.name in LEFT_OUT_DIRS or entry.name.endswith(LEFT_OUT_SUFFIX):
+                    continue
+                if entry.is_dir():
+                    shutil.copytree(entry, directory / entry.name)
+                else:
+                    shutil.copy2(entry, directory / entry.name)
+            write_json(directory / EXPORT_INFO, info)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(build, out)
+    return {
+        "out": str(out),
+        "format": info["format"],
+        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
+    }
+
+
+def _check_out(out: Path, run_path: Path) -> None:
+    """Refuse to replace anything but an earlier export, and never write into the run itself."""
+    if out.exists() and not out.is_dir():
+        raise LorabenchError(f"--out exists and is not a directory: {out}")
+    if out.resolve().is_relative_to(run_path.resolve()):
+        raise LorabenchError("--out must lie outside the run directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file():
+        raise LorabenchError(f"--out {out} is a non-empty directory that holds no lorabench export; choose another")
