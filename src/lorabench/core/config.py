@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lorabench.core.errors import LorabenchError
+from lorabench.core.errors import LorabenchError, first_line
 
 PRESET_DIR = Path(__file__).parents[1] / "presets"
 DEFAULT_DATA = "mehdiiraqui/twitter_disaster"
@@ -72,10 +72,13 @@ class TrainSettings(_Section):
     )
     packing: bool = Field(False, description="padding-free batches; pays only with a varlen attention kernel")
     lr: float = Field(1e-4, gt=0, description="peak learning rate")
-    # When small data lowers the token budget (at least 50 steps per epoch), lr is multiplied by
-    # sqrt(budget used / batch_tokens), Adam's square-root rule: lr is tuned for full batches, and the preset
-    # minilm lr on 5-tweet batches collapsed to one class (bench/README.md, "lr on small data").
-    scale_lr_with_batch: bool = Field(True, description="scale lr with the square root of a shrunk batch")
+    # lr is tuned for batches of `lr_batch_tokens`; when the batch actually trained is smaller (small data lowers
+    # the budget to keep 50 steps an epoch, or a smaller batch_tokens), lr is multiplied by
+    # sqrt(trained / lr_batch_tokens), Adam's square-root rule: the preset minilm lr on 5-tweet batches collapsed to
+    # one class (bench/README.md, "lr on small data"). It depends on the global batch alone, so one process and N
+    # processes training the same batches train them with the same lr.
+    scale_lr_with_batch: bool = Field(True, description="scale lr with the square root of a smaller batch")
+    lr_batch_tokens: int = Field(2048, gt=0, description="the global batch (tokens) that lr is tuned for")
     weight_decay: float = Field(0.001, ge=0, description="AdamW weight decay")
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of all optimizer steps spent warming up")
     scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="lr after the warm-up")
@@ -112,7 +115,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
-        raise LorabenchError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
+        raise LorabenchError(f"cannot read config file {path}: {first_line(err)}") from err
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -148,8 +151,8 @@ def validate_as(schema: type[BaseModel], raw: dict[str, Any], what: str = "confi
         where = ".".join(str(part) for part in first["loc"])
         suffix = f" in {source}" if source else ""
         if first["type"] == "extra_forbidden":
-            raise LorabenchError(f"unknown {what} key '{where}'{suffix}") from None
-        raise LorabenchError(f"invalid {what} value for '{where}'{suffix}: {first['msg']}") from None
+            raise LorabenchError(f"unknown {what} key '{where}'{suffix}") from err
+        raise LorabenchError(f"invalid {what} value for '{where}'{suffix}: {first['msg']}") from err
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench.core.config import DataConfig
-from lorabench.core.errors import LorabenchError
+from lorabench.core.errors import LorabenchError, first_line
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
@@ -67,7 +67,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise LorabenchError(f"cannot read {path}: {err.strerror}") from None
+        raise LorabenchError(f"cannot read {path}: {err.strerror}") from err
     if not raw.strip():
         raise LorabenchError(f"data file is empty: {path}")
     try:
@@ -80,7 +80,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 raise LorabenchError(
                     f"{path} is not UTF-8 (invalid byte 0x{raw[err.start]:02x} at offset {err.start}); "
                     "re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
-                ) from None
+                ) from err
             if kind == "csv":
                 options = csv_options(path)
                 try:
@@ -88,15 +88,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 except pd.errors.ParserError as err:
                     header = text.partition("\n")[0]
                     hint = _delimiter_hint(header) if options["sep"] not in header else ""
-                    raise LorabenchError(
-                        f"cannot parse {path} as csv: {str(err).splitlines()[0].strip()}{hint}"
-                    ) from None
+                    raise LorabenchError(f"cannot parse {path} as csv: {first_line(err)}{hint}") from err
             else:
                 frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
     except LorabenchError:
         raise
     except Exception as err:  # pandas, csv and pyarrow (corrupt Parquet) each raise their own types
-        raise LorabenchError(f"cannot parse {path} as {kind}: {str(err).splitlines()[0]}") from None
+        raise LorabenchError(f"cannot parse {path} as {kind}: {first_line(err)}") from err
     if frame.empty:
         raise LorabenchError(f"{path} has a header but no rows")
     return frame
@@ -129,7 +127,7 @@ def _load_hub(source: str) -> dict[str, pd.DataFrame]:
         raise LorabenchError(
             f"cannot load data set '{source}' from the Hugging Face hub ({type(err).__name__}); "
             "pass --data with a local directory or file, e.g. --data ../shared/data/disaster_tweets"
-        ) from None
+        ) from err
     return {name: split.to_pandas() for name, split in loaded.items()}
 
 

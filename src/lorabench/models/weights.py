@@ -87,7 +87,7 @@ def check_local_model(directory: Path, config: ModelConfig) -> None:
     try:
         model_config = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise LorabenchError(f"{config_path} is not valid JSON: {err}") from None
+        raise LorabenchError(f"{config_path} is not valid JSON: {err}") from err
     if not isinstance(model_config, dict):
         raise LorabenchError(f"{config_path} is not a model configuration (a JSON object)")
     if "auto_map" in model_config and not config.trust_remote_code:
@@ -123,8 +123,8 @@ def check_safetensors(directory: Path) -> None:
     if index.is_file():
         try:
             shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-            raise LorabenchError(f"{index} is not a valid safetensors index (no weight_map)") from None
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+            raise LorabenchError(f"{index} is not a valid safetensors index (no weight_map)") from err
         missing = sorted(shard for shard in shards if not (directory / shard).is_file())
         if missing:
             raise LorabenchError(f"{directory} lacks weight files its index lists: {', '.join(missing[:3])}")
@@ -133,8 +133,8 @@ def check_safetensors(directory: Path) -> None:
             with safe_open(weights, framework="pt"):
                 pass
         except Exception as err:  # safetensors raises its own SafetensorError, OSError or ValueError
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LorabenchError(f"{weights} is not a valid safetensors file ({reason}); download it again") from None
+            reason = first_line(err)
+            raise LorabenchError(f"{weights} is not a valid safetensors file ({reason}); download it again") from err
 
 
 def check_gguf(path: Path) -> None:
@@ -190,7 +190,7 @@ def check_gguf(path: Path) -> None:
             data_start = -(-handle.tell() // alignment) * alignment
     except (struct.error, KeyError, ValueError, OverflowError, ZeroDivisionError, RecursionError) as err:
         reason = "it ends inside its header" if isinstance(err, struct.error) else str(err) or type(err).__name__
-        raise LorabenchError(f"{path} is not a valid GGUF file ({reason}); download it again") from None
+        raise LorabenchError(f"{path} is not a valid GGUF file ({reason}); download it again") from err
     if data_start + data_size > size:
         raise LorabenchError(
             f"{path} is truncated: its tensors need {data_start + data_size:,} bytes but the file "
@@ -221,17 +221,17 @@ def load_base_model(resolved: ResolvedModel, config: ModelConfig, label_names: l
         with warnings.catch_warnings():  # torch notes the pickle protocol of every .bin it reads (--allow-pickle)
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             model = AutoModelForSequenceClassification.from_pretrained(resolved.source, **kwargs)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
         # torch's weights-only unpickler met something other than tensors: possibly code; never retry unsafely
-        raise LorabenchError(f"the pickle weights of {config.name} hold objects other than tensors; refused") from None
+        raise LorabenchError(f"the pickle weights of {config.name} hold objects other than tensors; refused") from err
     except TypeError as err:  # a model.config_overrides key the architecture does not have
-        raise LorabenchError(f"cannot load model {config.name}: {str(err).splitlines()[0]}") from None
+        raise LorabenchError(f"cannot load model {config.name}: {first_line(err)}") from err
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         if "ignore_mismatched_sizes" in str(err):
             raise LorabenchError(
                 f"model {config.name} already has a classification head whose size does not match the data's "
                 f"{num_labels} classes"
-            ) from None
+            ) from err
         raise LorabenchError(f"cannot load model {config.name} from {resolved.source}: {first_line(err)}") from err
     # Decoders find the last real token through pad_token_id; the study sets it on the config too.
     model.config.pad_token_id = pad_token_id
@@ -249,10 +249,8 @@ def quantization_kwargs(quantize: str) -> dict:
         raise LorabenchError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this machine has none")
     try:
         import bitsandbytes  # noqa: F401  (transformers needs it importable for its quantizer)
-    except ImportError:
-        raise LorabenchError(
-            f"--quantize {quantize} needs the bitsandbytes package: pip install bitsandbytes"
-        ) from None
+    except ImportError as err:
+        raise LorabenchError(f"--quantize {quantize} needs the bitsandbytes package: pip install bitsandbytes") from err
     from transformers import BitsAndBytesConfig
 
     if quantize == "4bit":

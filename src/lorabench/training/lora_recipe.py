@@ -360,19 +360,20 @@ class LoraRecipe:
 
     def _choose_batches(self) -> None:
         """Each step trains one global batch of `processes` x the per-process budget, split across the processes;
-        small data lowers the token budget (at least MIN_STEPS_PER_EPOCH steps) and with it lr."""
+        small data lowers the token budget (at least MIN_STEPS_PER_EPOCH steps). lr follows the global batch
+        actually trained, never the launch (train.lr_batch_tokens)."""
         settings, lengths = self.settings, self.prepared.train.lengths
         self.global_tokens = settings.batch_tokens * self.world.size or None
         self.global_rows = settings.batch_size * self.world.size
         self.used_tokens = step_budget(lengths, self.global_tokens) if self.global_tokens else None
         self.lr = settings.lr
         if self.used_tokens and self.used_tokens < self.global_tokens:
-            note = (f"note: {int(lengths.sum()):,} training tokens: batches of {self.used_tokens} tokens instead of "
-                    f"{self.global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)")  # fmt: skip
-            if settings.scale_lr_with_batch:
-                self.lr *= math.sqrt(self.used_tokens / self.global_tokens)
-                note += f", lr scaled to {self.lr:.3g} (train.scale_lr_with_batch)"
-            say(note)
+            say(f"note: {int(lengths.sum()):,} training tokens: batches of {self.used_tokens} tokens instead of "
+                f"{self.global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)")  # fmt: skip
+        if settings.scale_lr_with_batch and self.used_tokens and self.used_tokens < settings.lr_batch_tokens:
+            self.lr *= math.sqrt(self.used_tokens / settings.lr_batch_tokens)
+            say(f"note: lr scaled to {self.lr:.3g} for batches of {self.used_tokens} tokens "
+                f"(tuned for {settings.lr_batch_tokens}; train.scale_lr_with_batch)")  # fmt: skip
         self.steps_per_epoch = len(self._batches(1))
 
     def _batches(self, epoch: int) -> list[np.ndarray]:

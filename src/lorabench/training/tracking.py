@@ -24,8 +24,8 @@ class WandbTracker:
     def __init__(self, run_dir: Path, config: dict, name: str):
         try:
             import wandb
-        except ImportError:
-            raise LorabenchError("--tracking wandb needs the wandb package: pip install 'lorabench[wandb]'") from None
+        except ImportError as err:
+            raise LorabenchError("--tracking wandb needs the wandb package: pip install 'lorabench[wandb]'") from err
         has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file()
         mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
         self._wandb = wandb

@@ -117,8 +117,8 @@ def _read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> 
                 yield from reader
     except LorabenchError:
         raise
-    except UnicodeDecodeError:
-        raise LorabenchError(f"{path} is not UTF-8; re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+    except UnicodeDecodeError as err:
+        raise LorabenchError(f"{path} is not UTF-8; re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8") from err
     except Exception as err:  # pandas / pyarrow parse errors of many types
         raise LorabenchError(f"cannot read {path} as {kind}: {first_line(err)}") from err
 

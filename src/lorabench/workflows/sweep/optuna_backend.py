@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError  # optuna's storage layer
 
 from lorabench.core.console import say
-from lorabench.core.errors import LorabenchError
+from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.schemas import TrialRecord
 from lorabench.workflows.sweep.objective import Objective
 
@@ -50,7 +50,7 @@ def open_study(settings, objective: Objective) -> optuna.Study:
             load_if_exists=True,
         )
     except (SQLAlchemyError, ImportError) as err:
-        raise LorabenchError(f"cannot open the study storage {url}: {str(err).splitlines()[0]}") from None
+        raise LorabenchError(f"cannot open the study storage {url}: {first_line(err)}") from err
     identity = {"base_config": objective.base, "space": objective.space.to_wandb()}
     stored = study.user_attrs.get("sweep")
     if stored is None:

@@ -63,8 +63,8 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
         from ray.tune.search.optuna import OptunaSearch
-    except ImportError:
-        raise LorabenchError("--backend ray needs Ray Tune: pip install 'lorabench[ray]'") from None
+    except ImportError as err:
+        raise LorabenchError("--backend ray needs Ray Tune: pip install 'lorabench[ray]'") from err
     out = settings.out.resolve()
     if (out / RAY_DIR).exists():
         raise LorabenchError(f"{out} already holds a Ray sweep (Ray sweeps do not resume); choose another --out")

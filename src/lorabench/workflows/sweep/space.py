@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from lorabench.core.config import PRESET_DIR, merge, validate
-from lorabench.core.errors import LorabenchError
+from lorabench.core.errors import LorabenchError, first_line
 
 STUDY_SPACE = PRESET_DIR / "spaces" / "study.yaml"
 
@@ -143,7 +143,7 @@ class SearchSpace(BaseModel):
                 try:
                     validate(merge(base, self.overrides({name: value})))
                 except LorabenchError as err:
-                    raise LorabenchError(f"search space {where}: parameter '{name}' = {value!r}: {err}") from None
+                    raise LorabenchError(f"search space {where}: parameter '{name}' = {value!r}: {err}") from err
 
     def to_wandb(self) -> dict[str, dict]:
         """The parameters in W&B's sweep syntax (the file's own)."""
@@ -158,7 +158,7 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise LorabenchError(f"cannot read search space {path}: {str(err).splitlines()[0]}") from None
+        raise LorabenchError(f"cannot read search space {path}: {first_line(err)}") from err
     if not isinstance(raw, dict):
         raise LorabenchError(f"search space {path} must be a mapping with a 'parameters' section")
     try:
@@ -167,4 +167,4 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
-        raise LorabenchError(f"bad search space {path}: {where + ': ' if where else ''}{message}") from None
+        raise LorabenchError(f"bad search space {path}: {where + ': ' if where else ''}{message}") from err

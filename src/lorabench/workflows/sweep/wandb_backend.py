@@ -31,8 +31,8 @@ TRIAL_FILE = "trial.json"
 def _import_wandb():
     try:
         import wandb
-    except ImportError:
-        raise LorabenchError("--backend wandb needs the wandb package: pip install 'lorabench[wandb]'") from None
+    except ImportError as err:
+        raise LorabenchError("--backend wandb needs the wandb package: pip install 'lorabench[wandb]'") from err
     return wandb
 
 
