@@ -32,12 +32,11 @@ def _trainable(config: dict, objective: Objective, threads: int, cwd: str) -> No
     os.chdir(cwd)  # Ray starts trials in their own directory; relative --data/--model paths mean the sweep's
     set_progress(False)  # parallel trials' progress bars would interleave
     torch.set_num_threads(threads)
-    started = time.time()
     best = {"f1": -1.0}
 
     def report(epoch: int, row: dict) -> None:
         best["f1"] = max(best["f1"], row["val_f1"])
-        tune.report({"val_f1": row["val_f1"], "best_val_f1": best["f1"], "epoch": epoch, "started": started})
+        tune.report({"val_f1": row["val_f1"], "best_val_f1": best["f1"], "epoch": epoch})
 
     objective.run({name: config[name] for name in objective.space.sampled()}, config["trial_number"], report)
 
@@ -55,6 +54,25 @@ def _start_ray(settings):
         return ray.init(address=settings.address, configure_logging=False)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+
+
+def _trial_clock(tune):
+    """A Tune callback noting, in the driver, when Ray started and ended each trial: its worker's start-up (the
+    training stack's imports) counts, as it does for the user waiting."""
+
+    class TrialClock(tune.Callback):
+        def __init__(self):
+            self.windows: dict[int, list[float | None]] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.windows[trial.config["trial_number"]] = [time.time(), None]
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.windows.setdefault(trial.config["trial_number"], [None, None])[1] = time.time()
+
+        on_trial_error = on_trial_complete
+
+    return TrialClock()
 
 
 def run(settings, objective: Objective) -> list[TrialRecord]:
@@ -86,27 +104,28 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
         **metric,
     )
+    clock = _trial_clock(tune)
     _start_ray(settings)
     try:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(num_samples=settings.trials, scheduler=scheduler, search_alg=search),
-            run_config=tune.RunConfig(name=RAY_DIR, storage_path=str(out), verbose=0),
+            run_config=tune.RunConfig(name=RAY_DIR, storage_path=str(out), verbose=0, callbacks=[clock]),
         )
         with contextlib.redirect_stdout(sys.stderr):  # Tune's tables are progress; stdout is for the result
             results = tuner.fit()
     finally:
         ray.shutdown()
-    return [_record(result, objective) for result in results]
+    return [_record(result, objective, clock.windows) for result in results]
 
 
-def _record(result, objective: Objective) -> TrialRecord:
+def _record(result, objective: Objective, windows: dict[int, list[float | None]]) -> TrialRecord:
     metrics = result.metrics or {}
     params = {name: result.config[name] for name in objective.space.sampled()}
     epochs_run = metrics.get("epoch", 0)
     state = "FAIL" if result.error else "COMPLETE" if epochs_run == objective.config(params).train.epochs else "PRUNED"
-    # Ray times a trial up to its last report (after the last epoch's validation).
-    started, seconds = metrics.get("started"), metrics.get("time_total_s")
+    started, finished = windows.get(result.config["trial_number"], (None, None))
+    seconds = finished - started if started is not None and finished is not None else None
     value = metrics.get("best_val_f1")
     say(f"trial {result.config['trial_number']}: {state.lower()}, val F1 {value if value is not None else '-'}")
     return TrialRecord(
@@ -116,6 +135,6 @@ def _record(result, objective: Objective) -> TrialRecord:
         params=params,
         seconds=round(seconds, 2) if seconds is not None else None,
         started=started,
-        finished=started + seconds if started is not None and seconds is not None else None,
+        finished=finished,
         extra={"epochs_run": epochs_run},
     )
