@@ -67,7 +67,7 @@ def test_lora_targets_follow_the_architecture(tiny_models, small_data):
 def test_same_seed_gives_identical_metrics(tiny_models, small_data, tmp_path):
     first = train(tiny_config(tiny_models["roberta"], small_data, epochs=1), tmp_path / "a")
     second = train(tiny_config(tiny_models["roberta"], small_data, epochs=1), tmp_path / "b")
-    assert first["val"] == second["val"]
+    assert first.val == second.val
 
 
 def test_string_labels_and_three_classes(tiny_models, tmp_path):
