@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import click
 import typer
 from pydantic import BaseModel
 from rich.console import Console
@@ -359,9 +358,9 @@ def main() -> None:
         _fail(LorabenchError("interrupted"), 130)
     except typer.Abort:
         _fail(LorabenchError("aborted"), 1)
-    except click.exceptions.ClickException as err:  # usage errors carry their own exit code
-        err.show()
-        sys.exit(err.exit_code)
+    except typer.TyperException as err:  # a usage error (typer's own click): one line naming the option, exit 2
+        message = err.format_message() if hasattr(err, "format_message") else first_line(err)
+        _fail(LorabenchError(message), 2)
     except Exception as err:
         _fail(err, 1)
 

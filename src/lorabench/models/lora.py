@@ -7,8 +7,9 @@ a model: the other kinds and the light commands never pay for them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -96,6 +97,7 @@ def score_encoded(
     return probabilities
 
 
+@dataclass
 class LoraClassifier:
     """A base model with its LoRA adapter and head, and the tokenizer that feeds it."""
 
@@ -103,27 +105,15 @@ class LoraClassifier:
     model_dir: ClassVar[str] = ADAPTER_DIR
     trains_in_epochs: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        label_names: list,
-        threshold: float | None,
-        max_length: int,
-        batch_size: int,
-        device: torch.device,
-        amp_dtype: torch.dtype | None,
-        packed: bool = False,
-    ):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.label_names = list(label_names)
-        self.threshold = threshold
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.device = device
-        self.amp_dtype = amp_dtype
-        self.packed = packed
+    model: Any  # a peft model
+    tokenizer: Any
+    label_names: list
+    threshold: float | None
+    max_length: int
+    batch_size: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    packed: bool = False
 
     @classmethod
     def load(cls, run_dir: str | Path, batch_size: int | None = None) -> LoraClassifier:

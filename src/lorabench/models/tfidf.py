@@ -8,6 +8,7 @@ a comparison shows when a fine-tuned language model does not beat it. The fitted
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -53,6 +54,7 @@ def _vectorizer(settings: dict, vocabulary: dict[str, int] | None = None) -> Tfi
     )
 
 
+@dataclass
 class TfidfClassifier:
     """A fitted TF-IDF + logistic regression pair, with the class names and the F1-maximising threshold."""
 
@@ -60,19 +62,11 @@ class TfidfClassifier:
     model_dir: ClassVar[str] = MODEL_DIR
     trains_in_epochs: ClassVar[bool] = False  # one full-batch fit, recorded as epoch 1
 
-    def __init__(
-        self,
-        vectorizer: TfidfVectorizer,
-        regression: LogisticRegression,
-        settings: dict,
-        label_names: list,
-        threshold: float | None = None,
-    ):
-        self.vectorizer = vectorizer
-        self.regression = regression
-        self.settings = settings
-        self.label_names = label_names
-        self.threshold = threshold
+    vectorizer: TfidfVectorizer
+    regression: LogisticRegression
+    settings: dict
+    label_names: list
+    threshold: float | None = None
 
     @classmethod
     def fit(cls, texts: list[str], labels: np.ndarray, label_names: list, seed: int = 0) -> TfidfClassifier:
