@@ -87,6 +87,24 @@ def safe_dir_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-.") or "model"
 
 
+@contextmanager
+def restored_on_failure(path: Path) -> Iterator[None]:
+    """Leave `path` as the command found it when the command fails: a directory it created is removed and an empty
+    one emptied again; one that already held a run keeps it (records are written atomically and `--resume`
+    continues from the last checkpoint)."""
+    existed = path.exists()
+    was_empty = path.is_dir() and not any(path.iterdir())
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(path, ignore_errors=True)
+        elif was_empty:
+            for entry in path.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        raise
+
+
 def replace_dir(build: Callable[[Path], None], target: Path) -> None:
     """Fill a fresh temporary directory with `build(tmp_dir)`, then swap it in for `target`."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))

@@ -72,7 +72,13 @@ class TfidfClassifier:
     def fit(cls, texts: list[str], labels: np.ndarray, label_names: list, seed: int = 0) -> TfidfClassifier:
         """Fit on the training texts with the weights n / (k * count) the LoRA runs use too."""
         vectorizer = _vectorizer(VECTORIZER_SETTINGS)
-        features = vectorizer.fit_transform(texts)
+        try:
+            features = vectorizer.fit_transform(texts)
+        except ValueError as err:  # scikit-learn: "empty vocabulary" or "After pruning, no terms remain"
+            raise LorabenchError(
+                f"tfidf: the training texts give no vocabulary (no word of two or more letters occurs in "
+                f"{VECTORIZER_SETTINGS['min_df']} texts); train on texts with words, or use a LoRA model"
+            ) from err
         weights = class_weights(labels, len(label_names))
         regression = LogisticRegression(
             C=REGULARIZATION_C, class_weight=dict(enumerate(weights)), max_iter=2000, random_state=seed

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from lorabench.core.config import RunConfig
 from lorabench.core.console import progress_bar, quiet_libraries, say, set_progress
-from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.metrics import classification_metrics, predicted_labels
 from lorabench.core.runtime import (
     autocast_dtype,
@@ -116,17 +116,21 @@ def train_lora(
     run = RunDir(out_dir)
     # only rank 0 touches the record; a refusal there is raised on every process
     distributed.on_main(lambda: run.check(config, resume), world)  # before the slow loading
-    prepared = prepare(config)
+    with stage("loading the data and the model", config.model.name):
+        prepared = prepare(config)
     can_resume = distributed.on_main(lambda: run.prepare(config, resume), world)
     return fit(prepared, run, can_resume, on_epoch_end)
 
 
 def fit(prepared: Prepared, run: RunDir, resume: bool = False, on_epoch_end: EpochCallback | None = None) -> RunSummary:
     """Train prepared data and model into a prepared run directory (the benchmarks call this directly)."""
+    name = prepared.config.model.name
     recipe = LoraRecipe(prepared, run, distributed.world())
-    recipe.setup(resume=resume)
+    with stage("setting up training", name):
+        recipe.setup(resume=resume)
     recipe.train(on_epoch_end)
-    return recipe.finish()
+    with stage("scoring the best epoch and writing the summary", name):
+        return recipe.finish()
 
 
 class LoraRecipe:
@@ -183,27 +187,33 @@ class LoraRecipe:
         self.tracker = make_tracker(tracked, self.run.path, config, self.run.path.name)
 
     def train(self, on_epoch_end: EpochCallback | None = None) -> None:
-        """Every remaining epoch: train, validate, keep the best adapter, checkpoint."""
+        """Every remaining epoch: train, validate, keep the best adapter, checkpoint; then the epoch's callback
+        (outside the failure wrapping: a sweep's pruning signal passes through as it is)."""
         for epoch in range(self.state.epoch + 1, self.settings.epochs + 1):
-            train_loss = self._train_epoch(epoch)
-            validation = self._validate(epoch)
-            row = {"epoch": epoch, "train_loss": round(train_loss, 6),
-                   **{f"val_{k}": v for k, v in validation.model_dump().items()},
-                   "seconds": round(self.state.train_seconds, 2)}  # fmt: skip
-            self.tracker.log(row, step=epoch * self.steps_per_epoch)
-            say(f"epoch {epoch}: train loss {train_loss:.4f}, val F1 {validation.f1:.4f}, "
-                f"accuracy {validation.accuracy:.4f}")  # fmt: skip
-            improved = validation.f1 > self.state.best_f1
-            if improved:
-                self.state.best_f1, self.state.best_epoch = validation.f1, epoch
-            self.state.epoch = epoch
-            if self.world.is_main:
-                self.run.append_metrics(row)
-                if improved:
-                    self.classifier.save(self.run.path)
-            self.save_checkpoint(self.state)
+            with stage(f"epoch {epoch}", self.prepared.config.model.name):
+                row = self._run_epoch(epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
+
+    def _run_epoch(self, epoch: int) -> dict:
+        train_loss = self._train_epoch(epoch)
+        validation = self._validate(epoch)
+        row = {"epoch": epoch, "train_loss": round(train_loss, 6),
+               **{f"val_{k}": v for k, v in validation.model_dump().items()},
+               "seconds": round(self.state.train_seconds, 2)}  # fmt: skip
+        self.tracker.log(row, step=epoch * self.steps_per_epoch)
+        say(f"epoch {epoch}: train loss {train_loss:.4f}, val F1 {validation.f1:.4f}, "
+            f"accuracy {validation.accuracy:.4f}")  # fmt: skip
+        improved = validation.f1 > self.state.best_f1
+        if improved:
+            self.state.best_f1, self.state.best_epoch = validation.f1, epoch
+        self.state.epoch = epoch
+        if self.world.is_main:
+            self.run.append_metrics(row)
+            if improved:
+                self.classifier.save(self.run.path)
+        self.save_checkpoint(self.state)
+        return row
 
     def _train_epoch(self, epoch: int) -> float:
         """One epoch's optimizer steps (from a mid-epoch checkpoint's step on); returns its mean training loss."""

@@ -11,8 +11,10 @@ from pathlib import Path
 from lorabench.core.config import RunConfig
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import RunSummary
+from lorabench.core.storage import restored_on_failure
 from lorabench.models import lora, tfidf
 from lorabench.models.registry import classifier_type
+from lorabench.training.distributed import world
 from lorabench.training.lora_recipe import train_lora
 from lorabench.training.tfidf_recipe import train_tfidf
 
@@ -27,14 +29,21 @@ def trainer_for(config: RunConfig) -> Trainer:
     return TRAINERS[kind]
 
 
-def train(
-    config: RunConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-) -> RunSummary:
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False) -> RunSummary:
     """Train `config.model` on `config.data` and write its run record to `out_dir`; returns the summary.
 
-    `on_epoch_end(epoch, metrics_row)` is called after each validation (a sweep reports and prunes there).
+    A failure leaves `out_dir` as it was before (rank 0 restores it; every process raises).
     """
-    return trainer_for(config)(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)
+    trainer = trainer_for(config)
+    if not world().is_main:
+        return trainer(config, out_dir, resume=resume)
+    with restored_on_failure(Path(out_dir)):
+        return trainer(config, out_dir, resume=resume)
+
+
+def train_trial(
+    config: RunConfig, out_dir: str | Path, on_epoch_end: Callable[[int, dict], None] | None = None
+) -> RunSummary:
+    """A sweep's trial: `on_epoch_end(epoch, metrics_row)` is called after each validation (the sweep reports and
+    prunes there), and a pruned or failed trial keeps what it wrote, for the sweep's report."""
+    return trainer_for(config)(config, out_dir, on_epoch_end=on_epoch_end)

@@ -14,6 +14,7 @@ from sklearn.metrics import log_loss
 
 from lorabench.core.config import RunConfig
 from lorabench.core.console import say
+from lorabench.core.errors import stage
 from lorabench.core.runtime import package_versions, peak_memory_mb
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
@@ -36,18 +37,34 @@ def train_tfidf(
 
 
 def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None):
-    splits = load_splits(config.data)
+    name = config.model.name
+    with stage("loading the data", name):
+        splits = load_splits(config.data)
     for note in splits.notes:
         say(f"note: {note}")
     run.prepare(config, resume)
     texts, labels = splits.train["text"].tolist(), splits.train["label"].to_numpy()
-    started = time.perf_counter()
-    classifier = TfidfClassifier.fit(texts, labels, splits.label_names, config.train.seed)
-    train_seconds = time.perf_counter() - started
-    train_loss = log_loss(labels, classifier.predict_proba(texts), labels=list(range(splits.num_labels)))
-    classifier.save(run.path)
+    with stage("fitting", name):
+        started = time.perf_counter()
+        classifier = TfidfClassifier.fit(texts, labels, splits.label_names, config.train.seed)
+        train_seconds = time.perf_counter() - started
+        train_loss = log_loss(labels, classifier.predict_proba(texts), labels=list(range(splits.num_labels)))
+    with stage("scoring and writing the record", name):
+        classifier.save(run.path)
+        details = _details(classifier, len(labels), train_seconds)
+        summary = finish_run(classifier, splits, run, name, config.model.source, details)
+        row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
+               **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
+        run.append_metrics(row)
+    if on_epoch_end is not None:
+        on_epoch_end(1, row)
+    return summary
+
+
+def _details(classifier: TfidfClassifier, rows: int, train_seconds: float) -> dict:
+    """The summary fields of a full-batch fit."""
     params = classifier.parameter_count
-    details = {
+    return {
         "best_epoch": 1,
         "epochs": 1,
         "train_seconds": round(train_seconds, 2),
@@ -57,16 +74,9 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
         "trainable_percent": 100.0,
         "device": "cpu",
         "processes": 1,  # rank 0 fits it alone, also under torchrun
-        "effective_batch": {"rows": len(labels)},  # one full-batch fit
+        "effective_batch": {"rows": rows},  # one full-batch fit
         "lr": None,  # L-BFGS needs none
         "precision": "fp64",
         "versions": package_versions(VERSIONED_PACKAGES),
         "vocabulary_size": len(classifier.vectorizer.vocabulary_),
     }
-    summary = finish_run(classifier, splits, run, config.model.name, config.model.source, details)
-    row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
-           **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
-    run.append_metrics(row)
-    if on_epoch_end is not None:
-        on_epoch_end(1, row)
-    return summary

@@ -31,9 +31,9 @@ class Objective:
 
         The training stack is imported here, not with the module: Ray workers unpickle this object when they
         start, and with it imported then, Ray ran a sweep's trials one at a time (tests/test_sweep.py)."""
-        from lorabench.training.run import train  # deferred: see the docstring
+        from lorabench.training.run import train_trial  # deferred: see the docstring
 
-        summary = train(self.config(params), self.trials_dir / str(name), on_epoch_end=on_epoch_end)
+        summary = train_trial(self.config(params), self.trials_dir / str(name), on_epoch_end=on_epoch_end)
         return summary.val.f1
 
     @property
