@@ -78,3 +78,14 @@ def test_a_truncated_adapter_names_the_file_and_the_next_step(cli, llama_run, sm
     assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert str(run / "adapter") in result.stderr and "train the run again" in result.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_comparison_that_fails_leaves_no_output(cli, small_data, tmp_path, monkeypatch):
+    from lorabench.workflows import compare
+
+    monkeypatch.setattr(compare, "render", storage_full)
+    out = tmp_path / "cmp"
+    result = cli("-q", "compare", "--models", "tfidf", "--data", small_data, "--out", out)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "writing the results and the report failed (OSError" in result.stderr
+    assert not out.exists()

@@ -7,6 +7,7 @@ down (out of memory, a native abort) is recorded like any other failure while th
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from datetime import datetime, timezone
@@ -29,10 +30,10 @@ from lorabench.core.config import (
     validate_as,
 )
 from lorabench.core.console import say
-from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.runtime import machine_info, package_versions
 from lorabench.core.schemas import CompareManifest, ModelStatus
-from lorabench.core.storage import MANIFEST_FILE, safe_dir_name, write_record
+from lorabench.core.storage import MANIFEST_FILE, restored_on_failure, safe_dir_name, write_record
 from lorabench.data.sources import load_splits
 from lorabench.models.registry import classifier_type
 from lorabench.training.distributed import on_main, world
@@ -196,23 +197,25 @@ def compare(
     if not current.is_main:
         console.set_progress(False)
     on_main(lambda: _check_out_dir(out_dir), current)
-    manifest = _start_manifest(plans, current.size)
+    # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was; rank 0 writes
+    with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
+        manifest = _start_manifest(plans, current.size)
 
-    def write_manifest() -> None:
-        write_record(out_dir / MANIFEST_FILE, manifest)
+        def write_manifest() -> None:
+            write_record(out_dir / MANIFEST_FILE, manifest)
 
-    on_main(write_manifest, current)
-    for number, entry in enumerate(manifest.models, start=1):
-        say(f"[{number}/{len(models)}] {entry.plan}")
-        started = time.perf_counter()
-        run_dir = out_dir / entry.run_dir
-        trainer = train_reporting if current.distributed else train_isolated
-        entry.status, entry.error = trainer(plans[entry.name], run_dir)
-        entry.wall_seconds = round(time.perf_counter() - started, 1)
-        if entry.error:
-            say(f"{entry.name} failed: {entry.error}")
         on_main(write_manifest, current)
-    return on_main(lambda: render(out_dir), current)
+        for number, entry in enumerate(manifest.models, start=1):
+            say(f"[{number}/{len(models)}] {entry.plan}")
+            started = time.perf_counter()
+            trainer = train_reporting if current.distributed else train_isolated
+            entry.status, entry.error = trainer(plans[entry.name], out_dir / entry.run_dir)
+            entry.wall_seconds = round(time.perf_counter() - started, 1)
+            if entry.error:
+                say(f"{entry.name} failed: {entry.error}")
+            on_main(write_manifest, current)
+        with stage("writing the results and the report", str(out_dir)):
+            return on_main(lambda: render(out_dir), current)
 
 
 def _check_out_dir(out_dir: Path) -> None:
