@@ -142,17 +142,22 @@ def preset_dict(name: str) -> dict[str, Any] | None:
     return read_config_file(path) if path.is_file() else None
 
 
+def first_error(err: ValidationError) -> tuple[str, str, str]:
+    """pydantic's first complaint as (dotted location, message, error type): its own report is a table."""
+    first = err.errors()[0]
+    return ".".join(str(part) for part in first["loc"]), first["msg"].removeprefix("Value error, "), first["type"]
+
+
 def validate_as(schema: type[BaseModel], raw: dict[str, Any], what: str = "config", source: str = ""):
-    """Validate `raw` against `schema`, naming the first bad key in one line (pydantic's report is a table)."""
+    """Validate `raw` against `schema`, naming the first bad key in one line."""
     try:
         return schema.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where, message, kind = first_error(err)
         suffix = f" in {source}" if source else ""
-        if first["type"] == "extra_forbidden":
+        if kind == "extra_forbidden":
             raise LorabenchError(f"unknown {what} key '{where}'{suffix}") from err
-        raise LorabenchError(f"invalid {what} value for '{where}'{suffix}: {first['msg']}") from err
+        raise LorabenchError(f"invalid {what} value for '{where}'{suffix}: {message}") from err
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:

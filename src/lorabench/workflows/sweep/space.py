@@ -13,7 +13,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from lorabench.core.config import PRESET_DIR, merge, validate
+from lorabench.core.config import PRESET_DIR, first_error, merge, validate
 from lorabench.core.errors import LorabenchError, first_line
 
 STUDY_SPACE = PRESET_DIR / "spaces" / "study.yaml"
@@ -164,7 +164,5 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     try:
         return SearchSpace.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
+        where, message, _ = first_error(err)
         raise LorabenchError(f"bad search space {path}: {where + ': ' if where else ''}{message}") from err
