@@ -142,7 +142,7 @@ def _usage_section(config: RunConfig, summary: RunSummary, export_format: str) -
     for a LoRA run's adapter."""
     parts = ["## How to use"]
     if export_format == "merged":
-        parts.append(_merged_usage(summary))
+        parts.append(_merged_usage(config, summary))
         return "\n\n".join(parts)
     parts.append(
         "With lorabench (`pip install lorabench`), from this directory:\n\n```\n"
@@ -154,25 +154,26 @@ def _usage_section(config: RunConfig, summary: RunSummary, export_format: str) -
     return "\n\n".join(parts)
 
 
-def _merged_usage(summary: RunSummary) -> str:
+def _merged_usage(config: RunConfig, summary: RunSummary) -> str:
     decision = (
-        f"label = model.config.id2label[int(probabilities[:, 1] >= {summary.threshold})]  # per row"
+        f"labels = [model.config.id2label[int(p >= {summary.threshold})] for p in probabilities[:, 1].tolist()]"
         if summary.threshold is not None
-        else "label = model.config.id2label[int(probabilities.argmax(-1))]  # per row"
+        else "labels = [model.config.id2label[i] for i in probabilities.argmax(-1).tolist()]"
     )
     return (
         "A plain Transformers checkpoint (no peft, no lorabench):\n\n```python\nimport torch\n"
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
         'model = AutoModelForSequenceClassification.from_pretrained("path/to/this/directory").eval()\n'
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")\n'
-        'batch = tokenizer(["a text"], padding=True, truncation=True, return_tensors="pt")\n'
+        f'batch = tokenizer(["a text", "another"], padding=True, truncation=True, '
+        f'max_length={config.train.max_length}, return_tensors="pt")\n'
         "with torch.inference_mode():\n    probabilities = torch.softmax(model(**batch).logits, dim=-1)\n"
         f"{decision}\n```"
     )
 
 
 def _peft_usage(config: RunConfig, summary: RunSummary) -> str:
-    base = base_model(config) or f"<the directory of {config.model.source}>"
+    base = base_model(config) or f"<the base model's directory ({config.model.source})>"
     gguf = f', gguf_file="{config.model.gguf_file}"' if config.model.gguf_file else ""
     return (
         "With peft: the adapter and the classification head are in `adapter/`.\n\n```python\n"
