@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from lorabench.api import resolve_config, train
 from lorabench.cli import app
 from lorabench.core.errors import LorabenchError
+from lorabench.core.storage import RunDir
 from lorabench.models.registry import load_classifier
 from lorabench.workflows.export import EXPORT_INFO, export_run
 from lorabench.workflows.predict import predict_file
@@ -107,3 +109,48 @@ def test_tfidf_runs_predict_and_export_as_files_but_do_not_merge(small_data, tmp
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     recorded = pd.read_csv(tmp_path / "run" / "test_predictions.csv")
     np.testing.assert_allclose(pd.read_csv(tmp_path / "a.csv")["score"], recorded["prob_1"], atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def tfidf_run(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export_tfidf") / "run"
+    train(resolve_config("tfidf", overrides={"data": {"source": str(small_data)}}), out)
+    return out
+
+
+def _card(directory) -> tuple[dict, str]:
+    """The model card's front matter (parsed) and body."""
+    text = (directory / "README.md").read_text()
+    assert text.startswith("---\n")
+    front, body = text.removeprefix("---\n").split("\n---\n", 1)
+    return yaml.safe_load(front), body
+
+
+@pytest.mark.parametrize(
+    ("which", "merge", "library"),
+    [("tfidf", False, "scikit-learn"), ("llama", False, "peft"), ("llama", True, "transformers")],
+)
+def test_every_export_carries_a_model_card_built_from_the_record(
+    which, merge, library, tfidf_run, llama_run, small_data, tmp_path
+):
+    run = tfidf_run if which == "tfidf" else llama_run
+    export_run(run, tmp_path / "out", merge=merge)
+    meta, body = _card(tmp_path / "out")
+    summary, config = RunDir(run).summary(), RunDir(run).config()
+
+    assert meta["library_name"] == library and meta["pipeline_tag"] == "text-classification"
+    assert meta["base_model"] == config.model.source and "lorabench" in meta["tags"]
+    assert ("lora" in meta["tags"]) == (which == "llama")
+    (result,) = meta["model-index"][0]["results"]  # the small data's test split has no labels
+    assert result["task"]["type"] == "text-classification"
+    assert result["dataset"] == {"name": str(small_data), "type": str(small_data), "split": "validation"}
+    assert {m["type"]: m["value"] for m in result["metrics"]} == summary.val.model_dump()
+    assert {m["split"] for m in result["metrics"]} == {"validation"}
+
+    assert f"**{summary.threshold}**" in body and "maximises F1 on the validation split" in body
+    assert f"| validation | {summary.val.f1:.4f} |" in body
+    assert f"train {summary.rows['train']}, validation {summary.rows['validation']}" in body
+    assert ("PeftModel" in body) == (which == "llama" and not merge)
+    assert ("AutoModelForSequenceClassification" in body) == (which == "llama")
+    assert ("lorabench predict --run ." in body) == (not merge)
+    assert ("LoRA: r 8" in body) == (which == "llama")

@@ -8,11 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 
 import httpx
 import pandas as pd
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir
@@ -22,26 +26,41 @@ from lorabench.workflows.serve import create_app
 MAX_TEXTS, MAX_CHARS = 8, 300
 
 
-@pytest.fixture(scope="module")
-def server(llama_run, llama_classifier):
-    """uvicorn serving the app in a thread on a socket bound to a free loopback port; yields its base URL."""
-    # 50 ms of gathering makes the batching of concurrent requests certain even on a busy machine.
-    app = create_app(
-        llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS, gather_seconds=0.05
-    )
+@contextmanager
+def serving(app):
+    """uvicorn serving `app` in a thread on a socket bound to a free loopback port; yields its base URL and the
+    uvicorn server (setting its `should_exit` is what SIGTERM does)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    uv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        wait_until(lambda: uv.started or not thread.is_alive(), "server did not start")
+        assert thread.is_alive(), "server stopped at start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", uv
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def wait_until(condition, message: str = "condition not reached", seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def server(llama_run, llama_classifier):
+    """The app with small limits, served on loopback; yields its base URL."""
+    # 50 ms of gathering makes the batching of concurrent requests certain even on a busy machine.
+    app = create_app(
+        llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS, gather_seconds=0.05
+    )
+    with serving(app) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +144,13 @@ def test_info_and_openapi(server, llama_run):
     info = httpx.get(f"{server}/info").json()
     assert info["threshold"] == summary.threshold and info["label_names"] == [0, 1]
     assert info["metrics"]["val"] == summary.val.model_dump()
-    assert info["limits"] == {"max_texts": MAX_TEXTS, "max_chars": MAX_CHARS}
+    assert info["limits"] == {
+        "max_texts": MAX_TEXTS,
+        "max_chars": MAX_CHARS,
+        "max_queued_texts": 1024,
+        "request_timeout_s": 30.0,
+    }
+    assert info["auth"] is None
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/predict", "/health", "/info"} <= set(schema["paths"])
     assert schema["components"]["schemas"]["PredictRequest"]["required"] == ["texts"]
@@ -173,3 +198,146 @@ def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+class GatedClassifier:
+    """The tiny model behind a gate: predict_proba waits until `gate` is set, so a test can hold requests in the
+    server's queue; `scored` records the texts of each model call."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+        self.label_names = classifier.label_names
+        self.threshold = classifier.threshold
+        self.gate = threading.Event()
+        self.scored: list[list[str]] = []
+
+    def predict_proba(self, texts):
+        self.scored.append(list(texts))
+        assert self.gate.wait(timeout=60), "the test never opened the gate"
+        return self.classifier.predict_proba(texts)
+
+
+@pytest.fixture
+def gated(llama_classifier):
+    gated = GatedClassifier(llama_classifier)
+    yield gated
+    gated.gate.set()  # a failed test must not leave the worker thread waiting
+
+
+def predict_texts(url: str, texts: list[str]) -> httpx.Response:
+    return httpx.post(f"{url}/predict", json={"texts": texts}, timeout=60)
+
+
+def queued_texts(url: str) -> int:
+    return httpx.get(f"{url}/health").json()["queued_texts"]
+
+
+def test_api_key_is_required_everywhere_but_health(llama_run, llama_classifier):
+    app = create_app(llama_classifier, RunDir(llama_run).summary(), api_key="s3cret-key")
+    good = {"Authorization": "Bearer s3cret-key"}
+    with serving(app) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+            refused = client.post("/predict", json={"texts": ["fire"]}, headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["detail"].startswith("missing or wrong API key")
+            assert client.get("/info", headers=headers).status_code == 401
+            assert client.get("/metrics", headers=headers).status_code == 401
+        # a stranger's malformed body is refused for the key before it is parsed
+        assert (
+            client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code
+            == 401
+        )
+        assert client.get("/health").json()["status"] == "ok"
+
+        answer = client.post("/predict", json={"texts": ["fire", "calm"]}, headers=good)
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2
+        assert client.get("/info", headers=good).json()["auth"] == "bearer"
+        assert client.get("/metrics", headers=good).status_code == 200
+
+
+def test_a_full_queue_refuses_with_503_and_retry_after_before_queueing(llama_run, gated, expected):
+    texts = expected[0]
+    app = create_app(gated, RunDir(llama_run).summary(), max_texts=8, gather_seconds=0, max_queued_texts=8)
+    with serving(app) as (url, _), ThreadPoolExecutor(2) as pool:
+        post = partial(predict_texts, url)
+        first = pool.submit(post, texts[:5])
+        wait_until(lambda: queued_texts(url) == 5)
+        full = post(texts[5:9])  # 5 + 4 > 8
+        assert full.status_code == 503 and full.headers["retry-after"] == "1"
+        assert full.json()["detail"] == "busy: over 8 texts are waiting to be scored; retry shortly"
+        fits = pool.submit(post, texts[5:8])  # 5 + 3 = 8 is allowed
+        wait_until(lambda: queued_texts(url) == 8)
+        gated.gate.set()
+        assert first.result().status_code == 200 and fits.result().status_code == 200
+        assert queued_texts(url) == 0
+    assert gated.scored == [texts[:5], texts[5:8]]  # the refused texts never reached the model
+
+
+def test_an_unanswered_request_gets_504_and_its_waiting_texts_are_dropped(llama_run, gated, expected):
+    texts = expected[0]
+    app = create_app(gated, RunDir(llama_run).summary(), gather_seconds=0, request_timeout=0.5)
+    with serving(app) as (url, _), ThreadPoolExecutor(2) as pool:
+        post = partial(predict_texts, url)
+        first = pool.submit(post, texts[:2])
+        wait_until(lambda: gated.scored, "the model never got the first request")
+        second = pool.submit(post, texts[2:4])  # waits in the queue behind the first
+        for answer in (first.result(), second.result()):
+            assert answer.status_code == 504
+            assert answer.json()["detail"] == "not answered within 0.5 s; the server is overloaded"
+        gated.gate.set()
+        wait_until(lambda: queued_texts(url) == 0)
+        assert gated.scored == [texts[:2]]  # the second request's texts were dropped unscored
+        assert post(texts[4:5]).status_code == 200  # and the server serves on
+
+
+def test_metrics_count_requests_by_status_texts_and_batches(llama_run, llama_classifier, expected):
+    texts = expected[0]
+    app = create_app(llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, gather_seconds=0)
+    with serving(app) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        for start in (0, 2, 4):
+            assert client.post("/predict", json={"texts": texts[start : start + 2]}).status_code == 200
+        assert client.post("/predict", json={"texts": [1, 2]}).status_code == 422
+        assert client.post("/predict", json={"texts": ["x"] * (MAX_TEXTS + 1)}).status_code == 413
+        assert client.get("/no/such/path").status_code == 404
+        exposition = client.get("/metrics")
+    assert exposition.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition.text)
+        for sample in family.samples
+    }
+
+    def requests(path, status):
+        return samples.get(("lorabench_requests_total", (("path", path), ("status", status))))
+
+    assert [requests("/predict", "200"), requests("/predict", "422"), requests("/predict", "413")] == [3, 1, 1]
+    assert requests("other", "404") == 1  # unknown paths share one label
+    assert samples[("lorabench_texts_scored_total", ())] == 6
+    assert samples[("lorabench_batch_texts_sum", ())] == 6 and samples[("lorabench_batch_texts_count", ())] == 3
+    assert samples[("lorabench_request_seconds_count", (("path", "/predict"),))] == 5
+    assert samples[("lorabench_queued_texts", ())] == 0
+    assert not any(name == "lorabench_errors_total" for name, _ in samples)
+
+
+def test_shutdown_answers_in_flight_requests_before_the_worker_stops(llama_run, gated, expected):
+    texts = expected[0]
+    app = create_app(gated, RunDir(llama_run).summary(), gather_seconds=0)
+    with serving(app) as (url, uv), ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(predict_texts, url, texts[:3])
+        wait_until(lambda: gated.scored, "the model never got the request")
+        uv.should_exit = True  # what SIGTERM does
+        time.sleep(0.5)
+        assert not answer.done()
+        gated.gate.set()
+        assert answer.result().status_code == 200 and len(answer.result().json()["predictions"]) == 3
+
+
+def test_cli_refuses_an_unset_or_empty_api_key_variable(cli, llama_run, monkeypatch):
+    monkeypatch.delenv("LORABENCH_TEST_KEY", raising=False)
+    unset = cli("serve", "--run", llama_run, "--api-key-env", "LORABENCH_TEST_KEY")
+    assert unset.code == 2
+    assert unset.stderr.strip() == (
+        "error: --api-key-env LORABENCH_TEST_KEY: that environment variable is unset or empty; set it to the key"
+    )
+    monkeypatch.setenv("LORABENCH_TEST_KEY", "")
+    assert cli("serve", "--run", llama_run, "--api-key-env", "LORABENCH_TEST_KEY").code == 2

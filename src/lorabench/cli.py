@@ -315,10 +315,19 @@ def serve(
     max_chars: int = typer.Option(2000, min=1, help="most characters per text (413 beyond)"),
     threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
     batch_size: int | None = typer.Option(None, min=1, help=BATCH_HELP),
+    api_key_env: str | None = typer.Option(
+        None,
+        help="environment variable holding the API key; /predict, /info, /metrics then need 'Authorization: Bearer KEY'",
+    ),
+    max_queued_texts: int = typer.Option(
+        1024, min=1, help="most texts waiting to be scored (503 + Retry-After beyond)"
+    ),
+    request_timeout: float = typer.Option(30.0, min=0.001, help="seconds before an unanswered request gets 504"),
 ) -> None:
-    """Serve a run over HTTP: POST /predict, GET /health, GET /info, OpenAPI at /docs."""
+    """Serve a run over HTTP: POST /predict, GET /health, /info, /metrics (Prometheus), OpenAPI at /docs."""
     api.serve(run, host=host, port=port, max_texts=max_texts, max_chars=max_chars, threshold=threshold,
-              batch_size=batch_size)  # fmt: skip
+              batch_size=batch_size, api_key_env=api_key_env, max_queued_texts=max_queued_texts,
+              request_timeout=request_timeout)  # fmt: skip
 
 
 SWEEP_FIELDS = [name for name in SweepSettings.model_fields if name != "out"]

@@ -3,7 +3,8 @@
 Two forms: the run's model files as they are (a directory that `lorabench predict/serve --run` accepts, the
 model files beside the config and summary), or - for kinds built on a pretrained model - the model merged into
 one plain checkpoint (LoRA: peft's `merge_and_unload`, saved with its tokenizer and id2label) that
-`AutoModelForSequenceClassification.from_pretrained` loads without lorabench or peft.
+`AutoModelForSequenceClassification.from_pretrained` loads without lorabench or peft. Both carry a README.md
+model card (workflows/model_card.py) built from the run's record.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import shutil
 from pathlib import Path
 
 from lorabench.core.errors import LorabenchError
-from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, RunDir, replace_dir, write_json
+from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, RunDir, replace_dir, write_atomic, write_json
 from lorabench.models.registry import load_classifier
+from lorabench.workflows.model_card import CARD_FILE, model_card
 
 EXPORT_INFO = "lorabench_export.json"
 # Not part of the model: the resume state (optimizer moments) and tracking logs of the training run, and its
@@ -28,6 +30,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
     if not run.path.is_dir() or not run.file(CONFIG_FILE).is_file():
         raise LorabenchError(f"{run.path} is not a lorabench run directory (no {CONFIG_FILE})")
     summary = run.summary()
+    card = model_card(run.config(), summary, "merged" if merge else "run")
     out = Path(out)
     _check_out(out, run.path)
     info = {
@@ -44,7 +47,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
 
         def build(directory: Path) -> None:
             info.update(classifier.export_merged(directory))
-            write_json(directory / EXPORT_INFO, info)
+            _write_records(directory, info, card)
     else:
 
         def build(directory: Path) -> None:
@@ -55,7 +58,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
                     shutil.copytree(entry, directory / entry.name)
                 else:
                     shutil.copy2(entry, directory / entry.name)
-            write_json(directory / EXPORT_INFO, info)
+            _write_records(directory, info, card)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     replace_dir(build, out)
@@ -64,6 +67,12 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
         "format": info["format"],
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
     }
+
+
+def _write_records(directory: Path, info: dict, card: str) -> None:
+    """What every export holds beside the model: lorabench's export info and the model card."""
+    write_json(directory / EXPORT_INFO, info)
+    write_atomic(directory / CARD_FILE, card)
 
 
 def _check_out(out: Path, run_path: Path) -> None:

@@ -3,20 +3,27 @@
 Concurrent requests are scored together: each request puts its texts on an asyncio queue, and one worker
 takes what arrives within a few milliseconds (up to a batch size), runs the model once in a thread, and hands
 each request its rows. One model call at a time also keeps memory bounded however many clients connect.
-Limits are enforced before any scoring: too many texts or characters -> 413, malformed bodies -> 422.
+Limits are enforced before any scoring: too many texts or characters -> 413, malformed bodies -> 422, more
+queued texts than `max_queued_texts` -> 503 with Retry-After, no answer within `request_timeout` -> 504. With an
+API key, every route but /health needs `Authorization: Bearer <key>` (401 before the body is read). Prometheus
+metrics (per app, so several apps in one process do not clash) are at /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
+import os
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.datastructures import Headers
 
@@ -31,6 +38,14 @@ DEFAULT_MAX_TEXTS = 64
 DEFAULT_MAX_CHARS = 2000
 MAX_BATCH_TEXTS = 64
 GATHER_SECONDS = 0.005
+DEFAULT_MAX_QUEUED_TEXTS = 1024
+DEFAULT_REQUEST_TIMEOUT = 30.0
+RETRY_AFTER_SECONDS = 1
+# Shutdown waits for in-flight requests; none can take longer than the request timeout, plus this to answer.
+SHUTDOWN_GRACE_SECONDS = 5
+# Answered without the API key: probes hold no key, and the API's description is no secret.
+OPEN_PATHS = {"/health", "/docs", "/openapi.json"}
+ROUTES = ("/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
 
 
 class PredictRequest(BaseModel):
@@ -49,20 +64,58 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class BatchingWorker:
-    """The single consumer of the request queue: gathers requests, scores them in one call, answers each."""
+class QueueFull(Exception):
+    """More texts are waiting than the server holds; the client should retry shortly."""
 
-    def __init__(self, predict_proba, max_batch: int = MAX_BATCH_TEXTS, gather_seconds: float = GATHER_SECONDS):
+
+class ServeMetrics:
+    """The Prometheus instruments of one app, in their own registry (not the process-wide default one)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("lorabench_requests", "HTTP requests answered", ["path", "status"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram("lorabench_request_seconds", "time to answer a request", ["path"],
+                                 registry=self.registry)  # fmt: skip
+        self.texts = Counter("lorabench_texts_scored", "texts scored by the model", registry=self.registry)
+        self.errors = Counter("lorabench_errors", "requests not scored: model failure, timeout or full queue",
+                              ["kind"], registry=self.registry)  # fmt: skip
+        self.batch = Histogram("lorabench_batch_texts", "texts per model call", registry=self.registry,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
+        self.queued = Gauge("lorabench_queued_texts", "texts queued or being scored", registry=self.registry)
+
+    def exposition(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class BatchingWorker:
+    """The single consumer of the request queue: gathers requests, scores them in one call, answers each.
+
+    `queued_texts` counts texts submitted and not yet scored (or dropped); `submit` refuses a request that would
+    take it past `max_queued_texts`, so a flood of clients costs bounded memory instead of an ever longer queue.
+    """
+
+    def __init__(self, predict_proba, max_batch: int = MAX_BATCH_TEXTS, gather_seconds: float = GATHER_SECONDS,
+                 max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS, metrics: ServeMetrics | None = None):  # fmt: skip
         self.predict_proba = predict_proba
         self.max_batch = max_batch
         self.gather_seconds = gather_seconds
+        self.max_queued_texts = max_queued_texts
+        self.metrics = metrics or ServeMetrics()
         self.queue: asyncio.Queue | None = None
+        self.queued_texts = 0
+        self.metrics.queued.set_function(lambda: self.queued_texts)
         self.stats = {"requests": 0, "texts": 0, "batches": 0}
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
+    async def submit(self, texts: list[str], timeout: float) -> np.ndarray:
+        """The texts' probabilities; QueueFull at once when the queue is full, TimeoutError after `timeout`
+        seconds (the texts are then dropped from their batch unless already being scored)."""
+        if self.queued_texts + len(texts) > self.max_queued_texts:
+            raise QueueFull
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, future))
-        return await future
+        self.queued_texts += len(texts)  # no await since the check: no other request can pass it meanwhile
+        self.queue.put_nowait((texts, future))
+        return await asyncio.wait_for(future, timeout)  # a timeout cancels the future: _score then skips it
 
     async def run(self) -> None:
         self.queue = asyncio.Queue()
@@ -79,27 +132,34 @@ class BatchingWorker:
                     break
                 batch.append(item)
                 size += len(item[0])
-            await self._score(batch)
+            try:
+                await self._score(batch)
+            finally:
+                self.queued_texts -= size
 
     async def _score(self, batch: list) -> None:
         batch = [(texts, future) for texts, future in batch if not future.done()]  # clients that left
         if not batch:
             return
+        texts = [text for request_texts, _ in batch for text in request_texts]
         try:
-            probabilities = await asyncio.to_thread(self.predict_proba, [text for texts, _ in batch for text in texts])
+            probabilities = await asyncio.to_thread(self.predict_proba, texts)
         except Exception as err:  # answer every waiting request with the failure instead of hanging them
+            self.metrics.errors.labels("scoring").inc()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(err)
             return
         self.stats["batches"] += 1
+        self.metrics.batch.observe(len(texts))
+        self.metrics.texts.inc(len(texts))
         start = 0
-        for texts, future in batch:
+        for request_texts, future in batch:
             self.stats["requests"] += 1
-            self.stats["texts"] += len(texts)
+            self.stats["texts"] += len(request_texts)
             if not future.done():
-                future.set_result(probabilities[start : start + len(texts)])
-            start += len(texts)
+                future.set_result(probabilities[start : start + len(request_texts)])
+            start += len(request_texts)
 
 
 class BodyLimit:
@@ -138,6 +198,56 @@ class BodyLimit:
         await self.app(scope, counted_receive, send)
 
 
+class BearerAuth:
+    """ASGI middleware: 401 unless `Authorization: Bearer <key>`, on every path but OPEN_PATHS.
+
+    It runs before the body is read or parsed, so a stranger learns nothing from 413 or 422 answers; the key is
+    compared in constant time.
+    """
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = Headers(scope=scope).get("authorization", "").encode()
+        if not hmac.compare_digest(given, self.expected):
+            answer = JSONResponse({"detail": "missing or wrong API key: send the header Authorization: Bearer <key>"},
+                                  status_code=401, headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            return await answer(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class RequestMetrics:
+    """ASGI middleware (outermost): counts every answer by path and status and times it. Unknown paths share one
+    label, so strangers probing URLs cannot grow the metrics without bound."""
+
+    def __init__(self, app, metrics: ServeMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in ROUTES else "other"
+        status = 500  # what the client gets when the app raises before answering
+        started = time.perf_counter()
+
+        async def recorded_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recorded_send)
+        finally:
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+
 def create_app(
     classifier: Classifier,
     summary: RunSummary,
@@ -146,12 +256,16 @@ def create_app(
     max_chars: int = DEFAULT_MAX_CHARS,
     max_batch: int = MAX_BATCH_TEXTS,
     gather_seconds: float = GATHER_SECONDS,
+    api_key: str | None = None,
+    max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> FastAPI:
     """The FastAPI app for one loaded classifier; `summary` is the run's summary.json (for /info)."""
     check_threshold(threshold, classifier.label_names)
     threshold = classifier.threshold if threshold is None else threshold
     model_name = summary.model
-    worker = BatchingWorker(classifier.predict_proba, max_batch, gather_seconds)
+    metrics = ServeMetrics()
+    worker = BatchingWorker(classifier.predict_proba, max_batch, gather_seconds, max_queued_texts, metrics)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -159,30 +273,24 @@ def create_app(
         task = asyncio.create_task(worker.run())
         try:
             yield
-        finally:
+        finally:  # uvicorn gets here only after in-flight requests are answered (or its graceful timeout)
             task.cancel()
 
-    app = FastAPI(
-        title="lorabench",
-        version="1",
-        lifespan=lifespan,
-        description=f"Text classification with the LoRA fine-tuned model '{model_name}'.",
-    )
+    description = f"Text classification with the LoRA fine-tuned model '{model_name}'."
+    app = FastAPI(title="lorabench", version="1", lifespan=lifespan, description=description)
     app.add_middleware(BodyLimit, max_texts=max_texts, max_chars=max_chars)
+    if api_key:
+        app.add_middleware(BearerAuth, api_key=api_key)  # added later = runs earlier: before the body is read
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> PredictResponse:
         """One prediction per text, in order."""
         texts = request.texts
-        if len(texts) > max_texts:
-            raise HTTPException(413, f"too many texts: {len(texts)} in one request; the limit is {max_texts}")
-        for index, text in enumerate(texts):
-            if len(text) > max_chars:
-                raise HTTPException(413, f"text {index} has {len(text)} characters; the limit is {max_chars}")
+        _check_size(texts, max_texts, max_chars)
         if not texts:
             return PredictResponse(model=model_name, threshold=threshold, predictions=[])
-        probabilities = await worker.submit(texts)
-        labels, scores = decide(probabilities, classifier.label_names, threshold)
+        labels, scores = decide(await _scored(worker, texts, request_timeout), classifier.label_names, threshold)
         predictions = [
             Prediction(label=label, score=round(float(score), 6)) for label, score in zip(labels, scores, strict=True)
         ]
@@ -190,8 +298,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness, and how many requests were scored in how many batches."""
-        return {"status": "ok", **worker.stats}
+        """Liveness, how many requests were scored in how many batches, and how many texts wait."""
+        return {"status": "ok", **worker.stats, "queued_texts": worker.queued_texts}
 
     @app.get("/info")
     async def info() -> dict:
@@ -203,11 +311,47 @@ def create_app(
             "trained_threshold": summary.threshold,
             "best_epoch": summary.best_epoch,
             "metrics": {"val": summary.val.model_dump(), "test": summary.test.model_dump() if summary.test else None},
-            "limits": {"max_texts": max_texts, "max_chars": max_chars},
+            "limits": {
+                "max_texts": max_texts,
+                "max_chars": max_chars,
+                "max_queued_texts": max_queued_texts,
+                "request_timeout_s": request_timeout,
+            },  # fmt: skip
             "batching": {"max_batch": max_batch, "gather_ms": gather_seconds * 1000},
+            "auth": "bearer" if api_key else None,
         }
 
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of this app's counters, histograms and queue gauge."""
+        return metrics.exposition()
+
     return app
+
+
+def _check_size(texts: list[str], max_texts: int, max_chars: int) -> None:
+    """413 naming the limit: checked before queueing, so an oversize request costs no model time."""
+    if len(texts) > max_texts:
+        raise HTTPException(413, f"too many texts: {len(texts)} in one request; the limit is {max_texts}")
+    for index, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise HTTPException(413, f"text {index} has {len(text)} characters; the limit is {max_chars}")
+
+
+async def _scored(worker: BatchingWorker, texts: list[str], timeout: float) -> np.ndarray:
+    """The worker's answer, or the HTTP refusal that tells the client to come back later."""
+    try:
+        return await worker.submit(texts, timeout)
+    except QueueFull:
+        worker.metrics.errors.labels("queue_full").inc()
+        raise HTTPException(
+            503,
+            f"busy: over {worker.max_queued_texts} texts are waiting to be scored; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from None
+    except asyncio.TimeoutError:
+        worker.metrics.errors.labels("timeout").inc()
+        raise HTTPException(504, f"not answered within {timeout:g} s; the server is overloaded") from None
 
 
 def serve(
@@ -218,16 +362,38 @@ def serve(
     max_chars: int = DEFAULT_MAX_CHARS,
     threshold: float | None = None,
     batch_size: int | None = None,
+    api_key_env: str | None = None,
+    max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> None:
-    """Load the run's model and serve it until interrupted."""
+    """Load the run's model and serve it until interrupted; SIGTERM lets in-flight requests finish first."""
     if max_texts < 1 or max_chars < 1:
         raise LorabenchError("--max-texts and --max-chars must be at least 1")
+    if max_queued_texts < max_texts:
+        raise LorabenchError(f"--max-queued-texts ({max_queued_texts}) must be at least --max-texts ({max_texts})")
+    if request_timeout <= 0:
+        raise LorabenchError("--request-timeout must be more than 0 seconds")
+    api_key = _api_key(api_key_env)  # before loading the model: a missing key fails at once
     classifier = load_classifier(run_dir, batch_size)
     summary = RunDir(run_dir).summary()
-    app = create_app(classifier, summary, threshold, max_texts, max_chars)
-    if not _is_loopback(host):
+    app = create_app(classifier, summary, threshold, max_texts, max_chars, api_key=api_key,
+                     max_queued_texts=max_queued_texts, request_timeout=request_timeout)  # fmt: skip
+    if not api_key and not _is_loopback(host):
         console.say(f"warning: serving on {host} makes the model reachable from other machines, with no authentication")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info",
+                timeout_graceful_shutdown=int(request_timeout) + SHUTDOWN_GRACE_SECONDS)  # fmt: skip
+
+
+def _api_key(variable: str | None) -> str | None:
+    """The key clients must send, read from the environment so it never appears in the process list."""
+    if variable is None:
+        return None
+    key = os.environ.get(variable, "")
+    if not key:
+        raise LorabenchError(
+            f"--api-key-env {variable}: that environment variable is unset or empty; set it to the key"
+        )
+    return key
 
 
 def _is_loopback(host: str) -> bool:
