@@ -61,6 +61,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
 }
 # Friendlier names than --name / --source for the two settings every command takes.
 FLAGS = {"model.name": ("--model", "-m"), "data.source": ("--data", "-d"), "model": ("--model", "-m"), "data": ("--data", "-d")}  # fmt: skip
+# where str.splitlines splits, as escape sequences
+ESCAPED_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 SET_HELP = "any run setting as section.key=value, e.g. --set train.warmup=0.05 (repeatable)"
 
 
@@ -180,7 +182,7 @@ def data(
 
 
 def _print_stats(stats: dict) -> None:
-    console = Console()
+    console = Console(markup=False, emoji=False)  # class and column names, paths and notes are shown as they are
     names = [str(n) for n in stats["label_names"]]
     table = Table(title=f"data: {stats['source']}")
     for column in ["split", "rows", *[f"class {n}" for n in names], "max chars", "max words"]:
@@ -377,8 +379,13 @@ def main() -> None:
 def _fail(err: BaseException, code: int) -> None:
     if _state["debug"]:
         traceback.print_exception(err)  # the chained causes too: lorabench errors keep theirs (`from err`)
+    message = first_line(err)
+    if isinstance(err, LorabenchError) and str(err).strip():
+        # One line by design, but it quotes names and values from the user's files and flags, which can hold line
+        # breaks: those are shown escaped (\n, \r, ...) rather than cutting the message short.
+        message = str(err).strip().translate(ESCAPED_LINE_BREAKS)
     prefix = "error" if isinstance(err, LorabenchError) else f"error ({type(err).__name__})"
-    print(f"{prefix}: {first_line(err)}", file=sys.stderr)
+    print(f"{prefix}: {message}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -44,9 +44,10 @@ def progress_hidden() -> Iterator[None]:
 
 
 def say(message: str) -> None:
-    """One human-readable line on stderr (stdout stays free for results)."""
+    """One human-readable line on stderr (stdout stays free for results), printed as is: messages carry paths,
+    column names and ids, and rich would read their `[...]` as markup and `:name:` as emoji codes."""
     if _enabled["progress"]:
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, markup=False, emoji=False)
 
 
 class _Bar:

@@ -74,10 +74,13 @@ class TfidfClassifier:
         vectorizer = _vectorizer(VECTORIZER_SETTINGS)
         try:
             features = vectorizer.fit_transform(texts)
-        except ValueError as err:  # scikit-learn: "empty vocabulary" or "After pruning, no terms remain"
+        except ValueError as err:  # scikit-learn's "empty vocabulary" / "After pruning, no terms remain"
+            if "vocabulary" not in str(err) and "no terms remain" not in str(err):
+                raise
             raise LorabenchError(
-                f"tfidf: the training texts give no vocabulary (no word of two or more letters occurs in "
-                f"{VECTORIZER_SETTINGS['min_df']} texts); train on texts with words, or use a LoRA model"
+                f"tfidf: the training texts give no vocabulary (no word of 2+ letters or digits occurs in at least "
+                f"{VECTORIZER_SETTINGS['min_df']} of the {len(texts)} texts); check that the text column holds "
+                "the texts, or train a LoRA model instead"
             ) from err
         weights = class_weights(labels, len(label_names))
         regression = LogisticRegression(

@@ -6,6 +6,7 @@ reads back the same way (lorabench.core.schemas.RunSummary).
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,11 @@ def write_predictions(path: Path, frame: pd.DataFrame, probabilities: np.ndarray
     table["prediction"] = [label_names[i] for i in predicted_labels(probabilities)]
     for class_id, name in enumerate(label_names):
         table[f"prob_{name}"] = probabilities[:, class_id].round(6)
-    write_atomic(path, table.to_csv(index=False))
+    # Python < 3.13's csv writer leaves a \r inside a cell unquoted, and readers take it for a line break: quote
+    # every cell of a file whose ids or class names hold one (other files are written as before).
+    cells = [*table.columns, *table["prediction"], *(table["id"] if "id" in table.columns else [])]
+    quoting = csv.QUOTE_ALL if any("\r" in str(cell) for cell in cells) else csv.QUOTE_MINIMAL
+    write_atomic(path, table.to_csv(index=False, quoting=quoting))
 
 
 def finish_run(

@@ -38,17 +38,19 @@ def train_tfidf(
 
 def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None):
     name = config.model.name
+    run.check(config, resume)  # refuses another run's directory before any work
     with stage("loading the data", name):
         splits = load_splits(config.data)
-    for note in splits.notes:
-        say(f"note: {note}")
-    run.prepare(config, resume)
     texts, labels = splits.train["text"].tolist(), splits.train["label"].to_numpy()
+    # fitted before anything is printed or written: texts without a vocabulary fail here, in one line
     with stage("fitting", name):
         started = time.perf_counter()
         classifier = TfidfClassifier.fit(texts, labels, splits.label_names, config.train.seed)
         train_seconds = time.perf_counter() - started
         train_loss = log_loss(labels, classifier.predict_proba(texts), labels=list(range(splits.num_labels)))
+    for note in splits.notes:
+        say(f"note: {note}")
+    run.prepare(config, resume)
     with stage("scoring and writing the record", name):
         classifier.save(run.path)
         details = _details(classifier, len(labels), train_seconds)
