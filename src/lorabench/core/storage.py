@@ -91,12 +91,13 @@ def safe_dir_name(name: str) -> str:
 def restored_on_failure(path: Path) -> Iterator[None]:
     """Leave `path` as the command found it when the command fails: a directory it created is removed and an empty
     one emptied again; one that already held a run keeps it (records are written atomically and `--resume`
-    continues from the last checkpoint)."""
+    continues from the last checkpoint). An interrupt (Ctrl-C) or a kill is not a failure: what was trained so
+    far stays, for `--resume`."""
     existed = path.exists()
     was_empty = path.is_dir() and not any(path.iterdir())
     try:
         yield
-    except BaseException:
+    except Exception:
         if not existed:
             shutil.rmtree(path, ignore_errors=True)
         elif was_empty:
