@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lorabench import api
@@ -37,6 +38,7 @@ from lorabench.core.config import (
 )
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.schemas import DataChecks
 from lorabench.core.storage import CONFIG_FILE
 from lorabench.data.sources import describe
 from lorabench.training.distributed import world
@@ -165,12 +167,16 @@ def train(
 
 
 @app.command()
-@schema_options({"data": (DataConfig, ["source", "test", "text_column", "label_column", "id_column", "strict"])})
+@schema_options(
+    {"data": (DataConfig, ["source", "test", "text_column", "label_column", "id_column", "strict", "duplicates",
+                           "conflicts"])}
+)  # fmt: skip
 def data(
     overrides: dict,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
-    """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights."""
+    """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
+    checks of the split: duplicates, conflicting labels, texts shared between splits."""
     given = {key: value for key, value in overrides["data"].items() if value is not None}
     stats = describe(DataConfig(**given))
     if as_json:
@@ -199,8 +205,32 @@ def _print_stats(stats: dict) -> None:
     console.print(missing)
     weights = ", ".join(f"{n}: {w}" for n, w in stats["class_weights"].items())
     console.print(f"class weights n / (k * count): {weights}")
+    _print_checks(console, stats)
     for note in stats["notes"]:
         console.print(f"note: {note}")
+
+
+def _print_checks(console: Console, stats: dict) -> None:
+    checks = DataChecks.model_validate(stats["checks"])
+    table = Table(title=f"checks of the split ({checks.labelled_rows} labelled rows)")
+    for column in ("check", "texts", "rows", "examples"):
+        table.add_column(column, justify="right" if column in ("texts", "rows") else "left")
+    for label, groups in checks.labelled_groups():
+        table.add_row(label, str(groups.texts), str(groups.rows), escape("\n".join(groups.examples)))
+    console.print(table)
+    split = stats["split"]
+    rows = split["rows"]
+    console.print(
+        f"validation: {split['validation_rows_in_train_normalised']} of {rows['validation']} rows have a near "
+        f"duplicate in train ({split['validation_rows_in_train']} the exact text); split with "
+        f"duplicates: {split['duplicates']}, conflicts: {split['conflicts']}"
+    )
+    if split["grouped_rows"]:
+        grouped = split["grouped_rows"]
+        console.print(
+            f"duplicates: group would split {grouped['train']} / {grouped['validation']} rows (now {rows['train']} / "
+            f"{rows['validation']}) with no near duplicate on both sides"
+        )
 
 
 @app.command()

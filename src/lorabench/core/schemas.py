@@ -74,9 +74,48 @@ class CompareManifest(_Record):
     created: str
     data: dict[str, Any]
     rows: dict[str, int]
+    data_checks: DataChecks | None = Field(None, description="checks of the shared split; None before they existed")
     hardware: dict[str, Any]
     versions: dict[str, str]
     models: list[ModelStatus]
+
+
+class TextGroups(_Record):
+    """Distinct texts with a property, the rows they cover, and the texts with the most rows as examples
+    (normalised texts for the checks made after normalisation)."""
+
+    texts: int
+    rows: int
+    examples: list[str]
+
+
+class DataChecks(_Record):
+    """Duplicates and conflicts in the labelled data (train and validation together), and overlaps between splits
+    (lorabench.data.checks.check_texts). `*_normalised` fields compare texts after `normalise_text`; overlaps are
+    None for a split that was not given. Each field's description is its label in `lorabench data` and reports."""
+
+    labelled_rows: int
+    duplicates: TextGroups = Field(description="repeated texts (labelled rows)")
+    duplicates_normalised: TextGroups = Field(description="near duplicates: repeated after normalising")
+    conflicts: TextGroups = Field(description="texts with conflicting labels")
+    conflicts_normalised: TextGroups = Field(description="near duplicates with conflicting labels")
+    validation_in_train: TextGroups | None = Field(description="validation rows whose text is in train")
+    validation_in_train_normalised: TextGroups | None = Field(
+        description="validation rows with a near duplicate in train"
+    )
+    test_in_labelled: TextGroups | None = Field(description="test rows whose text is labelled")
+    test_in_labelled_normalised: TextGroups | None = Field(description="test rows with a labelled near duplicate")
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def labelled_groups(self) -> list[tuple[str, TextGroups]]:
+        """(label, counts) of every check that was made, in field order."""
+        return [
+            (field.description, getattr(self, name))
+            for name, field in type(self).model_fields.items()
+            if field.description and getattr(self, name) is not None
+        ]
 
 
 class TrialRecord(_Record):
