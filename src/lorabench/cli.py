@@ -286,12 +286,13 @@ def compare(
         "ids, e.g. tfidf,minilm,smollm2 (default: the models in --config)",
     ),  # fmt: skip
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON: shared data/train, per-model entries"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="train each model N times (train.seed + 0..N-1): mean and sd"),
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     data, train_settings = overrides["data"], overrides["train"]
     table = api.compare(names, out, data=data["source"], test=data["test"], epochs=train_settings["epochs"],
-                        max_train_rows=data["max_train_rows"], config_file=config)  # fmt: skip
+                        max_train_rows=data["max_train_rows"], config_file=config, seeds=seeds)  # fmt: skip
     if world().is_main:  # under torchrun every process returns the table; print it once
         typer.echo(markdown_table(*display_rows(table)) + f"report: {out / 'report.html'}")
 

@@ -57,15 +57,50 @@ class RunSummary(_Record):
     notes: list[str] = Field(default_factory=list)
 
 
-class ModelStatus(_Record):
-    """One model's line in compare.json: where its run is and how it ended."""
+class InferenceCost(_Record):
+    """cost.json: what using a finished run costs, measured once it is trained, in a fresh process that loads it
+    as `predict` does (so neither training nor another model's memory counts)."""
 
-    name: str
+    device: str = Field(description="where the model ran: cpu or cuda")
+    texts: int = Field(description="validation texts scored in one bulk call")
+    batch_size: int = Field(description="the run's eval batch size: texts per model call in bulk")
+    predict_texts_per_s: float = Field(description="bulk throughput: texts / seconds of that call")
+    latency_calls: int = Field(description="single-text calls timed, after a few untimed ones")
+    latency_p50_ms: float
+    latency_p95_ms: float
+    inference_peak_mb: float = Field(description="the measuring process's peak resident memory, loading included")
+    gpu_peak_mb: float | None = Field(description="peak GPU memory allocated; None without CUDA")
+    size_mb: float = Field(description="the files `export` ships without --merge")
+    merged_size_mb: float | None = Field(
+        description="all parameters x 4 bytes (fp32), about what `export --merge` writes; None without frozen base"
+    )
+
+
+class SeedRun(_Record):
+    """One training seed of a model in a comparison: where its run is and how it ended."""
+
+    seed: int
     run_dir: str
     status: str = "pending"  # pending, ok or failed
     error: str = ""
     wall_seconds: float | None = None
+
+
+class ModelStatus(_Record):
+    """One model's line in compare.json: where its run is and how it ended."""
+
+    name: str
+    run_dir: str = Field(description="the first seed's run: its predictions and cost stand for the model")
+    status: str = "pending"  # pending, ok (every seed trained) or failed
+    error: str = ""
+    wall_seconds: float | None = Field(None, description="training, loading and scoring of all seeds")
     plan: str = ""
+    seeds: list[SeedRun] = Field(default_factory=list, description="empty in comparisons made before --seeds")
+    cost_error: str = Field("", description="why the inference cost was not measured")
+
+    def run_dirs(self) -> list[str]:
+        """Every seed's run directory, the first one first."""
+        return [run.run_dir for run in self.seeds] or [self.run_dir]
 
 
 class CompareManifest(_Record):
@@ -74,6 +109,7 @@ class CompareManifest(_Record):
     created: str
     data: dict[str, Any]
     rows: dict[str, int]
+    seeds: int = Field(1, description="training seeds per model")
     data_checks: DataChecks | None = Field(None, description="checks of the shared split; None before they existed")
     hardware: dict[str, Any]
     versions: dict[str, str]
