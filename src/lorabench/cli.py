@@ -43,7 +43,7 @@ from lorabench.core.storage import CONFIG_FILE
 from lorabench.data.sources import describe
 from lorabench.training.distributed import world
 from lorabench.workflows.plan import plan as plan_memory
-from lorabench.workflows.report import display_rows, markdown_table
+from lorabench.workflows.report import display_rows, markdown_table, verdict_of
 from lorabench.workflows.sweep import SweepSettings
 from lorabench.workflows.sweep.wandb_backend import agent
 
@@ -294,14 +294,20 @@ def compare(
     table = api.compare(names, out, data=data["source"], test=data["test"], epochs=train_settings["epochs"],
                         max_train_rows=data["max_train_rows"], config_file=config, seeds=seeds)  # fmt: skip
     if world().is_main:  # under torchrun every process returns the table; print it once
-        typer.echo(markdown_table(*display_rows(table)) + f"report: {out / 'report.html'}")
+        typer.echo(results_text(table, out))
 
 
 @app.command()
 def report(directory: Path = typer.Argument(..., help="a directory written by `lorabench compare`")) -> None:
     """Re-render a comparison's results and report.html from its run records, without training."""
     table = api.render_report(directory)
-    typer.echo(markdown_table(*display_rows(table)) + f"report: {directory / 'report.html'}")
+    typer.echo(results_text(table, directory))
+
+
+def results_text(table, out: Path) -> str:
+    """What compare and report print: the verdict, the results table, and where the report is."""
+    verdict = "\n".join(verdict_of(table).sentences)
+    return f"{verdict}\n\n{markdown_table(*display_rows(table))}report: {out / 'report.html'}"
 
 
 THRESHOLD_HELP = "decision threshold on P(positive) for two classes (default: the run's validation-F1 threshold)"
