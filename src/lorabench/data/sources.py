@@ -396,6 +396,9 @@ def split_effect(config: DataConfig, splits: TextSplits, checks: DataChecks, has
         "grouped_rows": None,
     }
     if config.duplicates == "keep" and not has_own_validation:
-        grouped = load_splits(config.model_copy(update={"duplicates": "group"}))
+        try:
+            grouped = load_splits(config.model_copy(update={"duplicates": "group"}))
+        except LorabenchError:  # e.g. a single distinct text: no grouped split exists, and the stats still do
+            return effect
         effect["grouped_rows"] = {"train": len(grouped.train), "validation": len(grouped.validation)}
     return effect
