@@ -1,8 +1,11 @@
-"""`compare` and `report`: identical splits, per-model settings, failures recorded, re-rendering; the tfidf baseline."""
+"""`compare` and `report`: identical splits, per-model settings, failures recorded, re-rendering; the tfidf baseline;
+bootstrap intervals and the paired test against the best model, training seeds, inference cost, the verdict and
+the data checks."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,7 +16,10 @@ from lorabench.api import compare, render_report, resolve_config, train
 from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError
 from lorabench.core.metrics import best_threshold
+from lorabench.core.schemas import CompareManifest, InferenceCost
 from lorabench.core.storage import safe_dir_name as run_dir_name
+from lorabench.core.uncertainty import bootstrap_metrics
+from lorabench.data.checks import check_texts
 from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
 from lorabench.workflows.compare import CompareConfig, load_compare_config, plan_runs
@@ -89,9 +95,111 @@ def test_results_carry_the_run_records_numbers(comparison):
         "f1.png",
         "train_time.png",
         "pr_curves.png",
+        "cost.png",
         "confusion_tfidf.png",
         f"confusion_{run_dir_name(roberta)}.png",
     }
+
+
+def test_every_metric_has_a_bootstrap_interval_and_a_paired_test_against_the_best(comparison):
+    out, table, roberta = comparison
+    trained = table[table["status"] == "ok"]
+    best = trained.loc[trained["val_f1_mean"].idxmax(), "model"]
+    for _, row in trained.iterrows():
+        run_dir = out / "runs" / ("tfidf" if row["model"] == "tfidf" else run_dir_name(roberta))
+        validation = pd.read_csv(run_dir / "val_predictions.csv")
+        decisions = validation[["prob_0", "prob_1"]].to_numpy().argmax(axis=1)
+        intervals = bootstrap_metrics(validation["label"], decisions, 2, resamples=1000, seed=0)
+        for metric, interval in intervals.items():
+            assert (row[f"val_{metric}_low"], row[f"val_{metric}_high"]) == (interval.low, interval.high)
+            assert row[f"val_{metric}_low"] <= row[f"val_{metric}"] <= row[f"val_{metric}_high"]
+        assert row["val_f1_mean"] == row["val_f1"] and row["val_f1_sd"] == 0.0 and row["seeds"] == 1
+        assert 0.0 <= row["val_prob_worse"] <= 1.0
+        if row["model"] == best:
+            assert row["rank"] == 1 and row["val_tied_with_best"] and row["val_prob_worse"] == 0.0
+    assert trained["rank"].tolist() == list(trained["val_f1_mean"].rank(ascending=False, method="first"))
+    assert pd.isna(table.iloc[1]["val_tied_with_best"]) and pd.isna(table.iloc[1]["rank"])
+    results = pd.read_csv(out / "results.csv")
+    assert {"val_f1_low", "val_f1_high", "val_tied_with_best", "val_prob_worse", "val_f1_mean", "val_f1_sd"} <= set(
+        results.columns
+    )
+
+
+def test_the_cost_of_using_each_model_is_measured_and_reported(comparison):
+    out, table, roberta = comparison
+    for name, run in (("tfidf", "tfidf"), (roberta, run_dir_name(roberta))):
+        cost = InferenceCost.model_validate_json((out / "runs" / run / "cost.json").read_text())
+        assert cost.texts == 48 and cost.latency_calls >= 50 and cost.device == "cpu"
+        row = table[table["model"] == name].iloc[0]
+        for column in ("predict_texts_per_s", "latency_p50_ms", "latency_p95_ms", "inference_peak_mb", "size_mb"):
+            assert row[column] == getattr(cost, column) and row[column] > 0, column
+        assert row["latency_p50_ms"] <= row["latency_p95_ms"]
+    lora, tfidf = table.iloc[2], table.iloc[0]
+    assert lora["merged_size_mb"] == pytest.approx(lora["total_params"] * 4 / 2**20, abs=0.1)
+    assert pd.isna(tfidf["merged_size_mb"])  # nothing to merge: every parameter trained
+    markdown = (out / "results.md").read_text()
+    assert "predict texts/s" in markdown and "latency p95 ms" in markdown and "size MB" in markdown
+
+
+def test_report_opens_with_the_verdict_and_shows_the_data_checks(comparison):
+    out, table, _ = comparison
+    html = (out / "report.html").read_text()
+    best = table.loc[table["rank"] == 1, "model"].item()
+    verdict = html[html.index('<div class="verdict"') : html.index("<h2>Results</h2>")]
+    assert f"Best by validation F1: {best} (" in verdict
+    assert html.index('id="verdict"') < html.index('id="results"')
+    checks = html[html.index('id="data-checks"') :]
+    assert "repeated texts (labelled rows)" in checks and "validation rows with a near duplicate in train" in checks
+    manifest = CompareManifest.model_validate_json((out / "compare.json").read_text())
+    splits = load_splits(DataConfig.model_validate(manifest.data))
+    assert manifest.data_checks == check_texts(splits.train, splits.validation, splits.test, "text", "label")
+
+
+def test_a_comparison_recorded_before_seeds_costs_and_checks_still_renders(comparison, tmp_path):
+    out, table, _ = comparison
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    manifest = json.loads((old / "compare.json").read_text())
+    for key in ("seeds", "data_checks"):
+        del manifest[key]
+    for entry in manifest["models"]:
+        del entry["seeds"], entry["cost_error"]
+    (old / "compare.json").write_text(json.dumps(manifest))
+    for cost in old.glob("runs/*/cost.json"):
+        cost.unlink()
+    rendered = render_report(old)
+    assert rendered["val_f1"].tolist()[0::2] == table["val_f1"].tolist()[0::2]
+    assert rendered["predict_texts_per_s"].isna().all()
+    assert "Not recorded: this comparison was made before compare checked" in (old / "report.html").read_text()
+
+
+def test_seeds_train_each_model_several_times_and_report_mean_and_sd(cli, tmp_path, tiny_models, small_data):
+    roberta = str(tiny_models["roberta"])
+    settings = tmp_path / "compare.yaml"
+    settings.write_text(
+        yaml.safe_dump({"train": {"max_length": 48, "batch_size": 16, "lr": 1e-3}, "data": {"max_train_rows": 80}})
+    )
+    out = tmp_path / "out"
+    result = cli("-q", "compare", "--models", roberta, "--data", small_data, "--epochs", "1", "--seeds", "2",
+                 "--config", settings, "--out", out)  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith(f"Best by validation F1: {roberta} (")
+    model_dir = out / "runs" / run_dir_name(roberta)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["seed-0", "seed-1"]
+    summaries = [json.loads((model_dir / f"seed-{k}" / "summary.json").read_text()) for k in (0, 1)]
+    seeds = [yaml.safe_load((model_dir / f"seed-{k}" / "config.yaml").read_text())["train"]["seed"] for k in (0, 1)]
+    assert seeds == [0, 1]
+    f1 = np.array([summary["val"]["f1"] for summary in summaries])
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert row["seeds"] == 2
+    assert row["val_f1_mean"] == pytest.approx(f1.mean(), abs=1e-12)
+    assert row["val_f1_sd"] == pytest.approx(f1.std(ddof=1), abs=1e-12)
+    assert row["val_f1"] == f1[0]  # the first seed's run stands for the model in intervals, charts and cost
+    assert (model_dir / "seed-0" / "cost.json").is_file() and not (model_dir / "seed-1" / "cost.json").exists()
+    manifest = CompareManifest.model_validate_json((out / "compare.json").read_text())
+    assert manifest.seeds == 2
+    assert [run.run_dir for run in manifest.models[0].seeds] == [f"runs/{model_dir.name}/seed-{k}" for k in (0, 1)]
+    assert "± " in (out / "results.md").read_text()
 
 
 def test_report_rerenders_the_same_outputs_without_training(comparison):

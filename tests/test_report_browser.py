@@ -23,7 +23,7 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_models, small_data):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert '<table id="results">' in html and html.count("<tr") >= 3
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    assert len(images) == 5  # F1, training time, two confusion matrices, precision-recall curves
+    assert len(images) == 6  # F1, training time, F1 against cost, two confusion matrices, precision-recall curves
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(https?:)?//', html)  # self-contained: nothing fetched from elsewhere
 

@@ -4,7 +4,7 @@ Every name here is typed; records come back as the schemas in lorabench.core.sch
 """
 
 from lorabench.core.config import RunConfig, resolve_config
-from lorabench.core.schemas import CompareManifest, Metrics, RunSummary, TrialRecord
+from lorabench.core.schemas import CompareManifest, DataChecks, InferenceCost, Metrics, RunSummary, TrialRecord
 from lorabench.data.sources import TextSplits, load_splits
 from lorabench.models.registry import Classifier, load_classifier
 from lorabench.training.run import train
@@ -18,6 +18,8 @@ from lorabench.workflows.sweep import SweepSettings, load_space, sweep
 __all__ = [
     "Classifier",
     "CompareManifest",
+    "DataChecks",
+    "InferenceCost",
     "Metrics",
     "RunConfig",
     "RunSummary",

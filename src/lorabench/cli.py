@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lorabench import api
@@ -37,11 +38,12 @@ from lorabench.core.config import (
 )
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.schemas import DataChecks
 from lorabench.core.storage import CONFIG_FILE
 from lorabench.data.sources import describe
 from lorabench.training.distributed import world
 from lorabench.workflows.plan import plan as plan_memory
-from lorabench.workflows.report import display_rows, markdown_table
+from lorabench.workflows.report import display_rows, markdown_table, verdict_of
 from lorabench.workflows.sweep import SweepSettings
 from lorabench.workflows.sweep.wandb_backend import agent
 
@@ -167,12 +169,16 @@ def train(
 
 
 @app.command()
-@schema_options({"data": (DataConfig, ["source", "test", "text_column", "label_column", "id_column", "strict"])})
+@schema_options(
+    {"data": (DataConfig, ["source", "test", "text_column", "label_column", "id_column", "strict", "duplicates",
+                           "conflicts"])}
+)  # fmt: skip
 def data(
     overrides: dict,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
-    """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights."""
+    """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
+    checks of the split: duplicates, conflicting labels, texts shared between splits."""
     given = {key: value for key, value in overrides["data"].items() if value is not None}
     stats = describe(DataConfig(**given))
     if as_json:
@@ -201,8 +207,32 @@ def _print_stats(stats: dict) -> None:
     console.print(missing)
     weights = ", ".join(f"{n}: {w}" for n, w in stats["class_weights"].items())
     console.print(f"class weights n / (k * count): {weights}")
+    _print_checks(console, stats)
     for note in stats["notes"]:
         console.print(f"note: {note}")
+
+
+def _print_checks(console: Console, stats: dict) -> None:
+    checks = DataChecks.model_validate(stats["checks"])
+    table = Table(title=f"checks of the split ({checks.labelled_rows} labelled rows)")
+    for column in ("check", "texts", "rows", "examples"):
+        table.add_column(column, justify="right" if column in ("texts", "rows") else "left")
+    for label, groups in checks.labelled_groups():
+        table.add_row(label, str(groups.texts), str(groups.rows), escape("\n".join(groups.examples)))
+    console.print(table)
+    split = stats["split"]
+    rows = split["rows"]
+    console.print(
+        f"validation: {split['validation_rows_in_train_normalised']} of {rows['validation']} rows have a near "
+        f"duplicate in train ({split['validation_rows_in_train']} the exact text); split with "
+        f"duplicates: {split['duplicates']}, conflicts: {split['conflicts']}"
+    )
+    if split["grouped_rows"]:
+        grouped = split["grouped_rows"]
+        console.print(
+            f"duplicates: group would split {grouped['train']} / {grouped['validation']} rows (now {rows['train']} / "
+            f"{rows['validation']}) with no near duplicate on both sides"
+        )
 
 
 @app.command()
@@ -258,21 +288,28 @@ def compare(
         "ids, e.g. tfidf,minilm,smollm2 (default: the models in --config)",
     ),  # fmt: skip
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON: shared data/train, per-model entries"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="train each model N times (train.seed + 0..N-1): mean and sd"),
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     data, train_settings = overrides["data"], overrides["train"]
     table = api.compare(names, out, data=data["source"], test=data["test"], epochs=train_settings["epochs"],
-                        max_train_rows=data["max_train_rows"], config_file=config)  # fmt: skip
+                        max_train_rows=data["max_train_rows"], config_file=config, seeds=seeds)  # fmt: skip
     if world().is_main:  # under torchrun every process returns the table; print it once
-        typer.echo(markdown_table(*display_rows(table)) + f"report: {out / 'report.html'}")
+        typer.echo(results_text(table, out))
 
 
 @app.command()
 def report(directory: Path = typer.Argument(..., help="a directory written by `lorabench compare`")) -> None:
     """Re-render a comparison's results and report.html from its run records, without training."""
     table = api.render_report(directory)
-    typer.echo(markdown_table(*display_rows(table)) + f"report: {directory / 'report.html'}")
+    typer.echo(results_text(table, directory))
+
+
+def results_text(table, out: Path) -> str:
+    """What compare and report print: the verdict, the results table, and where the report is."""
+    verdict = "\n".join(verdict_of(table).sentences)
+    return f"{verdict}\n\n{markdown_table(*display_rows(table))}report: {out / 'report.html'}"
 
 
 THRESHOLD_HELP = "decision threshold on P(positive) for two classes (default: the run's validation-F1 threshold)"

@@ -49,6 +49,14 @@ class DataConfig(_Section):
     split_seed: int = Field(42, description="seed of the train/validation split (the study's: 42)")
     max_train_rows: int | None = Field(None, gt=0, description="train on the first N training rows only")
     strict: bool = Field(False, description="refuse empty texts instead of skipping them")
+    # keep: the study's row split, which puts copies of one tweet on both sides (189 validation rows of the
+    # disaster tweets have a near duplicate in train); group: no normalised text on both sides.
+    duplicates: Literal["keep", "group"] = Field(
+        "keep", description="keep: split rows at random; group: keep near duplicates on one side of the split"
+    )
+    conflicts: Literal["keep", "majority", "drop"] = Field(
+        "keep", description="texts labelled both ways, before splitting: keep, relabel to the majority, or drop"
+    )
 
 
 class LoraSettings(_Section):

@@ -36,10 +36,25 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
-    """GPU peak on CUDA, else the process's peak resident set size (ru_maxrss is in KiB on Linux)."""
+    """GPU peak on CUDA, else the process's peak resident set size (`peak_resident_mb`)."""
     if device is not None and device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return peak_resident_mb()
+
+
+def peak_resident_mb() -> float:
+    """This process's own peak resident set size: Linux's VmHWM, else ru_maxrss.
+
+    ru_maxrss carries the peak of the process that started this one across fork and exec (a spawned child of a
+    1 GB parent reports at least 1 GB); VmHWM belongs to this process image alone."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except (OSError, ValueError):
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(maxrss / (2**20 if platform.system() == "Darwin" else 1024), 1)  # bytes on macOS, KiB elsewhere
 
 
 def free_memory_bytes(device: torch.device) -> float:

@@ -57,15 +57,50 @@ class RunSummary(_Record):
     notes: list[str] = Field(default_factory=list)
 
 
-class ModelStatus(_Record):
-    """One model's line in compare.json: where its run is and how it ended."""
+class InferenceCost(_Record):
+    """cost.json: what using a finished run costs, measured once it is trained, in a fresh process that loads it
+    as `predict` does (so neither training nor another model's memory counts)."""
 
-    name: str
+    device: str = Field(description="where the model ran: cpu or cuda")
+    texts: int = Field(description="validation texts scored in one bulk call")
+    batch_size: int = Field(description="the run's eval batch size: texts per model call in bulk")
+    predict_texts_per_s: float = Field(description="bulk throughput: texts / seconds of that call")
+    latency_calls: int = Field(description="single-text calls timed, after a few untimed ones")
+    latency_p50_ms: float
+    latency_p95_ms: float
+    inference_peak_mb: float = Field(description="the measuring process's peak resident memory, loading included")
+    gpu_peak_mb: float | None = Field(description="peak GPU memory allocated; None without CUDA")
+    size_mb: float = Field(description="the files `export` ships without --merge")
+    merged_size_mb: float | None = Field(
+        description="all parameters x 4 bytes (fp32), about what `export --merge` writes; None without frozen base"
+    )
+
+
+class SeedRun(_Record):
+    """One training seed of a model in a comparison: where its run is and how it ended."""
+
+    seed: int
     run_dir: str
     status: str = "pending"  # pending, ok or failed
     error: str = ""
     wall_seconds: float | None = None
+
+
+class ModelStatus(_Record):
+    """One model's line in compare.json: where its run is and how it ended."""
+
+    name: str
+    run_dir: str = Field(description="the first seed's run: its predictions and cost stand for the model")
+    status: str = "pending"  # pending, ok (every seed trained) or failed
+    error: str = ""
+    wall_seconds: float | None = Field(None, description="training, loading and scoring of all seeds")
     plan: str = ""
+    seeds: list[SeedRun] = Field(default_factory=list, description="empty in comparisons made before --seeds")
+    cost_error: str = Field("", description="why the inference cost was not measured")
+
+    def run_dirs(self) -> list[str]:
+        """Every seed's run directory, the first one first."""
+        return [run.run_dir for run in self.seeds] or [self.run_dir]
 
 
 class CompareManifest(_Record):
@@ -74,9 +109,49 @@ class CompareManifest(_Record):
     created: str
     data: dict[str, Any]
     rows: dict[str, int]
+    seeds: int = Field(1, description="training seeds per model")
+    data_checks: DataChecks | None = Field(None, description="checks of the shared split; None before they existed")
     hardware: dict[str, Any]
     versions: dict[str, str]
     models: list[ModelStatus]
+
+
+class TextGroups(_Record):
+    """Distinct texts with a property, the rows they cover, and the texts with the most rows as examples
+    (normalised texts for the checks made after normalisation)."""
+
+    texts: int
+    rows: int
+    examples: list[str]
+
+
+class DataChecks(_Record):
+    """Duplicates and conflicts in the labelled data (train and validation together), and overlaps between splits
+    (lorabench.data.checks.check_texts). `*_normalised` fields compare texts after `normalise_text`; overlaps are
+    None for a split that was not given. Each field's description is its label in `lorabench data` and reports."""
+
+    labelled_rows: int
+    duplicates: TextGroups = Field(description="repeated texts (labelled rows)")
+    duplicates_normalised: TextGroups = Field(description="near duplicates: repeated after normalising")
+    conflicts: TextGroups = Field(description="texts with conflicting labels")
+    conflicts_normalised: TextGroups = Field(description="near duplicates with conflicting labels")
+    validation_in_train: TextGroups | None = Field(description="validation rows whose text is in train")
+    validation_in_train_normalised: TextGroups | None = Field(
+        description="validation rows with a near duplicate in train"
+    )
+    test_in_labelled: TextGroups | None = Field(description="test rows whose text is labelled")
+    test_in_labelled_normalised: TextGroups | None = Field(description="test rows with a labelled near duplicate")
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def labelled_groups(self) -> list[tuple[str, TextGroups]]:
+        """(label, counts) of every check that was made, in field order."""
+        return [
+            (field.description, getattr(self, name))
+            for name, field in type(self).model_fields.items()
+            if field.description and getattr(self, name) is not None
+        ]
 
 
 class TrialRecord(_Record):

@@ -19,13 +19,14 @@ from pydantic import BaseModel
 
 from lorabench.core.config import RunConfig, config_to_yaml, read_config_file, validate, validate_as
 from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.schemas import RunSummary
+from lorabench.core.schemas import InferenceCost, RunSummary
 
 Record = TypeVar("Record", bound=BaseModel)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+COST_FILE = "cost.json"  # what using the finished run costs (lorabench.workflows.cost)
 MANIFEST_FILE = "compare.json"  # a comparison's record (lorabench.workflows.compare)
 CHECKPOINT_DIR = "checkpoint"
 
@@ -201,6 +202,11 @@ class RunDir:
 
     def write_summary(self, summary: RunSummary) -> None:
         write_record(self.file(SUMMARY_FILE), summary)
+
+    def cost(self) -> InferenceCost | None:
+        """The run's measured inference cost; None when it was never measured."""
+        path = self.file(COST_FILE)
+        return read_record(path, InferenceCost, "inference cost record") if path.is_file() else None
 
     def config(self) -> RunConfig:
         return validate(read_config_file(self.file(CONFIG_FILE)))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from lorabench.core.errors import LorabenchError
+from lorabench.core.schemas import DataChecks, TextGroups
 
 _URL = re.compile(r"(?:https?://|www\.)\S+")
 _MENTION = re.compile(r"(?<!\w)@\w+")
@@ -34,36 +34,6 @@ def normalise_text(text: str) -> str:
 def normalise_texts(texts: pd.Series) -> pd.Series:
     """`normalise_text` of every entry, keeping the index."""
     return texts.astype(str).map(normalise_text)
-
-
-@dataclass(frozen=True)
-class TextGroups:
-    """Distinct texts with a property, the rows they cover, and the texts with the most rows as examples
-    (normalised texts for the checks made after normalisation)."""
-
-    texts: int
-    rows: int
-    examples: list[str]
-
-
-@dataclass(frozen=True)
-class DataChecks:
-    """Duplicates and conflicts in the labelled data (train and validation together), and overlaps between splits.
-
-    `*_normalised` fields compare texts after `normalise_text`; overlaps are None for a split that was not given."""
-
-    labelled_rows: int
-    duplicates: TextGroups
-    duplicates_normalised: TextGroups
-    conflicts: TextGroups
-    conflicts_normalised: TextGroups
-    validation_in_train: TextGroups | None
-    validation_in_train_normalised: TextGroups | None
-    test_in_labelled: TextGroups | None
-    test_in_labelled_normalised: TextGroups | None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _groups(rows_per_text: pd.Series, examples: int) -> TextGroups:

@@ -16,6 +16,8 @@ import pandas as pd
 
 from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.schemas import DataChecks
+from lorabench.data.checks import check_texts, grouped_split_indices, resolve_conflicts
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
@@ -265,6 +267,34 @@ def split_indices(n_rows: int, train_size: float, seed: int) -> tuple[np.ndarray
     return np.asarray(parts["train"]["row"]), np.asarray(parts["test"]["row"])
 
 
+def _labelled_parts(
+    frames: dict[str, pd.DataFrame], config: DataConfig, notes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows: conflicting labels resolved as `data.conflicts` says, then validation split
+    off (at random, or with near duplicates kept together: `data.duplicates`) unless the source has its own."""
+    labelled = {split: frames[split] for split in ("train", "validation") if split in frames}
+    if config.conflicts != "keep":
+        together, note = resolve_conflicts(
+            pd.concat(labelled, names=["split"]), config.text_column, config.label_column, config.conflicts
+        )
+        notes.append(note)
+        in_split = together.index.get_level_values("split")
+        labelled = {split: together[in_split == split].droplevel("split") for split in labelled}
+    train = labelled["train"]
+    if "validation" in labelled:
+        if config.duplicates == "group":
+            notes.append("duplicates: group does not apply: the data has its own validation split")
+        return train, labelled["validation"]
+    if len(train) < 4:
+        raise LorabenchError(f"training data has only {len(train)} rows; at least 4 are needed to split off validation")
+    if config.duplicates == "group":
+        texts = train[config.text_column].tolist()
+        train_idx, val_idx = grouped_split_indices(texts, config.train_size, config.split_seed)
+    else:
+        train_idx, val_idx = split_indices(len(train), config.train_size, config.split_seed)
+    return train.iloc[train_idx], train.iloc[val_idx]
+
+
 def load_splits(config: DataConfig) -> TextSplits:
     """Read, validate and split the data; refuse what cannot be trained on with one clear message."""
     frames = load_raw_splits(config)
@@ -281,14 +311,7 @@ def load_splits(config: DataConfig) -> TextSplits:
 
     if "validation" in frames:
         require_column(frames["validation"], config.label_column, "label", "validation")
-        train_part, val_part = frames["train"], frames["validation"]
-    else:
-        if len(frames["train"]) < 4:
-            raise LorabenchError(
-                f"training data has only {len(frames['train'])} rows; at least 4 are needed to split off validation"
-            )
-        train_idx, val_idx = split_indices(len(frames["train"]), config.train_size, config.split_seed)
-        train_part, val_part = frames["train"].iloc[train_idx], frames["train"].iloc[val_idx]
+    train_part, val_part = _labelled_parts(frames, config, notes)
     if config.max_train_rows and len(train_part) > config.max_train_rows:
         notes.append(f"training rows capped at {config.max_train_rows} of {len(train_part)} (max_train_rows)")
         train_part = train_part.iloc[: config.max_train_rows]
@@ -349,5 +372,33 @@ def describe(config: DataConfig) -> dict:
         stats["missing"][name] = {str(col): int(n) for col, n in frame.isna().sum().items()}
     weights = class_weights(splits.train["label"].to_numpy(), splits.num_labels)
     stats["class_weights"] = {str(splits.label_names[i]): round(float(w), 4) for i, w in enumerate(weights)}
+    checks = split_checks(splits)
+    stats["checks"] = checks.to_dict()
+    stats["split"] = split_effect(config, splits, checks, has_own_validation="validation" in raw)
     stats["notes"] = splits.notes
     return stats
+
+
+def split_checks(splits: TextSplits) -> DataChecks:
+    """Duplicates, conflicting labels and overlaps of the split as it is trained and scored."""
+    return check_texts(splits.train, splits.validation, splits.test, "text", "label")
+
+
+def split_effect(config: DataConfig, splits: TextSplits, checks: DataChecks, has_own_validation: bool) -> dict:
+    """How many validation rows share a text with training rows, and the split `duplicates: group` would make
+    instead (None when the data brings its own validation split or is split that way already)."""
+    effect = {
+        "duplicates": config.duplicates,
+        "conflicts": config.conflicts,
+        "rows": {"train": len(splits.train), "validation": len(splits.validation)},
+        "validation_rows_in_train": checks.validation_in_train.rows,
+        "validation_rows_in_train_normalised": checks.validation_in_train_normalised.rows,
+        "grouped_rows": None,
+    }
+    if config.duplicates == "keep" and not has_own_validation:
+        try:
+            grouped = load_splits(config.model_copy(update={"duplicates": "group"}))
+        except LorabenchError:  # e.g. a single distinct text: no grouped split exists, and the stats still do
+            return effect
+        effect["grouped_rows"] = {"train": len(grouped.train), "validation": len(grouped.validation)}
+    return effect

@@ -1,15 +1,18 @@
 """Compare several models on one data set: the identical split for all, one row per model, one report.
 
-Each model trains in its own spawned process. On CPU a run's `peak_memory_mb` is its process's peak resident
-memory, which in a shared process would carry the previous models' peaks; and a model that takes its process
-down (out of memory, a native abort) is recorded like any other failure while the next model still runs.
+Each model trains in its own spawned process, and its inference cost is then measured in another. On CPU a run's
+`peak_memory_mb` is its process's peak resident memory, which in a shared process would carry the previous
+models' peaks (and inference's would carry training's); and a model that takes its process down (out of memory,
+a native abort) is recorded like any other failure while the next model still runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,12 +35,13 @@ from lorabench.core.config import (
 from lorabench.core.console import say
 from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.runtime import machine_info, package_versions
-from lorabench.core.schemas import CompareManifest, ModelStatus
+from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
 from lorabench.core.storage import MANIFEST_FILE, restored_on_failure, safe_dir_name, write_record
-from lorabench.data.sources import load_splits
+from lorabench.data.sources import TextSplits, load_splits, split_checks
 from lorabench.models.registry import classifier_type
-from lorabench.training.distributed import on_main, world
+from lorabench.training.distributed import World, on_main, world
 from lorabench.training.run import train
+from lorabench.workflows.cost import measure_cost
 from lorabench.workflows.report import render
 
 RUNS_DIR = "runs"
@@ -114,10 +118,10 @@ def plan_runs(
     return plans
 
 
-def train_reporting(config: RunConfig, out_dir: str | Path) -> tuple[str, str]:
-    """Train one model; ('ok', '') or ('failed', reason) instead of an exception."""
+def reporting(function: Callable[..., object], *args: object) -> tuple[str, str]:
+    """Call `function(*args)`: ('ok', '') when it returns, ('failed', reason) instead of its exception."""
     try:
-        train(config, out_dir)
+        function(*args)
         return "ok", ""
     except Exception as err:  # any failure, a library's own bug included, becomes this model's row
         reason = first_line(err)
@@ -126,21 +130,27 @@ def train_reporting(config: RunConfig, out_dir: str | Path) -> tuple[str, str]:
         return "failed", reason
 
 
-def _train_in_child(config: RunConfig, out_dir: str, progress: bool, conn) -> None:
-    """Runs in the spawned process: train one model, then send back ('ok', '') or ('failed', reason)."""
+def train_reporting(config: RunConfig, out_dir: str | Path) -> tuple[str, str]:
+    """Train one model; ('ok', '') or ('failed', reason) instead of an exception."""
+    return reporting(train, config, out_dir)
+
+
+def _report_in_child(function: Callable[..., object], args: tuple, progress: bool, conn) -> None:
+    """Runs in the spawned process: call the function, then send back ('ok', '') or ('failed', reason)."""
     console.set_progress(progress)
     try:
-        conn.send(train_reporting(config, out_dir))
+        conn.send(reporting(function, *args))
     finally:
         conn.close()
 
 
-def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
-    """Train in a fresh process; returns (status, reason), also when the process dies without a word."""
+def run_isolated(what: str, function: Callable[..., object], *args: object) -> tuple[str, str]:
+    """Call `function(*args)` in a fresh process; (status, reason), also when the process dies without a word.
+    `what` names the work in that reason."""
     context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and memory
     receive, send = context.Pipe(duplex=False)
     progress = console.progress_enabled()  # the child starts with fresh module state: hand on --quiet
-    process = context.Process(target=_train_in_child, args=(config, str(out_dir), progress, send))
+    process = context.Process(target=_report_in_child, args=(function, args, progress, send))
     process.start()
     send.close()
     try:
@@ -156,21 +166,55 @@ def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
     if status == "failed" and not reason:
         code = process.exitcode
         reason = (
-            f"the training process was killed by signal {-code} (out of memory?)"
+            f"the {what} process was killed by signal {-code} (out of memory?)"
             if code and code < 0
-            else f"the training process ended with exit code {code} and no message"
+            else f"the {what} process ended with exit code {code} and no message"
         )
     return status, reason
 
 
-def _describe(name: str, config: RunConfig, train_rows: int) -> str:
+def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
+    """Train in a fresh process, so its peak memory is its own and a crash takes only this model down."""
+    return run_isolated("training", train, config, str(out_dir))
+
+
+def with_seed(config: RunConfig, seed: int) -> RunConfig:
+    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+
+
+def _train_seeds(entry: ModelStatus, plan: RunConfig, out_dir: Path, current: World) -> None:
+    """Train every seed of one model, stopping at the first that fails, and set the model's status."""
+    trainer = train_reporting if current.distributed else train_isolated
+    entry.status = "ok"
+    for run in entry.seeds:
+        if len(entry.seeds) > 1:
+            say(f"{entry.name}: seed {run.seed}")
+        started = time.perf_counter()
+        run.status, run.error = trainer(with_seed(plan, run.seed), out_dir / run.run_dir)
+        run.wall_seconds = round(time.perf_counter() - started, 1)
+        if run.status != "ok":
+            entry.status = "failed"
+            entry.error = f"seed {run.seed}: {run.error}" if len(entry.seeds) > 1 else run.error
+            break
+    entry.wall_seconds = round(sum(run.wall_seconds or 0 for run in entry.seeds), 1)
+
+
+def _measure_cost(entry: ModelStatus, out_dir: Path, texts: list[str]) -> None:
+    """Inference cost of the model's first run, measured in a fresh process (its peak memory is inference's)."""
+    _, entry.cost_error = run_isolated("cost measurement", measure_cost, str(out_dir / entry.run_dir), texts)
+    if entry.cost_error:
+        say(f"{entry.name}: inference cost not measured: {entry.cost_error}")
+
+
+def _describe(name: str, config: RunConfig, train_rows: int, seeds: list[int]) -> str:
     cap = config.data.max_train_rows
     capped = cap is not None and cap < train_rows
     rows = f"training rows capped at {cap} of {train_rows}" if capped else f"{train_rows} training rows"
     epochs = config.train.epochs
     in_epochs = classifier_type(config.model.kind).trains_in_epochs
     passes = f"{epochs} epoch{'s' if epochs > 1 else ''}" if in_epochs else "one pass"
-    return f"{name}: {passes}, {rows}"
+    repeats = f", seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else ""
+    return f"{name}: {passes}, {rows}{repeats}"
 
 
 def compare(
@@ -181,41 +225,53 @@ def compare(
     epochs: int | None = None,
     max_train_rows: int | None = None,
     config_file: str | Path | None = None,
+    seeds: int = 1,
 ) -> pd.DataFrame:
-    """Train every model into OUT/runs/<model> on the identical split and write the results and the report.
+    """Train every model into OUT/runs/<model> on the identical split, measure what using it costs, and write the
+    results and the report. With `seeds` N > 1 each model trains N times, with train.seed + 0 .. N-1, into
+    OUT/runs/<model>/seed-<seed>, and the results give mean and sd over them.
 
     Returns the results table (one row per model). Bad input fails before anything is written; a model that
     fails to load or train gets a row with its reason and the next model still runs.
     """
+    if seeds < 1:
+        raise LorabenchError(f"seeds must be at least 1, got {seeds}")
     settings = load_compare_config(config_file) if config_file else CompareConfig()
     models = models or list(settings.models)
     plans = plan_runs(models, settings, data, test, epochs, max_train_rows)
     out_dir = Path(out_dir)
-    # Under torchrun every process runs this function: rank 0 alone checks and writes, and each model
-    # trains in this process (all ranks together) rather than in a child of its own.
+    # Under torchrun every process runs this function: rank 0 alone checks, writes and measures costs, and each
+    # model trains in this process (all ranks together) rather than in a child of its own.
     current = world()
     if not current.is_main:
         console.set_progress(False)
     on_main(lambda: _check_out_dir(out_dir), current)
+    shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
+    splits = load_splits(shared_data)  # here, so bad data fails now and not once per model
+    manifest = _start_manifest(plans, shared_data, splits, current.size, seeds)
     # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was; rank 0 writes
     with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
-        manifest = _start_manifest(plans, current.size)
-
-        def write_manifest() -> None:
-            write_record(out_dir / MANIFEST_FILE, manifest)
-
-        on_main(write_manifest, current)
-        for number, entry in enumerate(manifest.models, start=1):
-            say(f"[{number}/{len(models)}] {entry.plan}")
-            started = time.perf_counter()
-            trainer = train_reporting if current.distributed else train_isolated
-            entry.status, entry.error = trainer(plans[entry.name], out_dir / entry.run_dir)
-            entry.wall_seconds = round(time.perf_counter() - started, 1)
-            if entry.error:
-                say(f"{entry.name} failed: {entry.error}")
-            on_main(write_manifest, current)
+        _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current)
         with stage("writing the results and the report", str(out_dir)):
             return on_main(lambda: render(out_dir), current)
+
+
+def _run_models(manifest: CompareManifest, plans: dict[str, RunConfig], out_dir: Path, texts: list[str],
+                current: World) -> None:  # fmt: skip
+    """Train each model (every seed), then measure what using it costs; the manifest is rewritten after each."""
+
+    def write_manifest() -> None:
+        write_record(out_dir / MANIFEST_FILE, manifest)
+
+    on_main(write_manifest, current)
+    for number, entry in enumerate(manifest.models, start=1):
+        say(f"[{number}/{len(manifest.models)}] {entry.plan}")
+        _train_seeds(entry, plans[entry.name], out_dir, current)
+        if entry.status == "ok":
+            on_main(functools.partial(_measure_cost, entry, out_dir, texts), current)
+        else:
+            say(f"{entry.name} failed: {entry.error}")
+        on_main(write_manifest, current)
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -223,24 +279,29 @@ def _check_out_dir(out_dir: Path) -> None:
         raise LorabenchError(f"output directory {out_dir} is not empty; choose another --out")
 
 
-def _start_manifest(plans: dict[str, RunConfig], processes: int) -> CompareManifest:
-    """The comparison's record before any model trains; loading the shared split here makes bad data fail now,
-    not once per model."""
+def _start_manifest(
+    plans: dict[str, RunConfig], shared_data: DataConfig, splits: TextSplits, processes: int, seeds: int
+) -> CompareManifest:
+    """The comparison's record before any model trains: the shared split's sizes and checks, and every run."""
     names = {name: safe_dir_name(name) for name in plans}
     if len(set(names.values())) < len(names):
         raise LorabenchError(f"two models share a directory name: {', '.join(names.values())}; rename one")
-    shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
-    splits = load_splits(shared_data)
     rows = {"train": len(splits.train), "validation": len(splits.validation)}
     rows["test"] = len(splits.test) if splits.test is not None else 0
-    statuses = [
-        ModelStatus(name=name, run_dir=f"{RUNS_DIR}/{names[name]}", plan=_describe(name, plan, rows["train"]))
-        for name, plan in plans.items()
-    ]
+    statuses = []
+    for name, plan in plans.items():
+        seed_values = [plan.train.seed + k for k in range(seeds)]
+        model_dir = f"{RUNS_DIR}/{names[name]}"
+        run_dirs = [model_dir] if seeds == 1 else [f"{model_dir}/seed-{seed}" for seed in seed_values]
+        runs = [SeedRun(seed=seed, run_dir=run_dir) for seed, run_dir in zip(seed_values, run_dirs, strict=True)]
+        plan_text = _describe(name, plan, rows["train"], seed_values)
+        statuses.append(ModelStatus(name=name, run_dir=run_dirs[0], plan=plan_text, seeds=runs))
     return CompareManifest(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         data=shared_data.model_dump(mode="json"),
         rows=rows,
+        seeds=seeds,
+        data_checks=split_checks(splits),
         hardware={**machine_info(), "processes": processes},
         versions=package_versions(VERSIONED_PACKAGES),
         models=statuses,

@@ -51,9 +51,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
     else:
 
         def build(directory: Path) -> None:
-            for entry in sorted(run.path.iterdir()):
-                if entry.name.startswith(".") or entry.name in LEFT_OUT_DIRS or entry.name.endswith(LEFT_OUT_SUFFIX):
-                    continue
+            for entry in shipped_entries(run.path):
                 if entry.is_dir():
                     shutil.copytree(entry, directory / entry.name)
                 else:
@@ -73,6 +71,23 @@ def _write_records(directory: Path, info: dict, card: str) -> None:
     """What every export holds beside the model: lorabench's export info and the model card."""
     write_json(directory / EXPORT_INFO, info)
     write_atomic(directory / CARD_FILE, card)
+
+
+def shipped_entries(run_path: Path) -> list[Path]:
+    """The files and folders of a run that an export without --merge copies."""
+    return [
+        entry
+        for entry in sorted(run_path.iterdir())
+        if not (entry.name.startswith(".") or entry.name in LEFT_OUT_DIRS or entry.name.endswith(LEFT_OUT_SUFFIX))
+    ]
+
+
+def shipped_bytes(run_path: Path) -> int:
+    """The size of what an export without --merge copies."""
+    entries = shipped_entries(run_path)
+    files = [entry for entry in entries if entry.is_file()]
+    files += [path for entry in entries if entry.is_dir() for path in entry.rglob("*") if path.is_file()]
+    return sum(path.stat().st_size for path in files)
 
 
 def _check_out(out: Path, run_path: Path) -> None:

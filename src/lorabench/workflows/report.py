@@ -9,33 +9,54 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from jinja2 import Environment
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay
 from sklearn.preprocessing import label_binarize
 
-from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.schemas import CompareManifest, RunSummary
-from lorabench.core.storage import MANIFEST_FILE, RunDir, read_record, replace_dir, safe_dir_name, write_atomic
+from lorabench.core.schemas import CompareManifest
+from lorabench.core.storage import replace_dir, safe_dir_name, write_atomic
+from lorabench.workflows.results import ModelResult, load_results, same_rows
+from lorabench.workflows.scoring import RESAMPLES, uncertainty_columns
+from lorabench.workflows.verdict import Standing, Verdict, decide, pareto_front
 
 CHARTS_DIR = "charts"
 METRICS = ("f1", "precision", "recall", "accuracy")
+COST_COLUMNS = ("predict_texts_per_s", "latency_p50_ms", "latency_p95_ms", "inference_peak_mb", "gpu_peak_mb",
+                "size_mb", "merged_size_mb")  # fmt: skip
+
+
+def split_columns(split: str) -> list[str]:
+    """A split's columns: the first seed's metrics, their 95% intervals, the paired test against the best model,
+    and mean and sd over seeds."""
+    return [
+        *[f"{split}_{m}" for m in METRICS],
+        *[f"{split}_{m}_{end}" for m in METRICS for end in ("low", "high")],
+        f"{split}_tied_with_best",
+        f"{split}_prob_worse",
+        *[f"{split}_{m}_{statistic}" for m in METRICS for statistic in ("mean", "sd")],
+    ]
+
+
 COLUMNS = [
     "model",
     "status",
-    *[f"val_{m}" for m in METRICS],
-    *[f"test_{m}" for m in METRICS],
+    "rank",
+    "seeds",
+    *split_columns("val"),
+    *split_columns("test"),
     "best_epoch",
     "epochs",
     "train_rows",
     "train_seconds",
     "wall_seconds",
     "peak_memory_mb",
+    *COST_COLUMNS,
     "trainable_params",
     "total_params",
     "trainable_percent",
@@ -44,51 +65,40 @@ COLUMNS = [
 ]
 SUMMARY_COLUMNS = ("best_epoch", "epochs", "train_seconds", "peak_memory_mb", "trainable_params", "total_params",
                    "trainable_percent", "device")  # fmt: skip
-INTEGER_COLUMNS = ("best_epoch", "epochs", "train_rows", "trainable_params", "total_params")
+INTEGER_COLUMNS = ("rank", "seeds", "best_epoch", "epochs", "train_rows", "trainable_params", "total_params")
+# (column, header, digits) of the human table after the metrics; integers ignore digits
+DISPLAYED_NUMBERS = [
+    ("best_epoch", "best epoch", 0),
+    ("train_rows", "train rows", 0),
+    ("train_seconds", "train s", 1),
+    ("wall_seconds", "total s", 1),
+    ("peak_memory_mb", "peak memory MB", 1),
+    ("predict_texts_per_s", "predict texts/s", 1),
+    ("latency_p50_ms", "latency p50 ms", 2),
+    ("latency_p95_ms", "latency p95 ms", 2),
+    ("inference_peak_mb", "inference MB", 1),
+    ("size_mb", "size MB", 2),
+    ("trainable_params", "trainable params", 0),
+    ("trainable_percent", "trainable %", 4),
+]
 
 
-@dataclass
-class ModelResult:
-    name: str
-    run_dir: Path
-    status: str
-    error: str
-    wall_seconds: float | None
-    summary: RunSummary | None = None
-    validation: pd.DataFrame | None = None  # val_predictions.csv
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def validation_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """True class ids and the class probabilities (columns in label order) on validation."""
-        names = self.summary.label_names
-        probabilities = self.validation[[f"prob_{name}" for name in names]].to_numpy(dtype=np.float64)
-        return self.validation["label"].to_numpy(dtype=np.int64), probabilities
-
-
-def load_results(out_dir: str | Path) -> tuple[CompareManifest, list[ModelResult]]:
-    """The comparison's manifest and one result per model; a finished model whose record is gone counts as failed."""
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise LorabenchError(f"{out_dir} holds no comparison (no {MANIFEST_FILE}); run `lorabench compare` first")
-    manifest = read_record(manifest_path, CompareManifest, "comparison record")
-    results = []
-    for entry in manifest.models:
-        result = ModelResult(entry.name, out_dir / entry.run_dir, entry.status, entry.error, entry.wall_seconds)
-        if result.ok:
-            try:
-                result.summary = RunDir(result.run_dir).summary()
-                result.validation = pd.read_csv(result.run_dir / "val_predictions.csv", dtype={"id": str})
-            except (LorabenchError, OSError, ValueError) as err:
-                result.status, result.error = "failed", f"run record unreadable: {first_line(err)}"
-        results.append(result)
-    return manifest, results
+def _model_columns(result: ModelResult, statistics: dict[str, float | bool]) -> dict:
+    """A trained model's numbers: its first run's summary, the statistics over its runs, its inference cost."""
+    summary = result.summary
+    row = {f"{split}_{m}": getattr(getattr(summary, split), m) for split in result.labelled_splits() for m in METRICS}
+    row.update(summary.model_dump(include=set(SUMMARY_COLUMNS)))
+    row["train_rows"] = summary.rows["train"]
+    row["seeds"] = len(result.summaries)
+    row.update(statistics)
+    if result.cost is not None:
+        row.update(result.cost.model_dump(include=set(COST_COLUMNS)))
+    return row
 
 
 def results_table(results: list[ModelResult]) -> pd.DataFrame:
+    """One row per model; `rank` orders the trained ones by mean validation F1 (1 = best, the first of equals)."""
+    statistics = uncertainty_columns(results)
     rows = []
     for result in results:
         row = {
@@ -98,16 +108,27 @@ def results_table(results: list[ModelResult]) -> pd.DataFrame:
             "wall_seconds": result.wall_seconds,
         }
         if result.ok:
-            summary = result.summary
-            for split in ("val", "test"):
-                metrics = getattr(summary, split)
-                for metric in METRICS:
-                    row[f"{split}_{metric}"] = getattr(metrics, metric) if metrics else None
-            row.update(summary.model_dump(include=set(SUMMARY_COLUMNS)))
-            row["train_rows"] = summary.rows["train"]
+            row.update(_model_columns(result, statistics[result.name]))
         rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return table.astype({column: "Int64" for column in INTEGER_COLUMNS})  # failed rows leave gaps, not 1.0 floats
+    table["rank"] = table["val_f1_mean"].rank(ascending=False, method="first")
+    types = {column: "Int64" for column in INTEGER_COLUMNS}  # failed rows leave gaps, not 1.0 floats
+    types.update({f"{split}_tied_with_best": "boolean" for split in ("val", "test")})
+    return table.astype(types)
+
+
+def verdict_of(table: pd.DataFrame) -> Verdict:
+    """The verdict on a results table: its trained models' mean val F1, paired test and throughput."""
+    standings = [
+        Standing(
+            name=row["model"],
+            f1=float(row["val_f1_mean"]),
+            tied_with_best=None if pd.isna(row["val_tied_with_best"]) else bool(row["val_tied_with_best"]),
+            texts_per_s=None if pd.isna(row["predict_texts_per_s"]) else float(row["predict_texts_per_s"]),
+        )
+        for row in table[table["status"] == "ok"].to_dict("records")
+    ]
+    return decide(standings)
 
 
 def _number(value, digits: int = 4) -> str:
@@ -118,39 +139,51 @@ def _number(value, digits: int = 4) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def _f1_cell(values: dict, split: str, several_seeds: bool) -> str:
+    mean, sd = values[f"{split}_f1_mean"], values[f"{split}_f1_sd"]
+    if several_seeds and not pd.isna(mean):
+        return f"{mean:.4f} ± {sd:.4f}"
+    return _number(values[f"{split}_f1"])
+
+
+def _is_best(rank) -> bool:
+    return not pd.isna(rank) and rank == 1
+
+
+def _interval_cell(values: dict, key: str) -> str:
+    low, high = values[f"{key}_low"], values[f"{key}_high"]
+    return "–" if pd.isna(low) else f"[{low:.4f}, {high:.4f}]"
+
+
+def _tied_cell(values: dict, split: str) -> str:
+    tied = values[f"{split}_tied_with_best"]
+    if pd.isna(tied):
+        return "–"
+    if _is_best(values["rank"]):
+        return "best"
+    return f"{'yes' if tied else 'no'} ({values[f'{split}_prob_worse']:.2f})"
+
+
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The human table of results.md and report.html: test columns only when some test split had labels."""
-    has_test = table["test_f1"].notna().any()
-    metric_columns = [(f"val_{m}", f"val {m}") for m in METRICS]
-    if has_test:
-        metric_columns += [(f"test_{m}", f"test {m}") for m in METRICS]
-    columns = [
-        ("model", "model"),
-        *metric_columns,
-        ("best_epoch", "best epoch"),
-        ("train_rows", "train rows"),
-        ("train_seconds", "train s"),
-        ("wall_seconds", "total s"),
-        ("peak_memory_mb", "peak memory MB"),
-        ("trainable_params", "trainable params"),
-        ("trainable_percent", "trainable %"),
-        ("status", "status"),
-    ]
+    """The human table of results.md and report.html: test columns only when some test split had labels, F1 as
+    mean ± sd when a model trained with several seeds."""
+    splits = ["val", "test"] if table["test_f1"].notna().any() else ["val"]
+    several_seeds = bool((table["seeds"].fillna(1) > 1).any())
+    headers = ["model"]
+    for split in splits:
+        headers += [f"{split} f1{' (mean ± sd)' if several_seeds else ''}", f"{split} f1 95% interval",
+                    f"{split} f1 tied with best (P worse)", *[f"{split} {m}" for m in METRICS[1:]]]  # fmt: skip
+    headers += [header for _, header, _ in DISPLAYED_NUMBERS] + ["status"]
     rows = []
     for values in table.to_dict("records"):
-        cells = []
-        for key, _ in columns:
-            value = values[key]
-            if key in ("model", "status"):
-                cells.append(str(value) if key == "model" or not values["error"] else f"{value}: {values['error']}")
-            elif key in ("train_seconds", "wall_seconds", "peak_memory_mb"):
-                cells.append(_number(value, 1))
-            elif key in ("best_epoch", "train_rows", "trainable_params"):
-                cells.append(_number(value))
-            else:
-                cells.append(_number(value))
+        cells = [str(values["model"])]
+        for split in splits:
+            cells += [_f1_cell(values, split, several_seeds), _interval_cell(values, f"{split}_f1"),
+                      _tied_cell(values, split), *[_number(values[f"{split}_{m}"]) for m in METRICS[1:]]]  # fmt: skip
+        cells += [_number(values[key], digits) for key, _, digits in DISPLAYED_NUMBERS]
+        cells.append(f"{values['status']}: {values['error']}" if values["error"] else str(values["status"]))
         rows.append(cells)
-    return [label for _, label in columns], rows
+    return headers, rows
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -187,7 +220,7 @@ def _bar_chart(names: list[str], series: dict[str, list[float]], title: str, xla
 
 
 def _confusion_chart(result: ModelResult) -> bytes:
-    labels, probabilities = result.validation_scores()
+    labels, probabilities = result.scores("val")
     names = [str(name) for name in result.summary.label_names]
     figure = Figure(figsize=(3.4, 3.0))
     axes = figure.subplots()
@@ -210,7 +243,7 @@ def _pr_chart(results: list[ModelResult]) -> bytes:
     axes = figure.subplots()
     names = results[0].summary.label_names
     for result in results:
-        labels, probabilities = result.validation_scores()
+        labels, probabilities = result.scores("val")
         if len(names) == 2:
             PrecisionRecallDisplay.from_predictions(labels, probabilities[:, 1], pos_label=1, name=result.name, ax=axes)
         else:
@@ -226,7 +259,39 @@ def _pr_chart(results: list[ModelResult]) -> bytes:
     return _png(figure)
 
 
-def draw_charts(results: list[ModelResult]) -> dict[str, bytes]:
+def _cost_chart(table: pd.DataFrame) -> bytes | None:
+    """Val F1 (mean over seeds, with the 95% interval's extent) against prediction throughput (log scale); the
+    models no other beats on both are filled and joined. None when no model's cost was measured."""
+    rows = table[(table["status"] == "ok") & table["predict_texts_per_s"].notna()]
+    if rows.empty:
+        return None
+    f1, speed = rows["val_f1_mean"].to_numpy(float), rows["predict_texts_per_s"].to_numpy(float)
+    below = (rows["val_f1"] - rows["val_f1_low"]).to_numpy(float)
+    above = (rows["val_f1_high"] - rows["val_f1"]).to_numpy(float)
+    front = pareto_front(list(zip(f1, speed, strict=True)))
+    figure = Figure(figsize=(6.4, 4.4))
+    axes = figure.subplots()
+    for i, name in enumerate(rows["model"]):
+        on_front = i in front
+        axes.errorbar(speed[i], f1[i], yerr=[[below[i]], [above[i]]], fmt="o", capsize=4,
+                      color="C0" if on_front else "0.55", markerfacecolor="C0" if on_front else "white")  # fmt: skip
+        axes.annotate(name, (speed[i], f1[i]), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    ordered = sorted(front, key=lambda i: speed[i])
+    axes.plot(speed[ordered], f1[ordered], "--o", color="C0", linewidth=1, label="no other model beats it on both")
+    axes.set_xscale("log")
+    if np.log10(speed.max() / speed.min()) < 2:  # a decade or two shows one or two powers of ten: add 2x and 5x
+        axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.6g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within a decade or two
+    axes.margins(x=0.25, y=0.15)
+    axes.set_title("Val F1 against prediction throughput")
+    axes.set_xlabel("texts per second, bulk prediction (log scale; right is cheaper)")
+    axes.set_ylabel("val F1 (mean over seeds)")
+    axes.legend(loc="lower left", fontsize=8)
+    return _png(figure)
+
+
+def draw_charts(results: list[ModelResult], table: pd.DataFrame) -> dict[str, bytes]:
     """PNG bytes by file name; models that failed have no bars or curves."""
     trained = [result for result in results if result.ok]
     if not trained:
@@ -246,6 +311,9 @@ def draw_charts(results: list[ModelResult]) -> dict[str, bytes]:
         ),
         "pr_curves.png": _pr_chart(trained),
     }
+    cost = _cost_chart(table)
+    if cost is not None:
+        charts["cost.png"] = cost
     for result in trained:
         charts[f"confusion_{safe_dir_name(result.name)}.png"] = _confusion_chart(result)
     return charts
@@ -256,13 +324,8 @@ def split_check(results: list[ModelResult]) -> str:
     trained = [result for result in results if result.ok]
     if not trained:
         return "no model finished training"
-    keys = ["id", "label"] if "id" in trained[0].validation.columns else ["label"]
-    reference = trained[0].validation[keys]
-    differing = [
-        result.name
-        for result in trained[1:]
-        if list(result.validation.columns[: len(keys)]) != keys or not result.validation[keys].equals(reference)
-    ]
+    reference = trained[0].validation
+    differing = [result.name for result in trained[1:] if not same_rows(result.validation, reference)]
     if differing:
         return f"WARNING: {', '.join(differing)} scored other validation rows than {trained[0].name}"
     if len(trained) == 1:
@@ -290,21 +353,32 @@ PAGE = (
 td.status { text-align: left; } .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .charts img { max-width: 100%; border: 1px solid #e3e7ee; } .charts.pair img { width: calc(50% - 10px); box-sizing: border-box; }
 table.info td, table.info th { text-align: left; font-weight: normal; }
+.verdict { background: #f3f7fd; border-left: 4px solid #1f5fbf; padding: 6px 18px; margin: 16px 0; }
+.verdict li { margin: 3px 0; }
 </style></head><body>
 <h1>lorabench comparison</h1>
+<div class="verdict" id="verdict"><ul>{% for sentence in verdict.sentences %}<li>{{ sentence }}</li>{% endfor %}</ul></div>
 <p class="meta">Data <code>{{ data.source }}</code>: {{ rows.train }} training rows, {{ rows.validation }} validation
 rows (split {{ (data.train_size * 100) | round | int }}/{{ 100 - (data.train_size * 100) | round | int }}, seed
 {{ data.split_seed }}){% if rows.test %}, {{ rows.test }} test rows{% endif %}. {{ split_check }}.
-Created {{ created }}.{% if best %} Best validation F1: <strong>{{ best }}</strong>.{% endif %}</p>
+{% if seeds > 1 %}Each model trained {{ seeds }} times (train.seed + 0..{{ seeds - 1 }}). {% endif %}Created {{ created }}.</p>
 
 <h2>Results</h2>
 <table id="results"><thead><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for row, status in rows_and_status %}<tr class="{{ status }}">{% for cell in row %}<td{% if loop.last %} class="status"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
 <p class="meta">F1, precision and recall are those of the positive class for two classes and macro averages
-for more, at the arg-max decision, for each model's best epoch (chosen by validation F1). Train s counts the
-training loop only; total s includes loading and scoring. Peak memory is GPU memory on CUDA, else the training
-process's peak resident memory.{% if rows.test and not has_test %} The test split has no labels: its predictions are in each
+for more, at the arg-max decision, for each model's best epoch (chosen by validation F1){% if seeds > 1 %}; F1 is
+the mean ± sd over seeds, every other figure the first seed's run{% endif %}. The 95% interval is a bootstrap over
+the validation rows ({{ resamples }} resamples); "tied with best" means the 95% interval of the model's F1 minus the
+best model's F1, both scored on the same resampled rows (paired), holds 0; P worse is the share of resamples in
+which it scores below the best. The best model has the highest mean validation F1. Train s counts the training
+loop only; total s includes loading and scoring{% if seeds > 1 %}, of all seeds{% endif %}. Peak memory is GPU
+memory on CUDA, else the training process's peak resident memory. Predict texts/s: one call on all
+{{ rows.validation }} validation texts at the run's eval batch size, after an untimed batch; latency: single-text
+calls after a few untimed ones; inference MB: peak resident memory of a fresh process that loads the run and
+predicts (Python and torch included); size MB: the files <code>lorabench export</code> ships without --merge (a LoRA
+run's base model is loaded from its source). See each run's cost.json.{% if rows.test and not has_test %} The test split has no labels: its predictions are in each
 run's test_predictions.csv, unscored.{% endif %}</p>
 
 {% if charts %}<h2>Charts</h2>
@@ -312,10 +386,23 @@ run's test_predictions.csv, unscored.{% endif %}</p>
 <img alt="F1 per model" src="{{ charts['f1.png'] }}">
 <img alt="training time per model" src="{{ charts['train_time.png'] }}">
 </div>
+{% if 'cost.png' in charts %}<h2>Accuracy against cost</h2>
+<div class="charts"><img alt="val F1 against prediction throughput" src="{{ charts['cost.png'] }}"></div>
+<p class="meta">Error bars: the extent of the first seed's 95% bootstrap interval. Filled and joined: the models
+no other model beats on both F1 and throughput.</p>{% endif %}
 <h2>Confusion matrices (validation)</h2>
 <div class="charts">{% for name, key in confusions %}<img alt="confusion matrix of {{ name }}" src="{{ charts[key] }}">{% endfor %}</div>
 <h2>Precision-recall curves (validation)</h2>
 <div class="charts"><img alt="precision-recall curves" src="{{ charts['pr_curves.png'] }}"></div>{% endif %}
+
+<h2>Data checks</h2>
+{% if checks %}<p class="meta">The shared split's {{ checks.labelled_rows }} labelled rows (training and validation
+together) and its test rows; near duplicates are equal once lower-cased and stripped of links and @mentions. Split
+made with duplicates: {{ data.get("duplicates", "keep") }}, conflicts: {{ data.get("conflicts", "keep") }}.</p>
+<table class="info" id="data-checks"><thead><tr><th>check</th><th>texts</th><th>rows</th><th>examples</th></tr></thead><tbody>
+{% for label, groups in checks.labelled_groups() %}<tr><td>{{ label }}</td><td>{{ groups.texts }}</td><td>{{ groups.rows }}</td><td>{{ groups.examples | join(" · ") }}</td></tr>
+{% endfor %}</tbody></table>{% else %}<p class="meta">Not recorded: this comparison was made before compare checked
+the data.</p>{% endif %}
 
 <h2>Runs</h2>
 <table class="info"><thead><tr><th>model</th><th>run directory</th><th>device</th><th>precision</th><th>notes</th></tr></thead><tbody>
@@ -342,15 +429,22 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _run_notes(result: ModelResult) -> str:
+    if not result.ok:
+        return result.error
+    notes = list(result.summary.notes)
+    if result.cost_error:
+        notes.append(f"inference cost not measured: {result.cost_error}")
+    return "; ".join(notes)
+
+
 def render_html(
     manifest: CompareManifest, results: list[ModelResult], table: pd.DataFrame, charts: dict[str, bytes]
 ) -> str:
     headers, rows = display_rows(table)
-    trained = table[table["status"] == "ok"]
-    best = trained.loc[trained["val_f1"].idxmax(), "model"] if len(trained) else None
     statuses = [
-        "best" if name == best else ("failed" if status != "ok" else "")
-        for name, status in zip(table["model"], table["status"], strict=True)
+        "best" if _is_best(rank) else ("failed" if status != "ok" else "")
+        for rank, status in zip(table["rank"], table["status"], strict=True)
     ]
     runs = [
         {
@@ -358,7 +452,7 @@ def render_html(
             "dir": str(result.run_dir.relative_to(result.run_dir.parents[1])),
             "device": result.summary.device if result.ok else "–",
             "precision": result.summary.precision if result.ok else "–",
-            "notes": "; ".join(result.summary.notes) if result.ok else result.error,
+            "notes": _run_notes(result),
         }
         for result in results
     ]
@@ -366,14 +460,17 @@ def render_html(
     return page.render(
         data=manifest.data,
         rows=manifest.rows,
+        seeds=manifest.seeds,
         created=manifest.created,
         split_check=split_check(results),
-        best=best,
+        verdict=verdict_of(table),
         headers=headers,
         rows_and_status=list(zip(rows, statuses, strict=True)),
         has_test=table["test_f1"].notna().any(),
+        resamples=RESAMPLES,
         charts={name: _data_uri(png) for name, png in charts.items()},
         confusions=[(r.name, f"confusion_{safe_dir_name(r.name)}.png") for r in results if r.ok],
+        checks=manifest.data_checks,
         runs=runs,
         hardware=manifest.hardware,
         versions=manifest.versions,
@@ -385,7 +482,7 @@ def render(out_dir: str | Path) -> pd.DataFrame:
     out_dir = Path(out_dir)
     manifest, results = load_results(out_dir)
     table = results_table(results)
-    charts = draw_charts(results)
+    charts = draw_charts(results, table)
 
     def write_charts(directory: Path) -> None:
         for name, png in charts.items():

@@ -1,0 +1,29 @@
+"""Process measurements that compare's records rely on."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from lorabench.core.runtime import peak_resident_mb
+
+HELD_MB = 600
+
+
+def _send_peak(connection) -> None:
+    connection.send(peak_resident_mb())
+    connection.close()
+
+
+def test_a_spawned_child_reports_its_own_peak_not_its_parents():
+    """A child's ru_maxrss starts at its parent's peak on Linux; the peak read here must not."""
+    held = bytearray(HELD_MB * 2**20)
+    held[::4096] = b"\x01" * len(held[::4096])  # touch every page, so it is resident
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_send_peak, args=(send,))
+    child.start()
+    send.close()
+    child_peak = receive.recv()
+    child.join()
+    assert peak_resident_mb() >= HELD_MB
+    assert 0 < child_peak < HELD_MB / 2
