@@ -142,6 +142,7 @@ class LoraRecipe:
         self.model = prepared.model
         self.device = world.device()
         self.state = TrainState()
+        self.best_validation: np.ndarray | None = None  # the best epoch's, when it ran in this process
 
     def setup(self, resume: bool) -> None:
         """Device and precision, batch budget and lr, checkpointing, loss, optimizer and schedule; then the
@@ -197,7 +198,10 @@ class LoraRecipe:
 
     def _run_epoch(self, epoch: int) -> dict:
         train_loss = self._train_epoch(epoch)
-        validation = self._validate(epoch)
+        probabilities = self._validate(epoch)
+        validation = classification_metrics(
+            self.prepared.validation.labels, predicted_labels(probabilities), self.prepared.splits.num_labels
+        )
         row = {"epoch": epoch, "train_loss": round(train_loss, 6),
                **{f"val_{k}": v for k, v in validation.model_dump().items()},
                "seconds": round(self.state.train_seconds, 2)}  # fmt: skip
@@ -207,6 +211,7 @@ class LoraRecipe:
         improved = validation.f1 > self.state.best_f1
         if improved:
             self.state.best_f1, self.state.best_epoch = validation.f1, epoch
+            self.best_validation = probabilities  # the summary reuses them instead of scoring validation again
         self.state.epoch = epoch
         if self.world.is_main:
             self.run.append_metrics(row)
@@ -268,14 +273,12 @@ class LoraRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         return batch_loss
 
-    def _validate(self, epoch: int):
-        """Each process scores every N-th validation row; the metrics are computed over all of them."""
+    def _validate(self, epoch: int) -> np.ndarray:
+        """Validation probabilities: each process scores every N-th row, and every process gets all of them."""
         validation = self.prepared.validation
         shown = self.world.shard(np.arange(len(validation)))
         scored = self.classifier.score(validation.subset(shown), f"validate epoch {epoch}")
-        probabilities = distributed.gather_rows(scored, shown, len(validation), self.world)
-        num_labels = self.prepared.splits.num_labels
-        return classification_metrics(validation.labels, predicted_labels(probabilities), num_labels)
+        return distributed.gather_rows(scored, shown, len(validation), self.world)
 
     def finish(self) -> RunSummary:
         """Rank 0 scores the best epoch and writes the summary; every process returns it."""
@@ -305,6 +308,8 @@ class LoraRecipe:
         }
 
         def score(split: str, _frame: pd.DataFrame) -> np.ndarray:
+            if split == "val" and self.best_validation is not None:
+                return self.best_validation  # scored by these very weights at the best epoch
             return self.classifier.score(self.prepared.encoded(split), f"score {split}")
 
         return finish_run(
