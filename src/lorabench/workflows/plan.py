@@ -6,7 +6,6 @@ included); activations follow Korthikanti et al. 2022 and are an estimate.
 from __future__ import annotations
 
 import json
-import resource
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,7 +13,7 @@ import torch
 from lorabench.core.config import PRESET_DIR, RunConfig
 from lorabench.core.console import quiet_libraries
 from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.runtime import choose_device, free_memory_bytes
+from lorabench.core.runtime import choose_device, free_memory_bytes, peak_resident_mb
 from lorabench.models.lora import add_lora, parameter_counts
 from lorabench.models.memory import FP32_MEASURED_FACTOR, activation_bytes
 from lorabench.models.weights import resolve_source
@@ -87,7 +86,8 @@ def runtime_overhead_bytes(device: torch.device) -> float:
     training run imports), on CUDA the context and workspaces."""
     if device.type == "cuda":
         return float(CUDA_CONTEXT_BYTES)
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # this process's own peak (not ru_maxrss, which a process inherits from the one that started it)
+    return peak_resident_mb() * 2**20
 
 
 def evaluation_bytes(hidden: int, heads: int, eval_tokens: int, longest: int, sixteen_bit: bool) -> float:

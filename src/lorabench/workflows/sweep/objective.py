@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lorabench.core.config import RunConfig, merge, validate
+from lorabench.training.run import train_trial
 from lorabench.workflows.sweep.space import SearchSpace
 
 METRIC = "val_f1"  # what every backend maximises: the best epoch's validation F1
@@ -27,12 +28,7 @@ class Objective:
     def run(
         self, params: dict[str, Any], name: str | int, on_epoch_end: Callable[[int, dict], None] | None = None
     ) -> float:
-        """Train into trials_dir/<name>; `on_epoch_end(epoch, row)` reports (and may prune) after each epoch.
-
-        The training stack is imported here, not with the module: Ray workers unpickle this object when they
-        start, and with it imported then, Ray ran a sweep's trials one at a time (tests/test_sweep.py)."""
-        from lorabench.training.run import train_trial  # deferred: see the docstring
-
+        """Train into trials_dir/<name>; `on_epoch_end(epoch, row)` reports (and may prune) after each epoch."""
         summary = train_trial(self.config(params), self.trials_dir / str(name), on_epoch_end=on_epoch_end)
         return summary.val.f1
 

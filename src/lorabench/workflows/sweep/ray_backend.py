@@ -56,6 +56,14 @@ def _start_ray(settings):
     return ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
 
 
+def _parallel_trials(settings, resources: dict) -> int:
+    """How many trials the cluster's CPUs (and GPUs, when trials ask for them) hold at once."""
+    fits = [resources.get("CPU", 1) / settings.cpus_per_trial]
+    if settings.gpus_per_trial:
+        fits.append(resources.get("GPU", 0) / settings.gpus_per_trial)
+    return max(1, int(min(fits)))
+
+
 def _trial_clock(tune):
     """A Tune callback noting, in the driver, when Ray started and ended each trial: its worker's start-up (the
     training stack's imports) counts, as it does for the user waiting."""
@@ -80,6 +88,7 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
         import ray
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
     except ImportError as err:
         raise LorabenchError("--backend ray needs Ray Tune: pip install 'lorabench[ray]'") from err
@@ -107,6 +116,9 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
     clock = _trial_clock(tune)
     _start_ray(settings)
     try:
+        # Tune keeps one trial pending at a time for a custom searcher unless a limiter says how many may run:
+        # without it the second trial waits until the first has started (its worker's imports), not for a CPU.
+        search = ConcurrencyLimiter(search, max_concurrent=_parallel_trials(settings, ray.cluster_resources()))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(num_samples=settings.trials, scheduler=scheduler, search_alg=search),
