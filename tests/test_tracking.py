@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from lorabench.core.config import TrainSettings
 from lorabench.workflows.export import export_run
+from lorabench.workflows.sweep import SweepSettings, sweep
 
 
 @pytest.fixture
@@ -80,6 +81,21 @@ def test_tfidf_run_tracks_its_single_fit(cli, small_data, tmp_path, local_mlflow
     )
     assert done.code == 0, done.stderr
     _check_tracked(run, epochs=1)
+
+
+def test_each_sweep_trial_is_one_tracked_run(tiny_models, small_data, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("parameters:\n  lr: {values: [1.0e-3, 1.0e-2]}\n  max_length: {value: 48}\n"
+                     "  batch_size: {value: 16}\n  train.tracking: {value: tensorboard}\n")  # fmt: skip
+    out = tmp_path / "sweep"
+    sweep(
+        SweepSettings(model=str(tiny_models["roberta"]), data=str(small_data), out=out, space=space, trials=2, epochs=1)
+    )
+    for trial in ("0", "1"):
+        run = out / "trials" / trial
+        [row] = _epoch_rows(run)
+        [logged] = _tensorboard_scalars(run).Scalars("val_f1")
+        assert logged.step == 1 and logged.value == pytest.approx(row["val_f1"], rel=1e-6)
 
 
 def test_tracking_setting_reads_one_name_a_comma_list_or_a_list():
