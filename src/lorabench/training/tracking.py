@@ -133,6 +133,7 @@ class TensorBoardTracker:
     def log(self, metrics: dict, step: int) -> None:
         for key, value in scalars(metrics).items():
             self._writer.add_scalar(key, value, step)
+        self._writer.flush()  # a pruned or failed run never reaches finish(); its epochs are on disk already
 
     def finish(self, summary: dict) -> None:
         from torch.utils.tensorboard.summary import hparams  # with SummaryWriter above

@@ -137,7 +137,9 @@ def retry_dead_workers_trials(study: optuna.Study) -> None:
             RETRY(study, study.tell(trial.number, state=TrialState.FAIL))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if trial.number in running:
-            say(f"trial {trial.number}: its worker stopped; marked failed, its parameters queued again")
+            say(
+                f"trial {trial.number}: its worker stopped; marked failed, its point queued again (at most {MAX_RETRIES} times)"
+            )
 
 
 def make_optuna_objective(objective: Objective, prune: bool):
