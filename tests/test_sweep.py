@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from lorabench.workflows.sweep import SweepSettings, load_space, sweep
+from lorabench.workflows.sweep.optuna_backend import GRACE_INTERVALS, retried_trial
 
 # A space the tiny models train on in seconds: short texts, few rows per batch.
 TINY_SPACE = """parameters:
@@ -201,28 +202,17 @@ def test_best_json_trains_again_to_the_same_f1(resumed_sweep, cli, tmp_path):
     pd.testing.assert_frame_equal(trial, again, atol=1e-5)  # the same model, not just the same score
 
 
+def sweep_command(settings: SweepSettings, *extra) -> list[str]:
+    """`lorabench sweep` with `settings` as flags, for a worker in its own process."""
+    flags = ["--model", settings.model, "--data", settings.data, "--out", settings.out, "--space", settings.space]
+    flags += ["--trials", settings.trials, "--epochs", settings.epochs, *extra]
+    return [sys.executable, "-m", "lorabench.cli", "-q", "sweep", *map(str, flags)]
+
+
 def test_killed_sweep_resumes_with_the_same_number_of_trials(tiny_models, small_data, tmp_path):
     out = tmp_path / "sweep"
     settings = tiny_settings(tiny_models, small_data, out, trials=4, epochs=2)
-    command = [
-        sys.executable,
-        "-m",
-        "lorabench.cli",
-        "-q",
-        "sweep",
-        "--model",
-        settings.model,
-        "--data",
-        settings.data,
-        "--out",
-        str(out),
-        "--space",
-        str(settings.space),
-        "--trials",
-        "4",
-        "--epochs",
-        "2",
-    ]
+    command = sweep_command(settings)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
@@ -244,9 +234,49 @@ def test_killed_sweep_resumes_with_the_same_number_of_trials(tiny_models, small_
     assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "COMPLETE", 4: "COMPLETE"}
     assert {n: snapshot(study)[n] for n in (0, 1)} == {n: killed[n] for n in (0, 1)}
     retry = study.trials[3]
-    assert retry.user_attrs["retry_of"] == 2 and retry.params == killed[2][1]  # the interrupted point, again
+    assert retried_trial(retry) == 2 and retry.params == killed[2][1]  # the interrupted point, again
     table = pd.read_csv(out / "trials.csv")
     assert list(table["state"]) == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_retried_by_another_worker(
+    tiny_models, small_data, tmp_path
+):
+    """Two workers on one storage, as on two machines (their own --out, the same study name): the first is killed
+    mid-trial; the second, started once that trial's heartbeat is stale, fails it, runs its point again and ends
+    the sweep with --trials finished trials."""
+    storage, heartbeat = f"sqlite:///{tmp_path / 'shared.db'}", 1
+    space = write_space(tmp_path / "space.yaml")
+    first, second = (
+        tiny_settings(tiny_models, small_data, tmp_path / machine / "sweep", trials=2, space=space)
+        for machine in ("a", "b")
+    )
+    shared = ("--storage", storage, "--heartbeat-seconds", heartbeat)
+    dying = subprocess.Popen(sweep_command(first, *shared), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (first.out / "trials" / "0" / "config.yaml").is_file():  # trial 0 has started training
+            assert dying.poll() is None, dying.stderr.read().decode()
+            assert time.monotonic() < deadline, "trial 0 never started"
+            time.sleep(0.1)
+        dying.send_signal(signal.SIGKILL)
+    finally:
+        dying.kill()
+        dying.wait()
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    [killed] = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    # Seen from another machine, the worker's process cannot be looked up: only its silence tells it is gone.
+    study._storage.set_trial_user_attr(killed._trial_id, "worker", "another-machine:1")
+    time.sleep(GRACE_INTERVALS * heartbeat + 1)
+
+    done = subprocess.run(sweep_command(second, *shared), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="sweep", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert retried_trial(trials[1]) == 0 and trials[1].params == killed.params  # the killed point, again
+    assert sorted(p.name for p in (second.out / "trials").iterdir()) == ["1", "2"]
+    table = pd.read_csv(second.out / "trials.csv")
+    assert list(table["state"]) == ["FAIL", "COMPLETE", "COMPLETE"] and table["retry_of"][1] == 0
 
 
 def test_rerun_with_other_settings_is_refused_by_name(resumed_sweep, tiny_models, small_data, cli, tmp_path):

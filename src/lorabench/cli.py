@@ -27,6 +27,7 @@ from rich.table import Table
 
 from lorabench import api
 from lorabench.core.config import (
+    COMMA_SEPARATED,
     DataConfig,
     LoraSettings,
     ModelConfig,
@@ -92,7 +93,7 @@ def _option_type(annotation: Any) -> Any:
 def _parameter(schema: type[BaseModel], section: str, key: str) -> inspect.Parameter | None:
     """One keyword parameter whose default is the typer option for `schema.key` (None: no flag for it)."""
     field = schema.model_fields[key]
-    kind = _option_type(field.annotation)
+    kind = str if COMMA_SEPARATED in field.metadata else _option_type(field.annotation)
     if kind is None:
         return None
     names = _flag(section, key)

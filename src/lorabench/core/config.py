@@ -7,15 +7,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from lorabench.core.errors import LorabenchError, first_line
 
 PRESET_DIR = Path(__file__).parents[1] / "presets"
 DEFAULT_DATA = "mehdiiraqui/twitter_disaster"
+# local: the run record alone (metrics.jsonl, summary.json), which every run writes anyway
+TrackerName = Literal["none", "local", "wandb", "mlflow", "tensorboard"]
+
+
+def _split_commas(value: Any) -> Any:
+    """`--tracking mlflow,tensorboard` and a config's `tracking: local` are both one string."""
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+def _distinct_trackers(names: list[str]) -> list[str]:
+    if "none" in names and len(names) > 1:
+        raise ValueError("'none' cannot be combined with other trackers")
+    if not names:
+        raise ValueError("name at least one tracker, or 'none'")
+    return list(dict.fromkeys(names))
+
+
+# The marker cli.py looks for: a list field carrying it gets one flag taking a comma-separated list.
+COMMA_SEPARATED = BeforeValidator(_split_commas)
+Trackers = Annotated[list[TrackerName], COMMA_SEPARATED, AfterValidator(_distinct_trackers)]
 
 
 class _Section(BaseModel):
@@ -99,7 +119,10 @@ class TrainSettings(_Section):
     )
     # auto: only when one batch's estimated activations would not fit in the free memory (it costs a forward)
     gradient_checkpointing: bool | Literal["auto"] = Field("auto", description="recompute activations in backward")
-    tracking: Literal["local", "wandb", "none"] = Field("local", description="where metrics go beyond the run record")
+    tracking: Trackers = Field(
+        default_factory=lambda: ["local"],
+        description=f"where metrics go beyond the run record, comma-separated: {', '.join(get_args(TrackerName))}",
+    )
     save_every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch")
 
 

@@ -183,7 +183,7 @@ class LoraRecipe:
             self.load_checkpoint()
             at_step = f" step {self.state.step}" if self.state.step else ""
             say(f"resuming after epoch {self.state.epoch}{at_step} of {settings.epochs}")
-        tracked = settings.tracking if self.world.is_main else "none"
+        tracked = settings.tracking if self.world.is_main else []
         config = self.prepared.config.model_dump(mode="json")
         self.tracker = make_tracker(tracked, self.run.path, config, self.run.path.name)
 
@@ -205,7 +205,7 @@ class LoraRecipe:
         row = {"epoch": epoch, "train_loss": round(train_loss, 6),
                **{f"val_{k}": v for k, v in validation.model_dump().items()},
                "seconds": round(self.state.train_seconds, 2)}  # fmt: skip
-        self.tracker.log(row, step=epoch * self.steps_per_epoch)
+        self.tracker.log(row, step=epoch)
         say(f"epoch {epoch}: train loss {train_loss:.4f}, val F1 {validation.f1:.4f}, "
             f"accuracy {validation.accuracy:.4f}")  # fmt: skip
         improved = validation.f1 > self.state.best_f1

@@ -22,6 +22,7 @@ from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
 from lorabench.training import distributed
 from lorabench.training.records import finish_run
+from lorabench.training.tracking import make_tracker
 
 VERSIONED_PACKAGES = ("scikit-learn", "numpy")
 
@@ -58,6 +59,9 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
         row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
                **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
         run.append_metrics(row)
+    tracker = make_tracker(config.train.tracking, run.path, config.model_dump(mode="json"), run.path.name)
+    tracker.log(row, step=1)
+    tracker.finish(summary.model_dump())
     if on_epoch_end is not None:
         on_epoch_end(1, row)
     return summary

@@ -15,12 +15,13 @@ from pathlib import Path
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, RunDir, replace_dir, write_atomic, write_json
 from lorabench.models.registry import load_classifier
+from lorabench.training.tracking import TRACKER_DIRS
 from lorabench.workflows.model_card import CARD_FILE, model_card
 
 EXPORT_INFO = "lorabench_export.json"
 # Not part of the model: the resume state (optimizer moments) and tracking logs of the training run, and its
 # per-row predictions on the training data's splits.
-LEFT_OUT_DIRS = {CHECKPOINT_DIR, "wandb"}
+LEFT_OUT_DIRS = {CHECKPOINT_DIR, *TRACKER_DIRS.values()}
 LEFT_OUT_SUFFIX = "_predictions.csv"
 
 

@@ -1,15 +1,20 @@
 """The embedded backend: an Optuna study (TPE sampler, median pruner) in a database, by default SQLite in OUT.
 
-Running the same command again resumes: finished trials stay in the database and are not re-run; a trial left
-RUNNING by a killed process of this machine is marked FAIL and its parameters are queued again, so the sweep
-ends with exactly `--trials` finished (complete or pruned) trials. The storage is Optuna's standard one, so
-`optuna-dashboard sqlite:///OUT/study.db` shows it live, and several machines can share one `--storage` URL.
+Running the same command again resumes: finished trials stay in the database and are not re-run. A running trial
+sends Optuna's heartbeat every `--heartbeat-seconds`; one whose worker died on any machine stops beating, and the
+next worker to check (at its start or a trial's) marks it FAIL and queues its parameters again, so the sweep ends
+with exactly `--trials` finished (complete or pruned) trials. A worker started again on the machine of a killed
+one does not wait out the grace period: a RUNNING trial of a process of this machine that is gone is retried at
+once. The storage is Optuna's standard one, so `optuna-dashboard sqlite:///OUT/study.db` shows it live, and several
+machines can share one `--storage` URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import optuna
@@ -25,6 +30,23 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Two finished trials give a median to compare with; a trial is then stopped after any epoch but its last
 # when its validation F1 is below the median of the earlier trials' F1 at that epoch.
 PRUNER_STARTUP_TRIALS = 2
+# A trial's heartbeat may be this many intervals late (a slow database, a long pause) before it counts as dead.
+GRACE_INTERVALS = 3
+# Retries of a trial whose worker died: a point that kills its worker each time (out of memory) is given up.
+MAX_RETRIES = 2
+
+
+@contextlib.contextmanager
+def _experimental_apis():
+    """Optuna marks its heartbeat, stale-trial check and retry callback experimental (since v2.8); the
+    warnings speak to lorabench's authors, not to whoever runs a sweep."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+with _experimental_apis():
+    RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 def storage_url(out: Path, storage: str | None) -> str:
@@ -42,14 +64,21 @@ def open_study(settings, objective: Objective) -> optuna.Study:
     )
     url = storage_url(settings.out, settings.storage)
     try:
+        with _experimental_apis():
+            storage = optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=settings.heartbeat_seconds,
+                grace_period=GRACE_INTERVALS * settings.heartbeat_seconds,
+                heartbeat_stale_trial_callback=RETRY,
+            )
         study = optuna.create_study(
             study_name=settings.out.resolve().name,
             direction="maximize",
             pruner=pruner,
-            storage=url,
+            storage=storage,
             load_if_exists=True,
         )
-    except (SQLAlchemyError, ImportError) as err:
+    except (SQLAlchemyError, ImportError, ValueError) as err:
         raise LorabenchError(f"cannot open the study storage {url}: {first_line(err)}") from err
     identity = {"base_config": objective.base, "space": objective.space.to_wandb()}
     stored = study.user_attrs.get("sweep")
@@ -84,11 +113,9 @@ def _worker() -> str:
 
 
 def _is_abandoned(trial: optuna.trial.FrozenTrial) -> bool:
-    """True for a RUNNING trial whose process (on this machine) is gone; trials of live or remote workers stay."""
+    """True for a RUNNING trial whose process on this machine is gone; the heartbeat finds those of others."""
     host, _, pid = trial.user_attrs.get("worker", ":").rpartition(":")
-    if not pid:
-        return True  # killed between creating the trial and starting it
-    if host != socket.gethostname():
+    if host != socket.gethostname() or not pid:
         return False
     try:
         os.kill(int(pid), 0)
@@ -99,12 +126,20 @@ def _is_abandoned(trial: optuna.trial.FrozenTrial) -> bool:
     return False
 
 
-def requeue_abandoned(study: optuna.Study) -> None:
+def retry_dead_workers_trials(study: optuna.Study) -> None:
+    """Fail and queue again the running trials whose worker is dead: silent past the grace period, or a process
+    of this machine that is gone (no need to wait for the grace period)."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with _experimental_apis():
+        optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _is_abandoned(trial):
-            study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            say(f"trial {trial.number} was interrupted: marked failed, its parameters queued again")
+            RETRY(study, study.tell(trial.number, state=TrialState.FAIL))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number in running:
+            say(
+                f"trial {trial.number}: its worker stopped; marked failed, its point queued again (at most {MAX_RETRIES} times)"
+            )
 
 
 def make_optuna_objective(objective: Objective, prune: bool):
@@ -127,7 +162,7 @@ def make_optuna_objective(objective: Objective, prune: bool):
 
 def run(settings, objective: Objective) -> list[TrialRecord]:
     study = open_study(settings, objective)
-    requeue_abandoned(study)
+    retry_dead_workers_trials(study)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     if finished < settings.trials:
         say(f"sweep: {finished} of {settings.trials} trials finished, running {settings.trials - finished} more")
@@ -145,6 +180,12 @@ def _say_result(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     say(f"trial {trial.number}: {trial.state.name.lower()}, val F1 {value}")
 
 
+def retried_trial(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The first trial of the retries this one continues; RETRY writes it (read here without Optuna's
+    experimental-API warning of RetryHeartbeatStaleTrialCallback.retried_trial_number)."""
+    return trial.system_attrs.get("failed_trial")
+
+
 def records(study: optuna.Study) -> list[TrialRecord]:
     return [
         TrialRecord(
@@ -155,7 +196,7 @@ def records(study: optuna.Study) -> list[TrialRecord]:
             seconds=round(t.duration.total_seconds(), 2) if t.duration else None,
             started=t.datetime_start.timestamp() if t.datetime_start else None,
             finished=t.datetime_complete.timestamp() if t.datetime_complete else None,
-            extra={"retry_of": t.user_attrs.get("retry_of")},
+            extra={"retry_of": retried_trial(t)},
         )
         for t in study.get_trials(deepcopy=False)
         if t.state != TrialState.WAITING

@@ -27,6 +27,11 @@ class SweepSettings(BaseModel):
     )
     space: Path | None = Field(None, description="search-space YAML; None = the study's")
     storage: str | None = Field(None, description="Optuna storage URL; None = sqlite:///OUT/study.db")
+    # A worker that stops beating (killed, its machine gone) has its trial failed and queued again by whichever
+    # worker checks next, after a grace of 3 intervals. Each beat is a write to the storage.
+    heartbeat_seconds: int = Field(
+        60, gt=0, description="how often a running trial tells the storage its worker is alive (optuna backend)"
+    )
     epochs: int | None = Field(None, gt=0, description="epochs per trial (default: the preset's)")
     max_train_rows: int | None = Field(None, gt=0, description="train each trial on the first N rows only")
     prune: bool = Field(True, description="stop hopeless trials after an epoch")
