@@ -101,6 +101,10 @@ class TrainSettings(_Section):
     gradient_checkpointing: bool | Literal["auto"] = Field("auto", description="recompute activations in backward")
     tracking: Literal["local", "wandb", "none"] = Field("local", description="where metrics go beyond the run record")
     save_every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch")
+    # Early stopping: the best epoch's adapter is kept either way; patience only saves the epochs after it.
+    patience: int | None = Field(
+        None, gt=0, description="stop after N epochs without a better validation F1; None = train every epoch"
+    )
 
 
 class RunConfig(_Section):
