@@ -43,6 +43,11 @@ class DataConfig(_Section):
     )
     test: str | None = Field(None, description="a test file (labels optional)")
     text_column: str = Field("text", description="column holding the texts")
+    # e.g. "{keyword}: {text}": the model then sees the keyword too; predict and serve build texts the same way
+    # from the run's config (lorabench.data.sources.template_texts).
+    text_template: str | None = Field(
+        None, description="build each text from columns, e.g. '{keyword}: {text}' (missing values are empty)"
+    )
     label_column: str = Field("target", description="column holding the labels")
     id_column: str = Field("id", description="column naming the rows in prediction files")
     train_size: float = Field(0.8, gt=0, lt=1, description="training share of the train/validation split")
