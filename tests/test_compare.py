@@ -305,6 +305,41 @@ def test_tfidf_baseline_on_real_tweets_and_its_pickle_free_record(tweets_dir, tm
     assert summary.threshold == pytest.approx(best, abs=1e-6)
 
 
+def test_tfidf_records_the_cross_validated_c_and_loads_models_saved_in_the_old_single_vectorizer_format(
+    small_data, tmp_path
+):
+    from safetensors.numpy import save_file
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    config = resolve_config("tfidf", overrides={"data": {"source": str(small_data)}})
+    summary = train(config, tmp_path / "run")
+    settings = json.loads((tmp_path / "run" / "tfidf" / "settings.json").read_text())
+    assert set(settings["features"]) == {"word", "char"} and settings["features"]["char"]["analyzer"] == "char_wb"
+    chosen = settings["regression"]["C"]
+    assert chosen in settings["regression"]["C_grid"] and settings["regression"]["cv_folds"] == 5
+    assert f"tfidf: C={chosen} chosen by 5-fold cross-validation F1 on the training split" in summary.notes
+
+    # the format of models saved before feature blocks: one word vectorizer, a vocabulary list, `idf`
+    old_settings = {"ngram_range": [1, 2], "min_df": 2, "lowercase": True, "sublinear_tf": False, "norm": "l2",
+                    "smooth_idf": True}  # fmt: skip
+    splits = load_splits(config.data)
+    texts, labels = splits.train["text"].tolist(), splits.train["label"].to_numpy()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2)
+    regression = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform(texts), labels)
+    directory = tmp_path / "run" / "tfidf"
+    arrays = {"idf": vectorizer.idf_, "coef": regression.coef_, "intercept": regression.intercept_}
+    save_file(arrays, str(directory / "weights.safetensors"))
+    terms = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+    (directory / "vocabulary.json").write_text(json.dumps(terms))
+    (directory / "settings.json").write_text(json.dumps({"vectorizer": old_settings, "label_names": [0, 1]}))
+    old = TfidfClassifier.load(tmp_path / "run")
+    validation = splits.validation["text"].tolist()
+    expected = regression.predict_proba(vectorizer.transform(validation))
+    np.testing.assert_allclose(old.predict_proba(validation), expected, atol=1e-12)
+    assert old.regularization_c is None and old.vocabulary_size == len(terms)
+
+
 def test_tfidf_and_lora_runs_write_the_same_summary_keys(comparison):
     out, _, roberta = comparison
     tfidf = json.loads((out / "runs" / "tfidf" / "summary.json").read_text())

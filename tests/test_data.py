@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from lorabench.core.config import DataConfig
+from lorabench.core.errors import LorabenchError
 from lorabench.data.checks import normalise_texts
 from lorabench.data.sources import class_weights, describe, load_splits
 
@@ -99,3 +100,27 @@ def test_data_reports_the_real_tweets_duplicates_and_conflicts(cli, tweets_dir):
     assert counts(stats["checks"], "conflicts") == (18, 55)
     assert stats["split"]["validation_rows_in_train_normalised"] == 189
     assert stats["split"]["grouped_rows"] == {"train": 6090, "validation": 1523}
+
+
+def test_text_template_builds_every_split_s_texts_with_missing_values_empty(tmp_path):
+    train = pd.DataFrame({
+        "keyword": ["fire", None, "flood", "storm", None, "cat"],
+        "text": ["Fire downtown", "Nice day", "Water rising", "Wind now", "Just chilling", "Cat video"],
+        "target": [1, 0, 1, 1, 0, 0],
+    })  # fmt: skip
+    train.to_csv(tmp_path / "train.csv", index=False)
+    train.iloc[:2].drop(columns="target").to_csv(tmp_path / "test.csv", index=False)
+    splits = load_splits(DataConfig(source=str(tmp_path), text_template="{keyword}: {text}", split_seed=0))
+    built = pd.concat([splits.train, splits.validation])["text"]
+    assert sorted(built) == sorted(["fire: Fire downtown", ": Nice day", "flood: Water rising", "storm: Wind now",
+                                    ": Just chilling", "cat: Cat video"])  # fmt: skip
+    assert splits.test["text"].tolist() == ["fire: Fire downtown", ": Nice day"]
+
+
+def test_text_template_refuses_unknown_columns_by_name_and_a_template_without_columns(tmp_path):
+    pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "target": [0, 1, 0, 1]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(LorabenchError, match=r"^data.text_template names columns that train data does not have: "
+                                             r"keyword, place \(columns: text, target\)$"):  # fmt: skip
+        load_splits(DataConfig(source=str(tmp_path / "t.csv"), text_template="{keyword} {place}: {text}"))
+    with pytest.raises(LorabenchError, match="must name its columns in braces"):
+        load_splits(DataConfig(source=str(tmp_path / "t.csv"), text_template="just words"))

@@ -189,3 +189,37 @@ def test_an_empty_text_is_scored(llama_classifier):
     probabilities = llama_classifier.predict_proba(["", "forest fire near la ronge"])
     assert probabilities.shape == (2, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_text_template_is_applied_identically_in_train_predict_and_serve(small_data, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lorabench.api import resolve_config, train
+    from lorabench.core.storage import RunDir
+    from lorabench.models.registry import load_classifier
+    from lorabench.workflows.serve import create_app
+
+    template = "{keyword}: {text}"
+    overrides = {"data": {"source": str(small_data), "text_template": template}}
+    train(resolve_config("tfidf", overrides=overrides), tmp_path / "run")
+    validation = pd.read_csv(tmp_path / "run" / "val_predictions.csv", dtype={"id": str})
+    raw = pd.read_csv(small_data / "train.csv", dtype=str, keep_default_na=False, na_values=[""]).set_index("id")
+    rows = raw.loc[validation["id"], ["keyword", "text"]].reset_index()
+    assert rows["keyword"].isna().any()  # missing keywords are among them
+    rows.to_csv(tmp_path / "validation_rows.csv", index=False)
+
+    predict_file(tmp_path / "run", tmp_path / "validation_rows.csv", tmp_path / "out.csv", text_column="absent")
+    predicted = pd.read_csv(tmp_path / "out.csv", dtype={"id": str})
+    assert predicted["id"].tolist() == validation["id"].tolist()
+    np.testing.assert_allclose(predicted["score"], validation["prob_1"], atol=1e-6)
+
+    run = RunDir(tmp_path / "run")
+    app = create_app(load_classifier(run.path), run.summary(), text_template=run.config().data.text_template)
+    head = rows[["keyword", "text"]].head(5)
+    body = head.astype(object).where(head.notna(), None).to_dict("records")  # a missing keyword is sent as null
+    with TestClient(app) as client:
+        answer = client.post("/predict", json={"rows": body}).json()
+        refused = client.post("/predict", json={"rows": [{"text": "no keyword column"}]})
+        assert client.post("/predict", json={"texts": ["a"], "rows": body}).status_code == 422  # one or the other
+    assert [p["score"] for p in answer["predictions"]] == pytest.approx(validation["prob_1"].head(5).tolist(), abs=1e-6)
+    assert refused.status_code == 422 and "does not have: keyword" in refused.json()["detail"]

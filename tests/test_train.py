@@ -44,6 +44,29 @@ def test_tiny_model_trains_and_records_the_run(kind, tiny_models, small_data, tm
     np.testing.assert_allclose(test_predictions[["prob_0", "prob_1"]].sum(axis=1), 1.0, atol=1e-4)
 
 
+def test_patience_stops_when_validation_f1_cannot_improve_and_a_resumed_run_stops_alike(
+    tiny_models, small_data, tmp_path
+):
+    # an lr this small leaves the weights as they are, so no epoch after the first has a better F1
+    config = tiny_config(tiny_models["roberta"], small_data, epochs=4, patience=1, lr=1e-12)
+    summary = train(config, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    assert [row["epoch"] for row in run.metrics()] == [1, 2]
+    assert summary.best_epoch == 1 and summary.epochs == 4 and summary.stopped_early_after == 2
+    assert "stopped early after epoch 2 of 4: no better validation F1 for 1 epochs (train.patience)" in summary.notes
+
+    # killed after the last checkpoint, before the summary: the resumed run stops there too, with the same record
+    run.file("summary.json").unlink()
+    resumed = train(config, tmp_path / "run", resume=True)
+    assert [row["epoch"] for row in run.metrics()] == [1, 2]
+    assert resumed.model_dump(exclude={"peak_memory_mb"}) == summary.model_dump(exclude={"peak_memory_mb"})
+
+
+def test_without_patience_every_epoch_runs(tiny_models, small_data, tmp_path):
+    summary = train(tiny_config(tiny_models["roberta"], small_data, epochs=2, lr=1e-12), tmp_path / "run")
+    assert summary.stopped_early_after is None and len(RunDir(tmp_path / "run").metrics()) == 2
+
+
 def test_decoder_gets_pad_equal_eos_on_tokenizer_and_model(tiny_models, small_data):
     from lorabench.training.lora_recipe import prepare
 

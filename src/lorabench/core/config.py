@@ -63,6 +63,11 @@ class DataConfig(_Section):
     )
     test: str | None = Field(None, description="a test file (labels optional)")
     text_column: str = Field("text", description="column holding the texts")
+    # e.g. "{keyword}: {text}": the model then sees the keyword too; predict and serve build texts the same way
+    # from the run's config (lorabench.data.sources.template_texts).
+    text_template: str | None = Field(
+        None, description="build each text from columns, e.g. '{keyword}: {text}' (missing values are empty)"
+    )
     label_column: str = Field("target", description="column holding the labels")
     id_column: str = Field("id", description="column naming the rows in prediction files")
     train_size: float = Field(0.8, gt=0, lt=1, description="training share of the train/validation split")
@@ -124,6 +129,10 @@ class TrainSettings(_Section):
         description=f"where metrics go beyond the run record, comma-separated: {', '.join(get_args(TrackerName))}",
     )
     save_every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch")
+    # Early stopping: the best epoch's adapter is kept either way; patience only saves the epochs after it.
+    patience: int | None = Field(
+        None, gt=0, description="stop after N epochs without a better validation F1; None = train every epoch"
+    )
 
 
 class RunConfig(_Section):

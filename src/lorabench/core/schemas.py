@@ -54,6 +54,9 @@ class RunSummary(_Record):
     precision: str
     versions: dict[str, str] = Field(default_factory=dict)
     vocabulary_size: int | None = None
+    stopped_early_after: int | None = Field(
+        None, description="the last epoch trained when train.patience stopped the run; None when it ran every epoch"
+    )
     notes: list[str] = Field(default_factory=list)
 
 

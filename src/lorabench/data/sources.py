@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,6 +167,33 @@ def require_column(frame: pd.DataFrame, column: str, role: str, split: str) -> N
     )
 
 
+def template_columns(template: str) -> list[str]:
+    """The columns a text template names, in order; refuses a template that names none."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:  # an unmatched brace
+        raise LorabenchError(f"data.text_template {template!r} is not a valid template: {err}") from err
+    if not fields or not all(fields):
+        raise LorabenchError(
+            f"data.text_template {template!r} must name its columns in braces, e.g. '{{keyword}}: {{text}}'"
+        )
+    return list(dict.fromkeys(fields))
+
+
+def template_texts(frame: pd.DataFrame, template: str, source: str) -> pd.Series:
+    """Each row's text built from the template's columns, missing values as empty strings: one function for
+    training, predict and serve, so a model sees its texts built the same way everywhere."""
+    columns = template_columns(template)
+    unknown = [column for column in columns if column not in frame.columns]
+    if unknown:
+        raise LorabenchError(
+            f"data.text_template names columns that {source} does not have: {', '.join(unknown)} "
+            f"(columns: {', '.join(map(str, frame.columns))})"
+        )
+    values = frame[columns].astype(object).where(frame[columns].notna(), "").astype(str)
+    return pd.Series([template.format_map(row) for row in values.to_dict("records")], index=frame.index, dtype=object)
+
+
 def _clean_texts(frame: pd.DataFrame, column: str, split: str, strict: bool, notes: list[str]) -> pd.DataFrame:
     """Drop rows whose text is missing or blank, counting them (or refuse them when strict)."""
     texts = frame[column]
@@ -298,6 +326,11 @@ def _labelled_parts(
 def load_splits(config: DataConfig) -> TextSplits:
     """Read, validate and split the data; refuse what cannot be trained on with one clear message."""
     frames = load_raw_splits(config)
+    if config.text_template:  # the built texts take the text column's place (created when the data lacks it)
+        frames = {
+            split: frame.assign(**{config.text_column: template_texts(frame, config.text_template, f"{split} data")})
+            for split, frame in frames.items()
+        }
     notes: list[str] = []
     train_raw = frames["train"]
     for split, frame in frames.items():

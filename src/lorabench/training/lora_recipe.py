@@ -189,12 +189,22 @@ class LoraRecipe:
 
     def train(self, on_epoch_end: EpochCallback | None = None) -> None:
         """Every remaining epoch: train, validate, keep the best adapter, checkpoint; then the epoch's callback
-        (outside the failure wrapping: a sweep's pruning signal passes through as it is)."""
+        (outside the failure wrapping: a sweep's pruning signal passes through as it is). Stops early when
+        `train.patience` epochs in a row brought no better validation F1."""
         for epoch in range(self.state.epoch + 1, self.settings.epochs + 1):
+            if self.out_of_patience:  # checked before each epoch, so a resumed run stops where it would have
+                break
             with stage(f"epoch {epoch}", self.prepared.config.model.name):
                 row = self._run_epoch(epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
+
+    @property
+    def out_of_patience(self) -> bool:
+        """Whether the last `train.patience` epochs brought no better validation F1 (TrainState has all it needs,
+        so a resumed run decides as the uninterrupted one)."""
+        patience = self.settings.patience
+        return patience is not None and self.state.epoch - self.state.best_epoch >= patience
 
     def _run_epoch(self, epoch: int) -> dict:
         train_loss = self._train_epoch(epoch)
@@ -291,6 +301,12 @@ class LoraRecipe:
 
         set_peft_model_state_dict(self.model, load_file(self.run.file(ADAPTER_DIR) / "adapter_model.safetensors"))
         config = self.prepared.config
+        stopped_early_after = self.state.epoch if self.state.epoch < self.settings.epochs else None
+        if stopped_early_after:
+            note = (f"stopped early after epoch {stopped_early_after} of {self.settings.epochs}: no better "
+                    f"validation F1 for {self.settings.patience} epochs (train.patience)")  # fmt: skip
+            say(f"note: {note}")
+            self.prepared.splits.notes.append(note)
         details = {
             "best_epoch": self.state.best_epoch,
             "epochs": self.settings.epochs,
@@ -305,6 +321,7 @@ class LoraRecipe:
             "lr": self.lr,
             "precision": precision_name(self.amp_dtype),
             "versions": package_versions(VERSIONED_PACKAGES),
+            "stopped_early_after": stopped_early_after,
         }
 
         def score(split: str, _frame: pd.DataFrame) -> np.ndarray:

@@ -49,6 +49,7 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
         classifier = TfidfClassifier.fit(texts, labels, splits.label_names, config.train.seed)
         train_seconds = time.perf_counter() - started
         train_loss = log_loss(labels, classifier.predict_proba(texts), labels=list(range(splits.num_labels)))
+    splits.notes.append(_regularization_note(classifier))
     for note in splits.notes:
         say(f"note: {note}")
     run.prepare(config, resume)
@@ -84,5 +85,15 @@ def _details(classifier: TfidfClassifier, rows: int, train_seconds: float) -> di
         "lr": None,  # L-BFGS needs none
         "precision": "fp64",
         "versions": package_versions(VERSIONED_PACKAGES),
-        "vocabulary_size": len(classifier.vectorizer.vocabulary_),
+        "vocabulary_size": classifier.vocabulary_size,
     }
+
+
+def _regularization_note(classifier: TfidfClassifier) -> str:
+    """How C was chosen, for summary.json's notes (settings.json records it too)."""
+    regression = classifier.settings["regression"]
+    if not regression["cv_folds"]:
+        return f"tfidf: C={regression['C']} (a class has one training row: no cross-validation)"
+    return (
+        f"tfidf: C={regression['C']} chosen by {regression['cv_folds']}-fold cross-validation F1 on the training split"
+    )

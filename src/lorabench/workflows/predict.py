@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from lorabench.core import console
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.metrics import check_threshold, decide
-from lorabench.core.storage import atomic_file
-from lorabench.data.sources import csv_options, file_kind, require_column
+from lorabench.core.storage import RunDir, atomic_file
+from lorabench.data.sources import csv_options, file_kind, require_column, template_columns, template_texts
 from lorabench.models.registry import Classifier, load_classifier
 
 READ_CHUNK_ROWS = 2048
@@ -25,7 +25,7 @@ OUTPUT_FORMATS = (".csv", ".jsonl")
 
 
 def predict_file(
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     data: str | Path,
     out: str | Path,
     threshold: float | None = None,
@@ -40,6 +40,8 @@ def predict_file(
 
     The output keeps the id column and adds `target` (label name) and `score`; with `submission` it is exactly
     Kaggle's `id,target`. It is written to a temporary file and renamed at the end, so a failure leaves nothing.
+    A run trained with `data.text_template` builds each text from the same columns the same way (`text_column`
+    then does not apply).
     """
     data, out = Path(data), Path(out)
     kind = file_kind(data)
@@ -53,17 +55,18 @@ def predict_file(
     if total == 0:
         raise LorabenchError(f"{data} has no rows to predict")
     classifier = classifier or load_classifier(run_dir, batch_size)
+    template = RunDir(run_dir).config().data.text_template if run_dir is not None else None  # None: a bare classifier
+    text_columns = template_columns(template) if template else [text_column]
     check_threshold(threshold, classifier.label_names)
     threshold = classifier.threshold if threshold is None else threshold
 
     counts = {str(name): 0 for name in classifier.label_names}
     rows = empty = 0
     with atomic_file(out) as handle, console.progress_bar(f"predict {data.name}", total) as bar:
-        for chunk in _read_chunks(data, kind, [id_column, text_column], chunk_rows):
-            require_column(chunk, text_column, "text", data.name)
+        for chunk in _read_chunks(data, kind, [id_column, *text_columns], chunk_rows):
             if submission and id_column not in chunk.columns:
                 raise LorabenchError(f"--submission needs an id column '{id_column}' in {data.name} (see --id-column)")
-            texts = chunk[text_column].fillna("").astype(str)
+            texts = _chunk_texts(chunk, template, text_column, data.name)
             with console.progress_hidden():
                 probabilities = classifier.predict_proba(texts.tolist())
             labels, scores = decide(probabilities, classifier.label_names, threshold)
@@ -77,6 +80,14 @@ def predict_file(
     if empty:
         console.say(f"note: {empty} rows had an empty or missing text; they were scored as empty texts")
     return {"rows": rows, "out": str(out), "threshold": threshold, "label_counts": counts, "empty_texts": empty}
+
+
+def _chunk_texts(chunk: pd.DataFrame, template: str | None, text_column: str, source: str) -> pd.Series:
+    """The texts to score: built by the run's template, else the text column's (missing ones empty)."""
+    if template:
+        return template_texts(chunk, template, source)
+    require_column(chunk, text_column, "text", source)
+    return chunk[text_column].fillna("").astype(str)
 
 
 def _count_rows(path: Path, kind: str) -> int:

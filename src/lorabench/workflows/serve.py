@@ -20,11 +20,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 from starlette.datastructures import Headers
 
 from lorabench.core import console
@@ -32,6 +33,7 @@ from lorabench.core.errors import LorabenchError
 from lorabench.core.metrics import check_threshold, decide
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
+from lorabench.data.sources import template_texts
 from lorabench.models.registry import Classifier, load_classifier
 
 DEFAULT_MAX_TEXTS = 64
@@ -50,7 +52,16 @@ ROUTES = ("/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(description="the texts to classify")
+    texts: list[StrictStr] | None = Field(None, description="the texts to classify")
+    rows: list[dict[str, StrictStr | None]] | None = Field(
+        None, description="instead of texts, for a run trained with data.text_template: the template's columns"
+    )
+
+    @model_validator(mode="after")
+    def _texts_or_rows(self) -> PredictRequest:
+        if (self.texts is None) == (self.rows is None):
+            raise ValueError("send either texts or rows")
+        return self
 
 
 class Prediction(BaseModel):
@@ -259,8 +270,10 @@ def create_app(
     api_key: str | None = None,
     max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    text_template: str | None = None,
 ) -> FastAPI:
-    """The FastAPI app for one loaded classifier; `summary` is the run's summary.json (for /info)."""
+    """The FastAPI app for one loaded classifier; `summary` is the run's summary.json (for /info);
+    `text_template` is the run's data.text_template, which builds texts from the `rows` of a request."""
     check_threshold(threshold, classifier.label_names)
     threshold = classifier.threshold if threshold is None else threshold
     model_name = summary.model
@@ -286,7 +299,7 @@ def create_app(
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> PredictResponse:
         """One prediction per text, in order."""
-        texts = request.texts
+        texts = _request_texts(request, text_template)
         _check_size(texts, max_texts, max_chars)
         if not texts:
             return PredictResponse(model=model_name, threshold=threshold, predictions=[])
@@ -327,6 +340,20 @@ def create_app(
         return metrics.exposition()
 
     return app
+
+
+def _request_texts(request: PredictRequest, text_template: str | None) -> list[str]:
+    """The request's texts, or its rows built into texts as in training; 422 when rows cannot be."""
+    if request.rows is None:
+        return request.texts
+    if not text_template:
+        raise HTTPException(422, "rows apply to runs trained with data.text_template; send texts")
+    if not request.rows:
+        return []
+    try:
+        return template_texts(pd.DataFrame(request.rows), text_template, "the request's rows").tolist()
+    except LorabenchError as err:
+        raise HTTPException(422, str(err)) from err
 
 
 def _check_size(texts: list[str], max_texts: int, max_chars: int) -> None:
@@ -375,9 +402,10 @@ def serve(
         raise LorabenchError("--request-timeout must be more than 0 seconds")
     api_key = _api_key(api_key_env)  # before loading the model: a missing key fails at once
     classifier = load_classifier(run_dir, batch_size)
-    summary = RunDir(run_dir).summary()
-    app = create_app(classifier, summary, threshold, max_texts, max_chars, api_key=api_key,
-                     max_queued_texts=max_queued_texts, request_timeout=request_timeout)  # fmt: skip
+    run = RunDir(run_dir)
+    app = create_app(classifier, run.summary(), threshold, max_texts, max_chars, api_key=api_key,
+                     max_queued_texts=max_queued_texts, request_timeout=request_timeout,
+                     text_template=run.config().data.text_template)  # fmt: skip
     if not api_key and not _is_loopback(host):
         console.say(f"warning: serving on {host} makes the model reachable from other machines, with no authentication")
     uvicorn.run(app, host=host, port=port, log_level="info",
