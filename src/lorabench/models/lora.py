@@ -104,6 +104,8 @@ class LoraClassifier:
     kind: ClassVar[str] = KIND
     model_dir: ClassVar[str] = ADAPTER_DIR
     trains_in_epochs: ClassVar[bool] = True
+    adapts_a_base_model: ClassVar[bool] = True
+    library_name: ClassVar[str] = "peft"
 
     model: Any  # a peft model
     tokenizer: Any

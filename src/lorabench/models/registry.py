@@ -23,6 +23,8 @@ class Classifier(Protocol):
     kind: ClassVar[str]
     model_dir: ClassVar[str]  # the directory of a run that holds this kind's model files
     trains_in_epochs: ClassVar[bool]
+    adapts_a_base_model: ClassVar[bool]  # a LoRA-like adapter over pretrained weights (peft loads the run export)
+    library_name: ClassVar[str]  # the library that loads a run export of this kind (a model card's metadata)
     label_names: list
     threshold: float | None
 
@@ -40,6 +42,9 @@ CLASSIFIERS: dict[str, type[Classifier]] = {
     lora.KIND: lora.LoraClassifier,
     tfidf.KIND: tfidf.TfidfClassifier,
 }
+
+
+DEFAULT_KIND = lora.KIND  # what runs written before kinds were recorded hold, unless their files say otherwise
 
 
 def classifier_type(kind: str) -> type[Classifier]:

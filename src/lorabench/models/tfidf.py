@@ -119,6 +119,8 @@ class TfidfClassifier:
     kind: ClassVar[str] = KIND
     model_dir: ClassVar[str] = MODEL_DIR
     trains_in_epochs: ClassVar[bool] = False  # one full-batch fit, recorded as epoch 1
+    adapts_a_base_model: ClassVar[bool] = False
+    library_name: ClassVar[str] = "scikit-learn"
 
     vectorizers: dict[str, TfidfVectorizer]
     regression: LogisticRegression

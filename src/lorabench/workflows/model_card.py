@@ -11,12 +11,11 @@ import yaml
 
 from lorabench.core.config import RunConfig
 from lorabench.core.schemas import Metrics, RunSummary
+from lorabench.models.registry import DEFAULT_KIND, Classifier, classifier_type
 
 CARD_FILE = "README.md"
 METRIC_NAMES = {"f1": "F1", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy"}
 SPLIT_NAMES = {"validation": "val", "test": "test"}  # model-index split name -> RunSummary attribute
-# The library that loads each export: a LoRA run's files through peft, a merged one through plain transformers.
-LIBRARIES = {("lora", "run"): "peft", ("lora", "merged"): "transformers", ("tfidf", "run"): "scikit-learn"}
 
 
 def model_card(config: RunConfig, summary: RunSummary, export_format: str) -> str:
@@ -24,7 +23,7 @@ def model_card(config: RunConfig, summary: RunSummary, export_format: str) -> st
     front = yaml.safe_dump(front_matter(config, summary, export_format), sort_keys=False, allow_unicode=True)
     sections = [
         f"# {summary.model}: text classification\n\nTrained and exported with lorabench "
-        f"({'LoRA' if summary.kind == 'lora' else summary.kind}, {export_format} format).",
+        f"({_kind(summary).kind}, {export_format} format).",
         _data_section(config, summary),
         _training_section(config, summary),
         _results_section(summary),
@@ -37,14 +36,15 @@ def model_card(config: RunConfig, summary: RunSummary, export_format: str) -> st
 
 def front_matter(config: RunConfig, summary: RunSummary, export_format: str) -> dict:
     """Hub metadata; results are one entry per scored split (split on the dataset, as the hub's schema has it)."""
-    kind = summary.kind or "lora"
+    kind = _kind(summary)
     meta: dict = {}
     base = base_model(config)
     if base:
         meta["base_model"] = base
-    meta["library_name"] = LIBRARIES.get((kind, export_format), "transformers")
+    # a merged export is a plain Transformers checkpoint; a run export loads through its kind's library
+    meta["library_name"] = "transformers" if export_format == "merged" else kind.library_name
     meta["pipeline_tag"] = "text-classification"
-    meta["tags"] = ["lorabench", *(["lora", "peft"] if kind == "lora" else [kind]), "text-classification"]
+    meta["tags"] = ["lorabench", kind.kind, *(["peft"] if kind.adapts_a_base_model else []), "text-classification"]
     results = []
     for split, metrics in _scored_splits(summary):
         results.append(
@@ -92,14 +92,14 @@ def _training_section(config: RunConfig, summary: RunSummary) -> str:
     lines = [
         "## Training",
         "",
-        f"- kind: {summary.kind or 'lora'}; base: `{config.model.source}`",
+        f"- kind: {_kind(summary).kind}; base: `{config.model.source}`",
         f"- epochs: {summary.epochs}, best epoch (by validation F1): {summary.best_epoch}",
     ]
     if summary.lr is not None:
         lines.append(
             f"- learning rate: {summary.lr:g} ({config.train.scheduler} after {config.train.warmup:g} warm-up)"
         )
-    if summary.kind in (None, "lora"):
+    if _kind(summary).adapts_a_base_model:
         lora = config.lora
         targets = ", ".join(lora.target_modules) if lora.target_modules else "peft's default for the architecture"
         lines.append(f"- LoRA: r {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, targets: {targets}")
@@ -149,7 +149,7 @@ def _usage_section(config: RunConfig, summary: RunSummary, export_format: str) -
         "lorabench predict --run . --data texts.csv --out predictions.csv\n"
         'lorabench serve --run .          # POST /predict {"texts": [...]}\n```'
     )
-    if summary.kind in (None, "lora"):
+    if _kind(summary).adapts_a_base_model:
         parts.append(_peft_usage(config, summary))
     return "\n\n".join(parts)
 
@@ -198,3 +198,7 @@ def _limitations_section(config: RunConfig, summary: RunSummary) -> str:
         lines.append(f"- {summary.truncated_texts} texts were cut to {config.train.max_length} tokens in training")
     lines += [f"- data: {note}" for note in summary.notes]
     return "\n".join(lines)
+
+
+def _kind(summary: RunSummary) -> type[Classifier]:
+    return classifier_type(summary.kind or DEFAULT_KIND)

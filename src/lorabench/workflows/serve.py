@@ -12,6 +12,7 @@ metrics (per app, so several apps in one process do not clash) are at /metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import os
@@ -280,17 +281,12 @@ def create_app(
     metrics = ServeMetrics()
     worker = BatchingWorker(classifier.predict_proba, max_batch, gather_seconds, max_queued_texts, metrics)
 
-    @asynccontextmanager
-    async def lifespan(_app):
-        console.set_progress(False)  # a service draws no progress bars per batch
-        task = asyncio.create_task(worker.run())
-        try:
-            yield
-        finally:  # uvicorn gets here only after in-flight requests are answered (or its graceful timeout)
-            task.cancel()
-
-    description = f"Text classification with the LoRA fine-tuned model '{model_name}'."
-    app = FastAPI(title="lorabench", version="1", lifespan=lifespan, description=description)
+    app = FastAPI(
+        title="lorabench",
+        version="1",
+        lifespan=functools.partial(_lifespan, worker=worker),
+        description=f"Text classification: '{model_name}'.",
+    )
     app.add_middleware(BodyLimit, max_texts=max_texts, max_chars=max_chars)
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key)  # added later = runs earlier: before the body is read
@@ -342,6 +338,17 @@ def create_app(
     return app
 
 
+@asynccontextmanager
+async def _lifespan(_app: FastAPI, worker: BatchingWorker):
+    """The batching worker runs while the app serves."""
+    console.set_progress(False)  # a service draws no progress bars per batch
+    task = asyncio.create_task(worker.run())
+    try:
+        yield
+    finally:  # uvicorn gets here only after in-flight requests are answered (or its graceful timeout)
+        task.cancel()
+
+
 def _request_texts(request: PredictRequest, text_template: str | None) -> list[str]:
     """The request's texts, or its rows built into texts as in training; 422 when rows cannot be."""
     if request.rows is None:
@@ -369,16 +376,16 @@ async def _scored(worker: BatchingWorker, texts: list[str], timeout: float) -> n
     """The worker's answer, or the HTTP refusal that tells the client to come back later."""
     try:
         return await worker.submit(texts, timeout)
-    except QueueFull:
+    except QueueFull as err:
         worker.metrics.errors.labels("queue_full").inc()
         raise HTTPException(
             503,
             f"busy: over {worker.max_queued_texts} texts are waiting to be scored; retry shortly",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        ) from None
-    except asyncio.TimeoutError:
+        ) from err
+    except asyncio.TimeoutError as err:
         worker.metrics.errors.labels("timeout").inc()
-        raise HTTPException(504, f"not answered within {timeout:g} s; the server is overloaded") from None
+        raise HTTPException(504, f"not answered within {timeout:g} s; the server is overloaded") from err
 
 
 def serve(
