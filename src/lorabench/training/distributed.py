@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from lorabench.core.errors import LorabenchError, first_line
 
@@ -50,8 +52,6 @@ def world() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
-    import torch.distributed as dist
-
     current = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         # torch._dynamo (which the optimizer loads) holds references to every process group that exists when it
@@ -70,8 +70,6 @@ def _leave_process_group() -> None:
     interpreter shutdown can have a worker thread release a finished collective's tensors then: it needs the GIL,
     is stopped mid-release, and the process aborts after its work is done (SIGABRT, 'terminate called without an
     active exception'; a 2-process probe of compare's collectives ended that way in 10 of 40 launches)."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -80,8 +78,6 @@ def wrap(model, current: World):
     """DistributedDataParallel over the trainable (LoRA + head) parameters; the model itself when run alone."""
     if not current.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     # the buffers (position ids) never change: no need to sync them before every forward
     return DistributedDataParallel(
         model, device_ids=[current.local_rank] if torch.cuda.is_available() else None, forward_sync_buffers=False
@@ -92,8 +88,6 @@ def sum_all(value: float, current: World) -> float:
     """The sum of `value` over all processes."""
     if not current.distributed:
         return value
-    import torch.distributed as dist
-
     total = torch.tensor([value], dtype=torch.float64)
     if torch.cuda.is_available():
         total = total.to(current.device())
@@ -105,8 +99,6 @@ def gather_all(value, current: World) -> list:
     """Every process's `value`, in rank order, on every process."""
     if not current.distributed:
         return [value]
-    import torch.distributed as dist
-
     parts: list = [None] * current.size
     dist.all_gather_object(parts, value)
     return parts
@@ -126,8 +118,6 @@ def broadcast(value, current: World):
     """Rank 0's `value`, on every process."""
     if not current.distributed:
         return value
-    import torch.distributed as dist
-
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
