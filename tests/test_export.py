@@ -20,7 +20,7 @@ from lorabench.workflows.export import EXPORT_INFO, export_run
 from lorabench.workflows.predict import predict_file
 
 
-@pytest.fixture(scope="module", params=["roberta", "llama"])
+@pytest.fixture(scope="module", params=["roberta", "mpnet", "llama"])
 def run_dir(request, tiny_models, small_data, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"export_{request.param}") / "run"
     config = resolve_config(

@@ -58,8 +58,11 @@ def _model(kind, tiny_models, attention):
     return _classifier(_tiny_bert() if kind == "bert" else tiny_models[kind], attention)
 
 
-@pytest.mark.parametrize("kind", ["roberta", "bert", "llama", "mistral"])
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize(
+    ("kind", "attention"),
+    [(kind, attention) for kind in ("roberta", "bert", "llama", "mistral") for attention in ("eager", "sdpa")]
+    + [("mpnet", "eager")],  # MPNet has eager attention only
+)
 def test_packed_logits_equal_padded_logits(kind, attention, tiny_models):
     model = _model(kind, tiny_models, attention)
     pad_id = model.config.pad_token_id
@@ -90,7 +93,7 @@ def test_packed_logits_match_under_bf16_autocast(kind, tiny_models):
     torch.testing.assert_close(packed, padded, atol=3e-2, rtol=3e-2)
 
 
-@pytest.mark.parametrize("kind", ["roberta", "llama"])
+@pytest.mark.parametrize("kind", ["roberta", "mpnet", "llama"])
 def test_packed_gradients_equal_padded_gradients(kind, tiny_models):
     model = _model(kind, tiny_models, None)
     choose_attention(model)

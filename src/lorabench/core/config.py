@@ -46,7 +46,9 @@ class ModelConfig(_Section):
     name: str = Field("minilm", description="preset name, local model directory or hub id")
     # The kind of classifier (lorabench.models): LoRA on a pretrained model unless a preset says otherwise.
     kind: str = Field("lora", description="classifier kind: lora, or a preset's own (see `lorabench presets`)")
-    source: str = Field("", description="what to load: a directory, a hub id, or package:MODULE/SUBDIR")
+    source: str = Field(
+        "", description="what to load: a directory, a hub id, package:MODULE/SUBDIR or split-zip:... (see presets)"
+    )
     gguf_file: str | None = Field(None, description="GGUF file name inside the model directory")
     trust_remote_code: bool = Field(False, description="allow a model's own Python code")
     allow_pickle: bool = Field(False, description="allow pickle (.bin) weights")

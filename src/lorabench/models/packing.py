@@ -27,7 +27,9 @@ from lorabench.core.errors import LorabenchError
 from lorabench.data.tokenization import pad_batch
 
 # Encoders pool the first token through their own head; decoders score their last token.
-PACKED_ENCODERS = ("bert", "roberta")
+PACKED_ENCODERS = ("bert", "roberta", "mpnet")
+# Encoders whose embeddings number positions from padding_idx + 1 (their create_position_ids_from_input_ids).
+POSITIONS_AFTER_PADDING = ("roberta", "mpnet")
 PACKED_DECODERS = ("llama", "mistral")
 
 
@@ -83,9 +85,8 @@ def pack(sequences: list[list[int]], model, pad_id: int) -> dict[str, torch.Tens
     ids = np.fromiter((token for seq in sequences for token in seq), dtype=np.int64, count=int(lengths.sum()))
     local = np.arange(len(ids)) - np.repeat(starts, lengths)
     packed = {"input_ids": torch.from_numpy(ids)[None]}
-    if config.model_type == "roberta":
-        # RoBERTa numbers positions from padding_idx + 1 (its own create_position_ids_from_input_ids)
-        local = local + config.pad_token_id + 1
+    if config.model_type in POSITIONS_AFTER_PADDING:
+        local = local + classifier(model).base_model.embeddings.padding_idx + 1
     packed["position_ids"] = torch.from_numpy(local)[None]
     if config.model_type in PACKED_DECODERS:
         # the rightmost token that is not padding, as GenericForSequenceClassification picks it
@@ -124,7 +125,10 @@ def packed_logits(model, packed: dict[str, torch.Tensor]) -> torch.Tensor:
         return head_model.score(pooled)
     if model_type == "bert":  # BertForSequenceClassification: pooler (dense + tanh on [CLS]) -> dropout -> linear
         return head_model.classifier(head_model.dropout(backbone.pooler(pooled[:, None])))
-    return head_model.classifier(pooled[:, None])  # RobertaClassificationHead reads features[:, 0]
+    # RobertaClassificationHead and MPNetClassificationHead read features[:, 0]. MPNet's relative position bias
+    # spans the packed row, but it depends only on the distance between two tokens, which is the same inside a
+    # sequence as in its own row; the mask hides the pairs across sequences.
+    return head_model.classifier(pooled[:, None])
 
 
 def batch_logits(

@@ -21,7 +21,11 @@ from safetensors import safe_open
 
 from lorabench.core.config import ModelConfig
 from lorabench.core.errors import LorabenchError, first_line
+from lorabench.models.split_zip import PREFIX as SPLIT_ZIP
+from lorabench.models.split_zip import assembled_model
 
+# Source forms only lorabench resolves (a model inside installed Python packages), never a hub id or a path.
+PACKAGED_SOURCES = ("package:", SPLIT_ZIP)
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = (
@@ -48,9 +52,12 @@ class ResolvedModel:
 
 
 def resolve_source(config: ModelConfig) -> ResolvedModel:
-    """Turn `package:MODULE[/SUBDIR]`, a directory or a hub id into something `from_pretrained` loads."""
+    """Turn `package:MODULE[/SUBDIR]`, `split-zip:...`, a directory or a hub id into something `from_pretrained`
+    loads."""
     source = config.source
-    if source.startswith("package:"):
+    if source.startswith(SPLIT_ZIP):
+        resolved = ResolvedModel(str(assembled_model(source, config.name)), config.gguf_file, True)
+    elif source.startswith("package:"):
         module, _, subdir = source.removeprefix("package:").partition("/")
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:

@@ -12,6 +12,7 @@ import yaml
 from lorabench.core.config import RunConfig
 from lorabench.core.schemas import Metrics, RunSummary
 from lorabench.models.registry import DEFAULT_KIND, Classifier, classifier_type
+from lorabench.models.weights import PACKAGED_SOURCES
 
 CARD_FILE = "README.md"
 METRIC_NAMES = {"f1": "F1", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy"}
@@ -62,9 +63,9 @@ def front_matter(config: RunConfig, summary: RunSummary, export_format: str) -> 
 
 
 def base_model(config: RunConfig) -> str | None:
-    """The base a loader can name: a hub id or path; a `package:` source is found only by lorabench."""
+    """The base a loader can name: a hub id or path; a `package:` or `split-zip:` source is found only by lorabench."""
     source = config.model.source
-    return None if not source or source.startswith("package:") else source
+    return None if not source or source.startswith(PACKAGED_SOURCES) else source
 
 
 def _scored_splits(summary: RunSummary) -> list[tuple[str, Metrics]]:
