@@ -71,6 +71,17 @@ def find_label_issues(run: Path, data: DataConfig, out: Path | None = None) -> L
     )
 
 
+def read_issues(run: Path) -> pd.DataFrame | None:
+    """A run's label_issues.csv as written (ids as text); None when the run has none."""
+    path = Path(run) / ISSUES_FILE
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
+        raise LorabenchError(f"cannot read {path}: {first_line(err)}") from err
+
+
 def _probabilities(predictions: pd.DataFrame, names: list[str], path: Path) -> np.ndarray:
     columns = [PROBABILITY_PREFIX + name for name in names]
     values = predictions[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
