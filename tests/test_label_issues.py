@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorabench.api import resolve_config
+from lorabench.api import find_label_issues, resolve_config
 from lorabench.core.config import DataConfig, config_to_yaml
 from lorabench.core.storage import CONFIG_FILE
 from lorabench.data.sources import load_splits
-from lorabench.workflows.label_issues import ISSUES_FILE, find_label_issues
+from lorabench.workflows.label_issues import ISSUES_FILE
 
 ROWS = 80
 CONFLICT = (40, 41)  # two rows of one text, labelled 0 and 1
