@@ -188,9 +188,9 @@ def data(
     rows a run's out-of-fold (or validation) probabilities say are likely mislabelled."""
     if out is not None and label_issues is None:
         raise LorabenchError("--out names the CSV of --label-issues; give --label-issues RUN too")
-    given = {key: value for key, value in overrides["data"].items() if value is not None}
-    stats = describe(DataConfig(**given))
-    issues = find_label_issues(label_issues, DataConfig(**given), out) if label_issues is not None else None
+    data_config = DataConfig(**{key: value for key, value in overrides["data"].items() if value is not None})
+    stats = describe(data_config)
+    issues = find_label_issues(label_issues, data_config, out) if label_issues is not None else None
     if as_json:
         typer.echo(json.dumps({**stats, "label_issues": issues.model_dump(mode="json") if issues else None}, indent=2))
         return
