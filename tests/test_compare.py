@@ -23,6 +23,7 @@ from lorabench.data.checks import check_texts
 from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
 from lorabench.workflows.compare import CompareConfig, load_compare_config, plan_runs
+from lorabench.workflows.label_issues import find_label_issues
 
 MISSING_MODEL = "/nonexistent/model"
 
@@ -200,6 +201,22 @@ def test_seeds_train_each_model_several_times_and_report_mean_and_sd(cli, tmp_pa
     assert manifest.seeds == 2
     assert [run.run_dir for run in manifest.models[0].seeds] == [f"runs/{model_dir.name}/seed-{k}" for k in (0, 1)]
     assert "± " in (out / "results.md").read_text()
+
+
+def test_report_shows_the_likeliest_label_errors_of_a_run_that_has_them(comparison, small_data, tmp_path):
+    out, _, _ = comparison
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert "Likely label errors" not in (copy / "report.html").read_text()
+    issues = find_label_issues(copy / "runs" / "tfidf", DataConfig(source=str(small_data)))
+    assert issues.only_validation and issues.flagged_rows > 0
+    render_report(copy)
+    html = (copy / "report.html").read_text()
+    section = html[html.index("<h2>Likely label errors</h2>") : html.index("<h2>Runs</h2>")]
+    assert f"tfidf: {issues.flagged_rows} rows flagged" in section
+    assert section.count("<tr>") == 1 + min(issues.flagged_rows, 10)  # the header and the top rows
+    first = issues.top[0]
+    assert f"<td>{first['id']}</td>" in section and f"<td>{first['given_label_prob']}</td>" in section
 
 
 def test_report_rerenders_the_same_outputs_without_training(comparison):

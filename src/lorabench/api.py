@@ -4,12 +4,21 @@ Every name here is typed; records come back as the schemas in lorabench.core.sch
 """
 
 from lorabench.core.config import RunConfig, resolve_config
-from lorabench.core.schemas import CompareManifest, DataChecks, InferenceCost, Metrics, RunSummary, TrialRecord
+from lorabench.core.schemas import (
+    CompareManifest,
+    DataChecks,
+    InferenceCost,
+    LabelIssues,
+    Metrics,
+    RunSummary,
+    TrialRecord,
+)
 from lorabench.data.sources import TextSplits, load_splits
 from lorabench.models.registry import Classifier, load_classifier
 from lorabench.training.run import train
 from lorabench.workflows.compare import compare
 from lorabench.workflows.export import export_run
+from lorabench.workflows.label_issues import find_label_issues
 from lorabench.workflows.predict import predict_file
 from lorabench.workflows.report import render as render_report
 from lorabench.workflows.serve import create_app, serve
@@ -20,6 +29,7 @@ __all__ = [
     "CompareManifest",
     "DataChecks",
     "InferenceCost",
+    "LabelIssues",
     "Metrics",
     "RunConfig",
     "RunSummary",
@@ -29,6 +39,7 @@ __all__ = [
     "compare",
     "create_app",
     "export_run",
+    "find_label_issues",
     "load_classifier",
     "load_space",
     "load_splits",

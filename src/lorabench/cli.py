@@ -39,10 +39,11 @@ from lorabench.core.config import (
 )
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.schemas import DataChecks
+from lorabench.core.schemas import DataChecks, LabelIssues
 from lorabench.core.storage import CONFIG_FILE
 from lorabench.data.sources import describe
 from lorabench.training.distributed import world
+from lorabench.workflows.label_issues import OOF_FILE, find_label_issues
 from lorabench.workflows.plan import plan as plan_memory
 from lorabench.workflows.report import display_rows, markdown_table, verdict_of
 from lorabench.workflows.sweep import SweepSettings
@@ -177,15 +178,25 @@ def train(
 def data(
     overrides: dict,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    label_issues: Path | None = typer.Option(
+        None, "--label-issues", help="a run: rank its held-out rows by how likely their label is wrong (cleanlab)"
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="CSV for --label-issues (default RUN/label_issues.csv)"),
 ) -> None:
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
-    checks of the split: duplicates, conflicting labels, texts shared between splits."""
-    given = {key: value for key, value in overrides["data"].items() if value is not None}
-    stats = describe(DataConfig(**given))
+    checks of the split: duplicates, conflicting labels, texts shared between splits; with --label-issues, the
+    rows a run's out-of-fold (or validation) probabilities say are likely mislabelled."""
+    if out is not None and label_issues is None:
+        raise LorabenchError("--out names the CSV of --label-issues; give --label-issues RUN too")
+    data_config = DataConfig(**{key: value for key, value in overrides["data"].items() if value is not None})
+    stats = describe(data_config)
+    issues = find_label_issues(label_issues, data_config, out) if label_issues is not None else None
     if as_json:
-        typer.echo(json.dumps(stats, indent=2))
+        typer.echo(json.dumps({**stats, "label_issues": issues.model_dump(mode="json") if issues else None}, indent=2))
         return
     _print_stats(stats)
+    if issues is not None:
+        _print_label_issues(issues)
 
 
 def _print_stats(stats: dict) -> None:
@@ -233,6 +244,34 @@ def _print_checks(console: Console, stats: dict) -> None:
         console.print(
             f"duplicates: group would split {grouped['train']} / {grouped['validation']} rows (now {rows['train']} / "
             f"{rows['validation']}) with no near duplicate on both sides"
+        )
+
+
+ISSUE_HEADERS = {"given_label": "given", "predicted_label": "predicted", "given_label_prob": "P(given)"}
+
+
+def _print_label_issues(issues: LabelIssues) -> None:
+    console = Console(markup=False, emoji=False)
+    rows = "validation rows" if issues.only_validation else "out-of-fold rows"
+    console.print(
+        f"label issues: {issues.flagged_rows} of {issues.checked_rows} {rows} flagged (cleanlab, lowest "
+        f"probability of the given label first); all in {issues.out}"
+    )
+    if issues.only_validation:
+        console.print(f"note: only validation rows were checked: {issues.run} has no {OOF_FILE} (train --folds K)")
+    if issues.top:
+        table = Table(title=f"the {len(issues.top)} likeliest label errors")
+        for column in issues.top[0]:
+            header = ISSUE_HEADERS.get(column, column)
+            table.add_column(header, justify="left" if column in ("id", "text") else "right")
+        for row in issues.top:
+            table.add_row(*[str(value).translate(ESCAPED_LINE_BREAKS) for value in row.values()])
+        console.print(table)
+    if issues.conflicting_texts_checked:
+        unchecked = issues.conflicting_texts - issues.conflicting_texts_checked
+        console.print(
+            f"conflicting texts flagged: {issues.conflicting_texts_flagged}/{issues.conflicting_texts_checked}"
+            + (f" ({unchecked} more in the data were not checked)" if unchecked else "")
         )
 
 

@@ -168,3 +168,19 @@ class TrialRecord(_Record):
     started: float | None = None  # Unix time
     finished: float | None = None
     extra: dict[str, Any] = Field(default_factory=dict)  # backend-specific columns (e.g. the W&B run id)
+
+
+class LabelIssues(_Record):
+    """What `lorabench data --label-issues RUN` found (lorabench.workflows.label_issues): the rows whose given
+    label the run's held-out probabilities contradict, most likely mislabelled first."""
+
+    run: str
+    predictions: str = Field(description="the file checked: oof_predictions.csv, else val_predictions.csv")
+    only_validation: bool = Field(description="True when the run had no out-of-fold predictions")
+    checked_rows: int
+    flagged_rows: int
+    out: str = Field(description="the CSV of every flagged row")
+    top: list[dict[str, Any]] = Field(description="the first flagged rows, as in the CSV")
+    conflicting_texts: int = Field(description="texts the data labels both ways")
+    conflicting_texts_checked: int = Field(description="of those, the texts among the checked rows")
+    conflicting_texts_flagged: int = Field(description="of those, the texts with at least one flagged row")

@@ -57,6 +57,12 @@ def _in_conflicting_group(texts: pd.Series, labels: pd.Series) -> pd.Series:
     return labels.groupby(texts).transform("nunique") > 1
 
 
+def conflicting_texts(texts: pd.Series, labels: pd.Series) -> set[str]:
+    """The distinct texts that occur with more than one label (those `check_texts` counts as conflicts)."""
+    texts = texts.astype(str)
+    return set(texts[_in_conflicting_group(texts, labels)])
+
+
 def _overlaps(
     split_texts: pd.Series | None, reference: pd.Series, reference_normalised: pd.Series, examples: int
 ) -> tuple[TextGroups | None, TextGroups | None]:

@@ -42,8 +42,11 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False) -> RunSu
 
 
 def train_trial(
-    config: RunConfig, out_dir: str | Path, on_epoch_end: Callable[[int, dict], None] | None = None
+    config: RunConfig,
+    out_dir: str | Path,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    resume: bool = False,
 ) -> RunSummary:
     """A sweep's trial: `on_epoch_end(epoch, metrics_row)` is called after each validation (the sweep reports and
-    prunes there), and a pruned or failed trial keeps what it wrote, for the sweep's report."""
-    return trainer_for(config)(config, out_dir, on_epoch_end=on_epoch_end)
+    prunes there), and a pruned or failed trial keeps what it wrote, for the sweep's report and for `resume`."""
+    return trainer_for(config)(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)

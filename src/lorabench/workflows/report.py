@@ -19,8 +19,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay
 from sklearn.preprocessing import label_binarize
 
+from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import CompareManifest
 from lorabench.core.storage import replace_dir, safe_dir_name, write_atomic
+from lorabench.workflows.label_issues import TOP_ROWS, read_issues
 from lorabench.workflows.results import ModelResult, load_results, same_rows
 from lorabench.workflows.scoring import RESAMPLES, uncertainty_columns
 from lorabench.workflows.verdict import Standing, Verdict, decide, pareto_front
@@ -404,6 +406,15 @@ made with duplicates: {{ data.get("duplicates", "keep") }}, conflicts: {{ data.g
 {% endfor %}</tbody></table>{% else %}<p class="meta">Not recorded: this comparison was made before compare checked
 the data.</p>{% endif %}
 
+{% if label_issues %}<h2>Likely label errors</h2>
+<p class="meta">Rows whose given label the run's held-out probabilities contradict most (<code>lorabench data
+--label-issues RUN</code>, cleanlab's confident learning): the {{ top_rows }} likeliest of each run's
+label_issues.csv.</p>
+{% for issues in label_issues %}<h3>{{ issues.name }}: {{ issues.summary }}</h3>
+{% if issues.rows %}<table class="info label-issues"><thead><tr>{% for h in issues.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in issues.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>{% endif %}{% endfor %}{% endif %}
+
 <h2>Runs</h2>
 <table class="info"><thead><tr><th>model</th><th>run directory</th><th>device</th><th>precision</th><th>notes</th></tr></thead><tbody>
 {% for run in runs %}<tr><td>{{ run.name }}</td><td><code>{{ run.dir }}</code></td><td>{{ run.device }}</td><td>{{ run.precision }}</td><td>{{ run.notes }}</td></tr>
@@ -436,6 +447,28 @@ def _run_notes(result: ModelResult) -> str:
     if result.cost_error:
         notes.append(f"inference cost not measured: {result.cost_error}")
     return "; ".join(notes)
+
+
+def label_issue_sections(results: list[ModelResult]) -> list[dict]:
+    """The top rows of every trained model's label_issues.csv (`lorabench data --label-issues`), when it has one."""
+    sections = []
+    for result in results:
+        try:
+            issues = read_issues(result.run_dir) if result.ok else None
+        except LorabenchError as err:
+            sections.append({"name": result.name, "summary": str(err), "headers": [], "rows": []})
+            continue
+        if issues is not None:
+            top = issues.head(TOP_ROWS)
+            sections.append(
+                {
+                    "name": result.name,
+                    "summary": f"{len(issues)} rows flagged",
+                    "headers": list(top.columns),
+                    "rows": top.astype(str).to_numpy().tolist(),
+                }
+            )
+    return sections
 
 
 def render_html(
@@ -471,6 +504,8 @@ def render_html(
         charts={name: _data_uri(png) for name, png in charts.items()},
         confusions=[(r.name, f"confusion_{safe_dir_name(r.name)}.png") for r in results if r.ok],
         checks=manifest.data_checks,
+        label_issues=label_issue_sections(results),
+        top_rows=TOP_ROWS,
         runs=runs,
         hardware=manifest.hardware,
         versions=manifest.versions,

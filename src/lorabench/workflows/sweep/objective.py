@@ -26,11 +26,21 @@ class Objective:
         return validate(merge(self.base, self.space.overrides(params)))
 
     def run(
-        self, params: dict[str, Any], name: str | int, on_epoch_end: Callable[[int, dict], None] | None = None
+        self,
+        params: dict[str, Any],
+        name: str | int,
+        on_epoch_end: Callable[[int, dict], None] | None = None,
+        resume: bool = False,
     ) -> float:
-        """Train into trials_dir/<name>; `on_epoch_end(epoch, row)` reports (and may prune) after each epoch."""
-        summary = train_trial(self.config(params), self.trials_dir / str(name), on_epoch_end=on_epoch_end)
+        """Train into trials_dir/<name>; `on_epoch_end(epoch, row)` reports (and may prune) after each epoch;
+        `resume` continues the run an interrupted sweep left there, from its last checkpoint."""
+        config = self.config(params)
+        summary = train_trial(config, self.trials_dir / str(name), on_epoch_end=on_epoch_end, resume=resume)
         return summary.val.f1
+
+    def identity(self) -> dict[str, Any]:
+        """What makes a resumed sweep the same sweep: the base run config and the space."""
+        return {"base_config": self.base, "space": self.space.to_wandb()}
 
     @property
     def epochs(self) -> int:

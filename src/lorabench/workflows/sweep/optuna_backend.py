@@ -80,11 +80,11 @@ def open_study(settings, objective: Objective) -> optuna.Study:
         )
     except (SQLAlchemyError, ImportError, ValueError) as err:
         raise LorabenchError(f"cannot open the study storage {url}: {first_line(err)}") from err
-    identity = {"base_config": objective.base, "space": objective.space.to_wandb()}
+    identity = objective.identity()
     stored = study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", identity)
-    elif changed := _changed_settings(stored, identity):
+    elif changed := changed_settings(stored, identity):
         raise LorabenchError(
             f"study '{study.study_name}' already holds a sweep with other settings "
             f"({', '.join(changed)}); choose another --out (or --storage)"
@@ -101,7 +101,7 @@ def _flat(mapping: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _changed_settings(stored: dict, current: dict) -> list[str]:
+def changed_settings(stored: dict, current: dict) -> list[str]:
     """Config keys (and 'space') that differ; a key only one side has (a field an upgrade added) is no change."""
     old, new = _flat(stored["base_config"]), _flat(current["base_config"])
     changed = [key for key in old.keys() & new.keys() if old[key] != new[key]]
