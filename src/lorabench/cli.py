@@ -165,7 +165,8 @@ def train(
     run_config = api.resolve_config(model, config, merge(overrides, parse_assignments(assignments)))
     summary = api.train(run_config, out, resume=resume)
     if world().is_main:  # under torchrun every process returns the summary; print it once
-        keys = {"model", "best_epoch", "val", "test", "train_seconds", "peak_memory_mb", "trainable_percent"}
+        keys = {"model", "best_epoch", "val", "val_intervals", "test", "train_seconds", "peak_memory_mb",
+                "trainable_percent"}  # fmt: skip
         typer.echo(summary.model_dump_json(include=keys))
 
 
