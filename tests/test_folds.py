@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from lorabench.api import compare, load_classifier, resolve_config, train
 from lorabench.core.config import DataConfig
@@ -20,6 +21,7 @@ from lorabench.data.checks import normalise_texts
 from lorabench.data.sources import load_splits
 from lorabench.training.averaging import ensemble_of_runs, fit_weights, member_probabilities, weight_grid
 from lorabench.workflows import compare as compare_module
+from lorabench.workflows.serve import create_app
 
 DISASTER = ["fire", "flood", "storm", "quake", "smoke", "rescue", "burning", "evacuate"]
 CALM = ["party", "music", "coffee", "movie", "sunny", "holiday", "pizza", "garden"]
@@ -135,6 +137,19 @@ def test_predict_on_a_folds_run_is_the_mean_of_its_members(folds_run, data_dir, 
     predicted = pd.read_csv(tmp_path / "p.csv")
     np.testing.assert_allclose(predicted["score"], expected[:, 1], atol=1e-6)
     assert predicted["target"].tolist() == (expected[:, 1] >= summary.threshold).astype(int).tolist()
+
+
+def test_serve_answers_with_the_folds_average_and_its_threshold(folds_run, data_dir):
+    out, summary = folds_run
+    texts = pd.read_csv(data_dir / "test.csv")["text"].tolist()[:5]
+    app = create_app(load_classifier(out), RunDir(out).summary(), gather_seconds=0)
+    with TestClient(app) as client:
+        answer = client.post("/predict", json={"texts": texts}).json()
+    assert answer["threshold"] == summary.threshold
+    expected = np.mean(
+        [load_classifier(m).predict_proba(texts)[:, 1] for m in (out / "members").glob("fold-*")], axis=0
+    )
+    np.testing.assert_allclose([p["score"] for p in answer["predictions"]], expected, atol=1e-6)
 
 
 def test_a_folds_run_exports_as_a_copy_and_refuses_merge_in_one_line(folds_run, data_dir, cli, tmp_path):

@@ -29,7 +29,7 @@ from lorabench.models import ensemble
 from lorabench.training.records import record_run, write_predictions
 from lorabench.training.tracking import TRACKER_DIRS
 
-GRID_POINTS = 5000  # most weight vectors tried: 10ths for up to 5 members, coarser steps for more
+GRID_POINTS = 5000  # most weight vectors tried: tenths for up to 6 members, coarser steps for more
 BOOTSTRAP_RESAMPLES = 1000  # as compare's intervals (lorabench.workflows.scoring)
 OOF_FILE = "oof_predictions.csv"
 
@@ -42,7 +42,8 @@ def member_probabilities(run_dir: Path, split: str, frame: pd.DataFrame, label_n
         raise LorabenchError(f"{run_dir} has no {path.name}: it was not scored on the {split} rows")
     scored = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
     keys = ["id", "label"] if "id" in frame.columns else ["label"]
-    expected = frame[keys].astype(str).reset_index(drop=True)
+    # as the file reads back: every cell a string, a missing id an empty one
+    expected = frame[keys].astype(object).where(frame[keys].notna(), "").astype(str).reset_index(drop=True)
     if len(scored) != len(frame) or not scored[keys].astype(str).equals(expected):
         raise LorabenchError(
             f"{run_dir} scored other {split} rows than the ensemble's ({len(scored)} rows, expected {len(frame)} "
