@@ -242,6 +242,17 @@ def test_members_scored_on_other_rows_are_refused(data_dir, tmp_path):
     other = load_splits(DataConfig(source=str(data_dir), folds=3, fold=0)).validation
     with pytest.raises(LorabenchError, match="scored other val rows than the ensemble's"):
         member_probabilities(run, "val", other, [0, 1])
+    reseeded = tfidf_run(tmp_path / "reseeded", data_dir, split_seed=7)
+    data = DataConfig(source=str(data_dir))
+    with pytest.raises(LorabenchError, match="reseeded was trained on other data settings than the comparison's"):
+        ensemble_of_runs({"run": run, "reseeded": reseeded}, tmp_path / "ensemble", load_splits(data), data)
+    assert not (tmp_path / "ensemble").exists()
+
+
+def test_compare_ensemble_refuses_a_model_of_that_name_before_training(data_dir, tmp_path):
+    with pytest.raises(LorabenchError, match="a model named 'ensemble' would take the place of compare --ensemble's"):
+        compare(["tfidf", "ensemble"], tmp_path / "cmp", data=str(data_dir), ensemble=True)
+    assert not (tmp_path / "cmp").exists()
 
 
 @pytest.fixture
