@@ -170,8 +170,9 @@ def ensemble_of_runs(member_runs: dict[str, Path], out_dir: Path, splits: TextSp
     config = RunConfig(model=ModelConfig(name="ensemble", kind=ensemble.KIND, source=source), data=data)
     run = RunDir(out_dir)
     run.prepare(config, resume=False)
+    copies = {directory: run.file(ensemble.MODEL_DIR) / directory for directory in kept}
     for directory, path in kept.items():
-        copy_member(path, run.file(ensemble.MODEL_DIR) / directory)
+        copy_member(path, copies[directory])
     note = (
         "weights fitted on these validation rows (mean log-likelihood, a grid over the simplex): its val metrics "
         "are those of the fitted average, slightly optimistic as any choice made on validation"
@@ -180,7 +181,9 @@ def ensemble_of_runs(member_runs: dict[str, Path], out_dir: Path, splits: TextSp
     splits = dataclasses.replace(splits, notes=[*splits.notes, note])
     kept_weights = weights[weights > 0]
     kept_validation = [p for p, w in zip(validation, weights, strict=True) if w > 0]
-    return record_ensemble(run, splits, kept, kept_weights, average(kept_validation, kept_weights), "ensemble", source)
+    return record_ensemble(
+        run, splits, copies, kept_weights, average(kept_validation, kept_weights), "ensemble", source
+    )
 
 
 def copy_member(run_dir: Path, target: Path) -> None:
