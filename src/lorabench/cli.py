@@ -166,7 +166,8 @@ def train(
     run_config = api.resolve_config(model, config, merge(overrides, parse_assignments(assignments)))
     summary = api.train(run_config, out, resume=resume)
     if world().is_main:  # under torchrun every process returns the summary; print it once
-        keys = {"model", "best_epoch", "val", "test", "train_seconds", "peak_memory_mb", "trainable_percent"}
+        keys = {"model", "best_epoch", "val", "val_intervals", "test", "train_seconds", "peak_memory_mb",
+                "trainable_percent"}  # fmt: skip
         typer.echo(summary.model_dump_json(include=keys))
 
 
@@ -329,12 +330,16 @@ def compare(
     ),  # fmt: skip
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON: shared data/train, per-model entries"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="train each model N times (train.seed + 0..N-1): mean and sd"),
+    ensemble: bool = typer.Option(
+        False, "--ensemble", help="add an 'ensemble' row: the models averaged with weights fitted on validation"
+    ),
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     data, train_settings = overrides["data"], overrides["train"]
     table = api.compare(names, out, data=data["source"], test=data["test"], epochs=train_settings["epochs"],
-                        max_train_rows=data["max_train_rows"], config_file=config, seeds=seeds)  # fmt: skip
+                        max_train_rows=data["max_train_rows"], config_file=config, seeds=seeds,
+                        ensemble=ensemble)  # fmt: skip
     if world().is_main:  # under torchrun every process returns the table; print it once
         typer.echo(results_text(table, out))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from lorabench.core.errors import LorabenchError, first_line
 
@@ -84,6 +84,20 @@ class DataConfig(_Section):
     conflicts: Literal["keep", "majority", "drop"] = Field(
         "keep", description="texts labelled both ways, before splitting: keep, relabel to the majority, or drop"
     )
+    # K folds over every labelled row (train and validation together): `train` then trains one run per fold, each
+    # validated on its held-out fold, and averages them (lorabench.training.folds); `fold` picks one fold's split.
+    folds: int | None = Field(
+        None,
+        ge=2,
+        description="train K runs on stratified folds of all labelled rows and average them; None = one split",
+    )
+    fold: int | None = Field(None, ge=0, description="with folds: validate on this fold (0-based), train on the others")
+
+    @model_validator(mode="after")
+    def _fold_within_folds(self) -> DataConfig:
+        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
+            raise ValueError(f"data.fold {self.fold} needs data.folds greater than it (folds: {self.folds})")
+        return self
 
 
 class LoraSettings(_Section):

@@ -58,6 +58,11 @@ class RunSummary(_Record):
         None, description="the last epoch trained when train.patience stopped the run; None when it ran every epoch"
     )
     notes: list[str] = Field(default_factory=list)
+    val_intervals: dict[str, tuple[float, float]] | None = Field(
+        None,
+        description="95% bootstrap interval (low, high) of each val metric; written by averaging runs, whose val "
+        "metrics are out-of-fold (train --folds) or of fitted weights (compare --ensemble)",
+    )
 
 
 class InferenceCost(_Record):

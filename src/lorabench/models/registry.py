@@ -14,7 +14,7 @@ import numpy as np
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CONFIG_FILE, RunDir
-from lorabench.models import lora, tfidf
+from lorabench.models import ensemble, lora, tfidf
 
 
 class Classifier(Protocol):
@@ -38,9 +38,19 @@ class Classifier(Protocol):
     def export_merged(self, directory: Path) -> dict: ...
 
 
+class AveragingClassifier(ensemble.AveragingClassifier):
+    """The averaging kind, its members loaded by `load_classifier` whatever their kinds (lorabench.models.ensemble
+    cannot import this module: it would be an import cycle)."""
+
+    @classmethod
+    def load(cls, run_dir: str | Path, batch_size: int | None = None) -> AveragingClassifier:
+        return cls.load_with(run_dir, batch_size, load_classifier)
+
+
 CLASSIFIERS: dict[str, type[Classifier]] = {
     lora.KIND: lora.LoraClassifier,
     tfidf.KIND: tfidf.TfidfClassifier,
+    ensemble.KIND: AveragingClassifier,
 }
 
 

@@ -24,15 +24,22 @@ from lorabench.models.registry import Classifier
 SPLITS = (("val", "validation"), ("test", "test"))
 
 
-def write_predictions(path: Path, frame: pd.DataFrame, probabilities: np.ndarray, label_names: list) -> None:
-    """A run's predictions file: the split's id and label columns, predicted class name, one probability per class."""
-    table = frame.drop(columns=["text"]).copy()
+def write_predictions(
+    path: Path, frame: pd.DataFrame, probabilities: np.ndarray, label_names: list, with_text: bool = False
+) -> None:
+    """A run's predictions file: the split's id (and with `with_text` text) and label columns, predicted class
+    name, one probability per class."""
+    table = frame.copy() if with_text else frame.drop(columns=["text"])
     table["prediction"] = [label_names[i] for i in predicted_labels(probabilities)]
     for class_id, name in enumerate(label_names):
         table[f"prob_{name}"] = probabilities[:, class_id].round(6)
     # Python < 3.13's csv writer leaves a \r inside a cell unquoted, and readers take it for a line break: quote
     # every cell of a file whose ids or class names hold one (other files are written as before).
-    cells = [*table.columns, *table["prediction"], *(table["id"] if "id" in table.columns else [])]
+    cells = [
+        *table.columns,
+        *table["prediction"],
+        *(value for key in ("id", "text") if key in table for value in table[key]),
+    ]
     quoting = csv.QUOTE_ALL if any("\r" in str(cell) for cell in cells) else csv.QUOTE_MINIMAL
     write_atomic(path, table.to_csv(index=False, quoting=quoting))
 
@@ -50,6 +57,22 @@ def finish_run(
     write `<split>_predictions.csv` and summary.json. `score(split, frame)` defaults to the classifier's
     `predict_proba` on the frame's texts; `details` are the kind's own summary fields (epochs, time, sizes...)."""
     score = score or (lambda _split, frame: classifier.predict_proba(frame["text"].tolist()))
+    summary = record_run(classifier.kind, splits, run, model, model_source, details, score)
+    classifier.threshold = summary.threshold
+    return summary
+
+
+def record_run(
+    kind: str,
+    splits: TextSplits,
+    run: RunDir,
+    model: str,
+    model_source: str,
+    details: dict[str, Any],
+    score: Callable[[str, pd.DataFrame], np.ndarray],
+) -> RunSummary:
+    """`finish_run` for a kind whose split probabilities `score(split, frame)` already knows (an average of runs
+    that were scored when they trained): predictions, threshold and summary of a run of `kind`."""
     names = splits.label_names
     metrics, threshold = {}, None
     for split, attribute in SPLITS:
@@ -64,11 +87,10 @@ def finish_run(
         write_predictions(run.file(f"{split}_predictions.csv"), frame, probabilities, names)
         if bool((labels >= 0).all()):
             metrics[split] = classification_metrics(labels, predicted_labels(probabilities), len(names))
-    classifier.threshold = threshold
     summary = RunSummary(
         model=model,
         model_source=model_source,
-        kind=classifier.kind,
+        kind=kind,
         val=metrics["val"],
         test=metrics["test"],
         label_names=names,

@@ -5,6 +5,7 @@ A new kind adds its recipe to TRAINERS (and its classifier to lorabench.models.r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from lorabench.core.storage import restored_on_failure
 from lorabench.models import lora, tfidf
 from lorabench.models.registry import classifier_type
 from lorabench.training.distributed import world
+from lorabench.training.folds import train_folds
 from lorabench.training.lora_recipe import train_lora
 from lorabench.training.tfidf_recipe import train_tfidf
 
@@ -23,9 +25,12 @@ TRAINERS: dict[str, Trainer] = {lora.KIND: train_lora, tfidf.KIND: train_tfidf}
 
 
 def trainer_for(config: RunConfig) -> Trainer:
+    """The kind's trainer; with `data.folds` (and no single `data.fold`) it trains every fold and averages them."""
     kind = classifier_type(config.model.kind).kind  # refuses an unknown kind in one line
     if kind not in TRAINERS:
         raise LorabenchError(f"model kind '{kind}' cannot be trained directly")
+    if config.data.folds is not None and config.data.fold is None:
+        return functools.partial(train_folds, trainer=TRAINERS[kind])
     return TRAINERS[kind]
 
 

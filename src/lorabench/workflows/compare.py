@@ -39,12 +39,14 @@ from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
 from lorabench.core.storage import MANIFEST_FILE, restored_on_failure, safe_dir_name, write_record
 from lorabench.data.sources import TextSplits, load_splits, split_checks
 from lorabench.models.registry import classifier_type
+from lorabench.training.averaging import ensemble_of_runs
 from lorabench.training.distributed import World, on_main, world
 from lorabench.training.run import train
 from lorabench.workflows.cost import measure_cost
 from lorabench.workflows.report import render
 
 RUNS_DIR = "runs"
+ENSEMBLE = "ensemble"  # the row and run directory (OUT/runs/ensemble) of compare --ensemble
 VERSIONED_PACKAGES = ("lorabench", "torch", "transformers", "peft", "scikit-learn", "numpy", "pandas")
 
 
@@ -226,10 +228,13 @@ def compare(
     max_train_rows: int | None = None,
     config_file: str | Path | None = None,
     seeds: int = 1,
+    ensemble: bool = False,
 ) -> pd.DataFrame:
     """Train every model into OUT/runs/<model> on the identical split, measure what using it costs, and write the
     results and the report. With `seeds` N > 1 each model trains N times, with train.seed + 0 .. N-1, into
-    OUT/runs/<model>/seed-<seed>, and the results give mean and sd over them.
+    OUT/runs/<model>/seed-<seed>, and the results give mean and sd over them. With `ensemble`, the trained
+    models' (first seeds') probabilities are then averaged with weights fitted on validation into OUT/runs/ensemble,
+    an averaging run with its own row (lorabench.training.averaging.ensemble_of_runs).
 
     Returns the results table (one row per model). Bad input fails before anything is written; a model that
     fails to load or train gets a row with its reason and the next model still runs.
@@ -248,10 +253,12 @@ def compare(
     on_main(lambda: _check_out_dir(out_dir), current)
     shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
     splits = load_splits(shared_data)  # here, so bad data fails now and not once per model
-    manifest = _start_manifest(plans, shared_data, splits, current.size, seeds)
+    manifest = _start_manifest(plans, shared_data, splits, current.size, seeds, ensemble)
     # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was; rank 0 writes
     with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
         _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current)
+        if ensemble:
+            on_main(functools.partial(_add_ensemble, manifest, out_dir, splits, shared_data), current)
         with stage("writing the results and the report", str(out_dir)):
             return on_main(lambda: render(out_dir), current)
 
@@ -274,18 +281,44 @@ def _run_models(manifest: CompareManifest, plans: dict[str, RunConfig], out_dir:
         on_main(write_manifest, current)
 
 
+def _add_ensemble(manifest: CompareManifest, out_dir: Path, splits: TextSplits, data: DataConfig) -> None:
+    """The `ensemble` row: the trained models averaged with weights fitted on validation, its cost measured like
+    any model's; a failure (fewer than two trained models) is its row's reason, and leaves no run behind."""
+    members = {entry.name: out_dir / entry.run_dir for entry in manifest.models if entry.status == "ok"}
+    entry = ModelStatus(name=ENSEMBLE, run_dir=f"{RUNS_DIR}/{ENSEMBLE}",
+                        plan=f"{ENSEMBLE}: {', '.join(members) or 'no model'} averaged, weights fitted on validation")  # fmt: skip
+    say(entry.plan)
+    manifest.models.append(entry)
+    started = time.perf_counter()
+    entry.status, entry.error = reporting(_fit_ensemble, members, out_dir / entry.run_dir, splits, data)
+    entry.wall_seconds = round(time.perf_counter() - started, 1)
+    if entry.status == "ok":
+        _measure_cost(entry, out_dir, splits.validation["text"].tolist())
+    else:
+        say(f"{ENSEMBLE} failed: {entry.error}")
+    write_record(out_dir / MANIFEST_FILE, manifest)
+
+
+def _fit_ensemble(members: dict[str, Path], run_dir: Path, splits: TextSplits, data: DataConfig) -> None:
+    with restored_on_failure(run_dir):
+        ensemble_of_runs(members, run_dir, splits, data)
+
+
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise LorabenchError(f"output directory {out_dir} is not empty; choose another --out")
 
 
 def _start_manifest(
-    plans: dict[str, RunConfig], shared_data: DataConfig, splits: TextSplits, processes: int, seeds: int
-) -> CompareManifest:
+    plans: dict[str, RunConfig], shared_data: DataConfig, splits: TextSplits, processes: int, seeds: int,
+    ensemble: bool = False,
+) -> CompareManifest:  # fmt: skip
     """The comparison's record before any model trains: the shared split's sizes and checks, and every run."""
     names = {name: safe_dir_name(name) for name in plans}
     if len(set(names.values())) < len(names):
         raise LorabenchError(f"two models share a directory name: {', '.join(names.values())}; rename one")
+    if ensemble and ENSEMBLE in {*names, *names.values()}:
+        raise LorabenchError(f"a model named '{ENSEMBLE}' would take the place of compare --ensemble's; rename it")
     rows = {"train": len(splits.train), "validation": len(splits.validation)}
     rows["test"] = len(splits.test) if splits.test is not None else 0
     statuses = []

@@ -54,7 +54,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
         def build(directory: Path) -> None:
             for entry in shipped_entries(run.path):
                 if entry.is_dir():
-                    shutil.copytree(entry, directory / entry.name)
+                    shutil.copytree(entry, directory / entry.name, ignore=_left_out)
                 else:
                     shutil.copy2(entry, directory / entry.name)
             _write_records(directory, info, card)
@@ -76,19 +76,29 @@ def _write_records(directory: Path, info: dict, card: str) -> None:
 
 def shipped_entries(run_path: Path) -> list[Path]:
     """The files and folders of a run that an export without --merge copies."""
-    return [
-        entry
-        for entry in sorted(run_path.iterdir())
-        if not (entry.name.startswith(".") or entry.name in LEFT_OUT_DIRS or entry.name.endswith(LEFT_OUT_SUFFIX))
-    ]
+    return [entry for entry in sorted(run_path.iterdir()) if _shipped(entry.name)]
+
+
+def _shipped(name: str) -> bool:
+    """Whether an export copies a file or folder of this name, in the run or in a member run inside it."""
+    return not (name.startswith(".") or name in LEFT_OUT_DIRS or name.endswith(LEFT_OUT_SUFFIX))
+
+
+def _left_out(_directory: str, names: list[str]) -> list[str]:
+    """copytree's `ignore`: an ensemble's member runs ship without their checkpoints, logs and predictions too."""
+    return [name for name in names if not _shipped(name)]
 
 
 def shipped_bytes(run_path: Path) -> int:
     """The size of what an export without --merge copies."""
-    entries = shipped_entries(run_path)
-    files = [entry for entry in entries if entry.is_file()]
-    files += [path for entry in entries if entry.is_dir() for path in entry.rglob("*") if path.is_file()]
-    return sum(path.stat().st_size for path in files)
+    pending, size = list(shipped_entries(run_path)), 0
+    while pending:
+        entry = pending.pop()
+        if entry.is_dir():
+            pending.extend(child for child in entry.iterdir() if _shipped(child.name))
+        elif entry.is_file():
+            size += entry.stat().st_size
+    return size
 
 
 def _check_out(out: Path, run_path: Path) -> None:

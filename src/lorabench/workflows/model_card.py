@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import yaml
 
-from lorabench.core.config import RunConfig
+from lorabench.core.config import DataConfig, RunConfig
 from lorabench.core.schemas import Metrics, RunSummary
 from lorabench.models.registry import DEFAULT_KIND, Classifier, classifier_type
 from lorabench.models.weights import PACKAGED_SOURCES
@@ -82,11 +82,19 @@ def _data_section(config: RunConfig, summary: RunSummary) -> str:
         f"- source: `{data.source}`" + (f", test file `{data.test}`" if data.test else ""),
         f"- texts from column `{data.text_column}`, labels from `{data.label_column}`; classes "
         + ", ".join(f"`{name}`" for name in summary.label_names),
-        f"- rows: {rows} (train/validation split {data.train_size:g}/{1 - data.train_size:g}, seed {data.split_seed}"
+        f"- rows: {rows} ({_split(data)}, seed {data.split_seed}"
         + (f"; training capped at {data.max_train_rows} rows" if data.max_train_rows else "")
         + ")",
     ]
     return "\n".join(lines)
+
+
+def _split(data: DataConfig) -> str:
+    if data.folds is None:
+        return f"train/validation split {data.train_size:g}/{1 - data.train_size:g}"
+    if data.fold is None:
+        return f"{data.folds} stratified folds of all labelled rows, one run per fold, validation out-of-fold"
+    return f"fold {data.fold} of {data.folds} stratified folds validates, the others train"
 
 
 def _training_section(config: RunConfig, summary: RunSummary) -> str:
