@@ -42,7 +42,6 @@ def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from sklearn.metrics import f1_score
-    from speed import _warmup  # the warm-up argument as this transformers release spells it
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -54,6 +53,7 @@ def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
     from lorabench.core.config import DataConfig, resolve_config
     from lorabench.data.sources import class_weights, load_splits
     from lorabench.models.weights import resolve_source
+    from speed import _warmup  # the warm-up argument as this transformers release spells it
 
     # the same rows as lorabench: the study's split (datasets' train_test_split, seed 42), first `rows` rows
     splits = load_splits(DataConfig(source=data, max_train_rows=rows))
@@ -69,7 +69,9 @@ def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
 
     train, validation = dataset(splits.train), dataset(splits.validation)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=STUDY["r"], lora_alpha=STUDY["alpha"], lora_dropout=STUDY["dropout"])
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=STUDY["r"], lora_alpha=STUDY["alpha"], lora_dropout=STUDY["dropout"]
+    )
     model = get_peft_model(model, lora)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     weights = torch.tensor(class_weights(splits.train["label"].to_numpy(), 2), dtype=torch.float32, device=device)
