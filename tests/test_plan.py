@@ -79,6 +79,8 @@ def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_
             "1",
             "--batch-tokens",
             "256",
+            "--precision",
+            "fp32",
             "--out",
             str(tmp_path / "run"),
         ],

@@ -25,10 +25,20 @@ def choose_device() -> torch.device:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 where the device runs it natively, else fp32 (None); fp16 only when asked for (and only on CUDA)."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_runs_bf16()
+        return torch.bfloat16 if native else None
     if precision == "fp16" and device.type != "cuda":
         raise LorabenchError("--precision fp16 needs a CUDA GPU; use fp32 or bf16 on this machine")
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), as oneDNN then does for autocast.
+
+    Measured on the project's 2-core AMD EPYC (AVX512-BF16): a minilm LoRA training step 1.6x and scoring 1.45x
+    faster than fp32, validation F1 the same (0.775 both, 2000 tweets, 1 epoch). torch offers no public query for
+    this, only these private checks of its CPU capability."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
