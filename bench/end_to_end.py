@@ -35,6 +35,15 @@ STUDY = {"lr": 1e-4, "batch": 8, "r": 2, "alpha": 16, "dropout": 0.1, "warmup": 
          "weight_decay": 0.001, "max_length": 512}  # fmt: skip
 
 
+def tokenized(tokenizer, frame) -> list[dict]:
+    """Rows as the study's `datasets.map` produced them: truncated to MAX_LEN, padded later per batch."""
+    encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=STUDY["max_length"])
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": int(label)}
+        for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"], strict=True)
+    ]
+
+
 def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
     """The study's recipe in this process; returns its validation F1 and where the time went."""
     started = time.perf_counter()
@@ -60,14 +69,7 @@ def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
     source = resolve_source(resolve_config("minilm").model).source
     tokenizer = AutoTokenizer.from_pretrained(source)
 
-    def dataset(frame):
-        encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=STUDY["max_length"])
-        return [
-            {"input_ids": ids, "attention_mask": mask, "labels": int(label)}
-            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"], strict=True)
-        ]
-
-    train, validation = dataset(splits.train), dataset(splits.validation)
+    train, validation = tokenized(tokenizer, splits.train), tokenized(tokenizer, splits.validation)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=STUDY["r"], lora_alpha=STUDY["alpha"], lora_dropout=STUDY["dropout"]

@@ -134,7 +134,7 @@ class LoraClassifier:
         device = choose_device()
         # A run trained in fp16 on a GPU is still usable on a CPU, in fp32.
         fp16_on_cpu = settings.precision == "fp16" and device.type != "cuda"
-        amp_dtype = None if fp16_on_cpu else autocast_dtype(settings.precision, device)
+        amp_dtype = None if fp16_on_cpu else autocast_dtype(settings.precision, device, training=False)
         try:
             model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).to(device)
         except Exception as err:  # safetensors, peft and torch each raise their own types for a damaged adapter

@@ -177,7 +177,8 @@ class LoraRecipe:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.classifier = LoraClassifier(
             self.model, self.prepared.tokenizer, self.prepared.splits.label_names, None, settings.max_length,
-            settings.eval_batch_size, self.device, self.amp_dtype, settings.packing,
+            settings.eval_batch_size, self.device, autocast_dtype(settings.precision, self.device, training=False),
+            settings.packing,
         )  # fmt: skip
         if resume:
             self.load_checkpoint()
