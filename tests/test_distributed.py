@@ -31,6 +31,8 @@ def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_to
         str(tmp / out),
         "--batch-tokens",
         str(batch_tokens),
+        "--precision",  # the launches must agree to fp32 rounding; bf16 steps (auto on some CPUs) round at 1e-3
+        "fp32",
         *extra,
     ]
     if processes > 1:
