@@ -14,7 +14,7 @@ import numpy as np
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CONFIG_FILE, RunDir
-from lorabench.models import lora, tfidf
+from lorabench.models import lora, onnx, tfidf
 
 
 class Classifier(Protocol):
@@ -37,10 +37,13 @@ class Classifier(Protocol):
 
     def export_merged(self, directory: Path) -> dict: ...
 
+    def export_onnx(self, directory: Path, quantize: str) -> dict: ...
+
 
 CLASSIFIERS: dict[str, type[Classifier]] = {
     lora.KIND: lora.LoraClassifier,
     tfidf.KIND: tfidf.TfidfClassifier,
+    onnx.KIND: onnx.OnnxClassifier,
 }
 
 
