@@ -93,7 +93,8 @@ def main() -> None:
     run = RunDir(args.run)
     validation = load_splits(run.config().data).validation
     recorded = pd.read_csv(run.file("val_predictions.csv"))
-    assert recorded["id"].tolist() == validation["id"].tolist(), "val_predictions rows differ from the split"
+    same_rows = recorded["id"].astype(str).tolist() == validation["id"].astype(str).tolist()
+    assert same_rows, "val_predictions rows differ from the split"
     texts, labels = validation["text"].tolist(), recorded["label"].to_numpy()
     test_texts = pd.read_csv(args.data)["text"].tolist()
     print(f"\nin-process: single-text latency over {LATENCY_CALLS} validation texts, bulk over the test file")

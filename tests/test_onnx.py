@@ -115,7 +115,7 @@ def test_int8_export_is_quantized_and_predicts_close_to_fp32(bert_run, onnx_expo
     result = cli(
         "--quiet", "export", "--run", bert_run, "--out", tmp_path / "int8", "--format", "onnx", "--quantize", "int8"
     )
-    assert result.code == 0, result.stderr
+    assert result.code == 0 and result.stderr == "", result.stderr  # onnxruntime's advice to pre-process is not shown
     operators = {node.op_type for node in onnx.load(tmp_path / "int8" / "onnx" / "model.onnx").graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= operators
     assert "MatMulInteger" not in {node.op_type for node in onnx.load(onnx_export / "onnx" / "model.onnx").graph.node}

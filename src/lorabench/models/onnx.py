@@ -10,6 +10,7 @@ neither transformers nor peft is imported, and onnxruntime runs the graph on eve
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import shutil
 import tempfile
@@ -97,7 +98,11 @@ def export_onnx(model, tokenizer, settings: OnnxSettings, directory: Path) -> No
                 f"cannot export {model.config.model_type} to ONNX ({first_line(err)}); export without --format onnx"
             ) from err
         if quantization is not None:
-            quantization.quantize_dynamic(traced, target / MODEL_FILE, weight_type=quantization.QuantType.QInt8)
+            logging.disable(logging.WARNING)  # its advice to pre-process, logged on the root logger at every call
+            try:
+                quantization.quantize_dynamic(traced, target / MODEL_FILE, weight_type=quantization.QuantType.QInt8)
+            finally:
+                logging.disable(logging.NOTSET)
         else:
             shutil.move(traced, target / MODEL_FILE)
     tokenizer.backend_tokenizer.save(str(target / TOKENIZER_FILE))

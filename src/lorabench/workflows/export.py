@@ -59,20 +59,17 @@ def export_run(
         "val": summary.val.model_dump(),
         "test": summary.test.model_dump() if summary.test else None,
     }
-    if export_format == "merged":
+    if export_format != "run":
         classifier = load_classifier(run.path)
 
         def build(directory: Path) -> None:
-            info.update(classifier.export_merged(directory))
-            _write_records(directory, info, card)
-    elif export_format == "onnx":
-        classifier = load_classifier(run.path)
-
-        def build(directory: Path) -> None:
-            info.update(classifier.export_onnx(directory, quantize))
-            # a run record of the onnx kind, so predict / serve / load_classifier take the export as a run
-            write_atomic(directory / CONFIG_FILE, config_to_yaml(config))
-            RunDir(directory).write_summary(summary.model_copy(update={"kind": ONNX_KIND}))
+            if export_format == "merged":
+                info.update(classifier.export_merged(directory))
+            else:
+                info.update(classifier.export_onnx(directory, quantize))
+                # a run record of the onnx kind, so predict / serve / load_classifier take the export as a run
+                write_atomic(directory / CONFIG_FILE, config_to_yaml(config))
+                RunDir(directory).write_summary(summary.model_copy(update={"kind": ONNX_KIND}))
             _write_records(directory, info, card)
     else:
 
