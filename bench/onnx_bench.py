@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lorabench.core.console import set_progress
 from lorabench.core.metrics import classification_metrics, predicted_labels
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/disaster_tweets/test.csv"))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    set_progress(False)  # the in-process calls' bars
     if args.run is None:
         sys.exit("no minilm run found; give --run")
     scratch = Path(tempfile.mkdtemp(prefix="onnx_bench."))
