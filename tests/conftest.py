@@ -115,6 +115,33 @@ def tiny_models(tmp_path_factory, tweets_dir) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert(tiny_models, tmp_path_factory) -> Path:
+    """A tiny random BERT base with the tiny RoBERTa's tokenizer, laid out as a sentence-transformers folder
+    trained for mean pooling (modules.json + 1_Pooling/config.json), as all-MiniLM-L6-v2 is."""
+    import json
+    import shutil
+
+    from transformers import AutoModel, BertConfig
+
+    directory = tmp_path_factory.mktemp("tiny_bert") / "bert"
+    tokenizer_dir = tiny_models["roberta"]
+    torch.manual_seed(0)
+    vocab_size = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=130, pad_token_id=1)  # fmt: skip
+    AutoModel.from_config(config).save_pretrained(directory, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, directory / name)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]  # fmt: skip
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return directory
+
+
+@pytest.fixture(scope="session")
 def llama_run(tiny_models, small_data, tmp_path_factory) -> Path:
     """A finished tiny Llama run for predict / serve (its scores vary from text to text, unlike a tiny RoBERTa's).
     Shared: tests read it and write elsewhere."""

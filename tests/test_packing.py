@@ -150,3 +150,19 @@ def test_unsupported_architecture_is_refused_in_one_line():
     assert not can_pack(model)
     with pytest.raises(LorabenchError, match="packed batches support .* not distilbert"):
         pack([[5, 6]], model, 0)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert", "llama"])
+def test_mean_pooled_packed_logits_equal_padded_and_differ_from_the_own_token(kind, tiny_models):
+    model = _model(kind, tiny_models, "eager")
+    pad_id = model.config.pad_token_id
+    sequences = _sequences(model.config.vocab_size, pad_id, seed=3)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        padded = batch_logits(model, sequences, pad_id, "right", cpu, pooling="mean")
+        packed = batch_logits(model, sequences, pad_id, "right", cpu, packed=True, pooling="mean")
+        alone = torch.cat([batch_logits(model, [seq], pad_id, "right", cpu, pooling="mean") for seq in sequences])
+        own = batch_logits(model, sequences, pad_id, "right", cpu)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
+    assert (own - padded).abs().max() > 1e-3

@@ -43,6 +43,7 @@ from lorabench.core.schemas import DataChecks, LabelIssues
 from lorabench.core.storage import CONFIG_FILE
 from lorabench.data.sources import describe
 from lorabench.training.distributed import world
+from lorabench.workflows.export import ExportFormat, Quantization
 from lorabench.workflows.label_issues import OOF_FILE, find_label_issues
 from lorabench.workflows.plan import plan as plan_memory
 from lorabench.workflows.report import display_rows, markdown_table, verdict_of
@@ -383,11 +384,16 @@ def export(
     run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
     out: Path = typer.Option(..., "--out", "-o", help="directory to write (new, or an earlier export)"),
     merge_adapter: bool = typer.Option(
-        False, "--merge", help="merge the adapter into the base: a plain Transformers model"
+        False, "--merge", help="merge the adapter into the base: a plain Transformers model (= --format merged)"
     ),
+    export_format: ExportFormat | None = typer.Option(
+        None, "--format", help="run: the run's files; merged: a Transformers model; onnx: an ONNX graph (default run)"
+    ),
+    quantize: Quantization = typer.Option("none", "--quantize", help="int8: dynamic int8 weights (--format onnx)"),
 ) -> None:
-    """Export a run: its adapter + head as they are, or merged into a plain Transformers checkpoint."""
-    typer.echo(json.dumps(api.export_run(run, out, merge=merge_adapter)))
+    """Export a run: its adapter + head as they are, merged into a plain Transformers checkpoint, or as ONNX."""
+    typer.echo(json.dumps(api.export_run(run, out, merge=merge_adapter, export_format=export_format,
+                                         quantize=quantize)))  # fmt: skip
 
 
 @app.command()

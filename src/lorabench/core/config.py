@@ -53,6 +53,12 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="allow a model's own Python code")
     allow_pickle: bool = Field(False, description="allow pickle (.bin) weights")
     quantize: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes QLoRA; CUDA only")
+    # auto: decoders pool their last token; an encoder trained for mean pooling (a sentence-transformers folder's
+    # 1_Pooling/config.json says so) the mean of its tokens; other encoders their head's own [CLS] / <s>. The run
+    # records the resolved choice (summary.json `pooling`), and predict / serve / export use it.
+    pooling: Literal["auto", "cls", "mean", "last"] = Field(
+        "auto", description="what the head sees: auto, cls (first token), mean (of the real tokens), last token"
+    )
     config_overrides: dict[str, float | int | bool | str] = Field(
         default_factory=dict, description="set on the architecture's config when loading, e.g. hidden_dropout_prob"
     )

@@ -54,6 +54,9 @@ class RunSummary(_Record):
     precision: str
     versions: dict[str, str] = Field(default_factory=dict)
     vocabulary_size: int | None = None
+    pooling: str | None = Field(
+        None, description="the resolved model.pooling (cls, mean, last); None: a kind without it, or an older run"
+    )
     stopped_early_after: int | None = Field(
         None, description="the last epoch trained when train.patience stopped the run; None when it ran every epoch"
     )

@@ -72,6 +72,12 @@ class AveragingClassifier:
             "(export it without --merge: the copy holds every member)"
         )
 
+    def export_onnx(self, directory: Path, quantize: str) -> dict:
+        raise LorabenchError(
+            "export --format onnx traces one model; an ensemble run averages several runs (export it without "
+            "--format: the copy holds every member, or export each member's run to ONNX)"
+        )
+
 
 def check_weights(weights: dict[str, float]) -> None:
     """Refuse an empty ensemble, negative weights or weights that do not sum to 1."""

@@ -21,11 +21,13 @@ from lorabench.core.runtime import autocast_dtype, choose_device
 from lorabench.core.storage import RunDir, replace_dir
 from lorabench.data.batching import length_sorted_batches
 from lorabench.data.tokenization import Encoded, encode, load_tokenizer
-from lorabench.models.packing import batch_logits
+from lorabench.models.onnx import MODEL_FILE, OnnxSettings, export_onnx
+from lorabench.models.packing import batch_logits, own_pooling
 from lorabench.models.weights import load_base_model, resolve_source
 
 KIND = "lora"
 ADAPTER_DIR = "adapter"
+DECISION_USAGE = "two classes: predict label_names[1] when P(label_names[1]) >= threshold; otherwise the arg-max class"
 
 
 def add_lora(model, settings: LoraSettings):
@@ -82,6 +84,7 @@ def score_encoded(
     padding_side: str = "right",
     description: str = "evaluate",
     packed: bool = False,
+    pooling: str | None = None,
 ) -> np.ndarray:
     """Softmax probabilities in the input's row order, computed in length-sorted batches (packed or padded)."""
     model.eval()
@@ -91,7 +94,7 @@ def score_encoded(
         for rows in batches:
             sequences = [encoded.input_ids[i] for i in rows]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = batch_logits(model, sequences, pad_id, padding_side, device, packed)
+                logits = batch_logits(model, sequences, pad_id, padding_side, device, packed, pooling)
             probabilities[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             bar.advance(len(rows))
     return probabilities
@@ -116,6 +119,7 @@ class LoraClassifier:
     device: torch.device
     amp_dtype: torch.dtype | None
     packed: bool = False
+    pooling: str | None = None  # resolved (packing.resolve_pooling); None: the head's own token (older runs)
 
     @classmethod
     def load(cls, run_dir: str | Path, batch_size: int | None = None) -> LoraClassifier:
@@ -144,7 +148,7 @@ class LoraClassifier:
             ) from err
         model.eval()
         return cls(model, tokenizer, summary.label_names, summary.threshold, settings.max_length,
-                   batch_size or settings.eval_batch_size, device, amp_dtype)  # fmt: skip
+                   batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling)  # fmt: skip
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities (n, k), tokenized and batched exactly as training scores its splits."""
@@ -158,9 +162,8 @@ class LoraClassifier:
     def score(self, encoded: Encoded, description: str) -> np.ndarray:
         """Probabilities of already tokenized rows (training scores its splits this way every epoch)."""
         pad_id, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
-        return score_encoded(
-            self.model, encoded, self.batch_size, self.device, self.amp_dtype, pad_id, side, description, self.packed
-        )
+        return score_encoded(self.model, encoded, self.batch_size, self.device, self.amp_dtype, pad_id, side,
+                             description, self.packed, self.pooling)  # fmt: skip
 
     def save(self, run_dir: str | Path) -> None:
         """The adapter, head and tokenizer into the run, swapped in whole."""
@@ -172,16 +175,39 @@ class LoraClassifier:
         replace_dir(build, Path(run_dir) / ADAPTER_DIR)
 
     def export_merged(self, directory: Path) -> dict:
-        """The adapter merged into the base (peft's merge_and_unload): a plain Transformers checkpoint."""
-        merged = self.model.merge_and_unload(safe_merge=True).to("cpu")
-        _drop_dequantized_gguf_marker(merged)
+        """The adapter merged into the base (peft's merge_and_unload): a plain Transformers checkpoint.
+
+        Refused for mean pooling: `AutoModelForSequenceClassification` would load it without complaint and pool
+        its head's own token, so every prediction would silently differ from the run's."""
+        if self.pooling == "mean":
+            raise LorabenchError(
+                "export --merge writes a plain Transformers model, which pools its head's own token, but this run "
+                "pools the mean of its tokens (model.pooling mean); export with --format onnx (pooling included) "
+                "or without --merge"
+            )
+        merged = self._merged()
         merged.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        return {
-            "max_length": self.max_length,
-            "usage": "two classes: predict label_names[1] when P(label_names[1]) >= threshold; "
-            "otherwise the arg-max class (config.json id2label)",
-        }
+        return {"max_length": self.max_length, "pooling": own_pooling(merged),
+                "usage": DECISION_USAGE + " (config.json id2label)"}  # fmt: skip
+
+    def export_onnx(self, directory: Path, quantize: str) -> dict:
+        """The merged model with the run's pooling and a softmax as one ONNX graph (lorabench.models.onnx)."""
+        merged = self._merged()
+        settings = OnnxSettings(
+            pad_id=self.tokenizer.pad_token_id, padding_side=self.tokenizer.padding_side, max_length=self.max_length,
+            batch_size=self.batch_size, pooling=self.pooling or own_pooling(merged), quantize=quantize,
+        )  # fmt: skip
+        export_onnx(merged, self.tokenizer, settings, directory)
+        return {"max_length": self.max_length, "pooling": settings.pooling, "quantize": quantize,
+                "usage": f"onnx/{MODEL_FILE} maps input_ids and attention_mask (int64, padded) to probabilities; "
+                + DECISION_USAGE}  # fmt: skip
+
+    def _merged(self):
+        """The adapter merged into the base (peft's merge_and_unload), on the CPU."""
+        merged = self.model.merge_and_unload(safe_merge=True).to("cpu")
+        _drop_dequantized_gguf_marker(merged)
+        return merged
 
 
 def _drop_dequantized_gguf_marker(model) -> None:

@@ -5,6 +5,12 @@ Packed (padding-free): the batch's sequences concatenated into one row, with pos
 sequence and attention kept inside each sequence, and the classification head applied to one pooled token
 per sequence (decoders: the last token; encoders: the first, [CLS] or <s>). Both give the same logits.
 
+Pooling (`model.pooling`): the head's own token (encoders: [CLS] / <s>, through BERT's pooler; decoders: the
+last real token), or the mean of the last hidden states over a row's real tokens, which sentence-transformers
+models were trained for. A mean goes through the head minus its own token-picking: BERT's [CLS] pooler is
+skipped (dropout -> classifier), RoBERTa-style heads that read `features[:, 0]` get the mean in that place, and
+decoders' `score` is applied to it.
+
 transformers supports packing natively for decoders only (`position_ids` that restart mark the sequences and
 `create_causal_mask` builds the block-diagonal mask; `DataCollatorWithFlattening` does the same for language
 modelling), and its `*ForSequenceClassification` heads pool one token per row. So the pooling is done here,
@@ -31,6 +37,11 @@ PACKED_ENCODERS = ("bert", "roberta", "mpnet")
 # Encoders whose embeddings number positions from padding_idx + 1 (their create_position_ids_from_input_ids).
 POSITIONS_AFTER_PADDING = ("roberta", "mpnet")
 PACKED_DECODERS = ("llama", "mistral")
+POOLINGS = ("cls", "mean", "last")
+# Encoder heads that read one token's features (`features[:, 0]`), so a mean vector can take its place; BERT's
+# pooler + linear head takes one too (head_logits). Every decoder's `score` layer does.
+TOKEN_READING_HEADS = ("roberta", "xlm-roberta", "camembert", "mpnet", "electra")
+MEAN_POOLED_ENCODERS = ("bert", *TOKEN_READING_HEADS)
 
 
 def classifier(model):
@@ -41,6 +52,30 @@ def classifier(model):
 def is_decoder_classifier(model) -> bool:
     """Decoders' sequence classifiers score every token with `score` and keep the last real one."""
     return hasattr(classifier(model), "score")
+
+
+def own_pooling(model) -> str:
+    """The token the architecture's own head pools: the last for decoders, the first ([CLS] / <s>) otherwise."""
+    return "last" if is_decoder_classifier(model) else "cls"
+
+
+def resolve_pooling(requested: str, model, trained_for: str | None = None) -> str:
+    """The pooling a run uses: `auto` is mean when the model was trained for it (`trained_for`, e.g. a
+    sentence-transformers folder's pooling) and its head takes a mean, else the head's own token; a choice the
+    architecture cannot take is refused (a causal model's first token sees only itself; BERT's [SEP] and
+    RoBERTa's </s> were never trained as a summary)."""
+    own, model_type = own_pooling(model), classifier(model).config.model_type
+    takes_mean = is_decoder_classifier(model) or model_type in MEAN_POOLED_ENCODERS
+    if requested == "auto":
+        return "mean" if trained_for == "mean" and takes_mean else own
+    if requested == "mean" and not takes_mean:
+        raise LorabenchError(
+            f"model.pooling mean supports decoders and {', '.join(MEAN_POOLED_ENCODERS)} heads, not {model_type}; "
+            f"use {own} (its head's own token)"
+        )
+    if requested not in ("mean", own):
+        raise LorabenchError(f"model.pooling {requested} does not fit {model_type}: use {own} or mean")
+    return requested
 
 
 def choose_attention(model) -> str:
@@ -88,6 +123,8 @@ def pack(sequences: list[list[int]], model, pad_id: int) -> dict[str, torch.Tens
     if config.model_type in POSITIONS_AFTER_PADDING:
         local = local + classifier(model).base_model.embeddings.padding_idx + 1
     packed["position_ids"] = torch.from_numpy(local)[None]
+    segment = torch.from_numpy(np.repeat(np.arange(len(sequences)), lengths))
+    packed["segment"] = segment  # which sequence each token belongs to (mean pooling)
     if config.model_type in PACKED_DECODERS:
         # the rightmost token that is not padding, as GenericForSequenceClassification picks it
         packed["pooled"] = torch.tensor(
@@ -95,7 +132,6 @@ def pack(sequences: list[list[int]], model, pad_id: int) -> dict[str, torch.Tens
         )
     else:
         packed["pooled"] = torch.from_numpy(starts)
-        segment = torch.from_numpy(np.repeat(np.arange(len(sequences)), lengths))
         packed["attention_mask"] = (segment[:, None] == segment[None, :])[None, None]
     return packed
 
@@ -104,8 +140,9 @@ def _last_real(sequence: list[int], pad_id: int) -> int:
     return next((i for i in range(len(sequence) - 1, -1, -1) if sequence[i] != pad_id), 0)
 
 
-def packed_logits(model, packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Run the backbone on the packed row and the classification head on each sequence's pooled token."""
+def packed_logits(model, packed: dict[str, torch.Tensor], pooling: str | None = None) -> torch.Tensor:
+    """Run the backbone on the packed row and the classification head on each sequence's pooled token (or, for
+    mean pooling, the mean of each sequence's tokens)."""
     head_model = classifier(model)
     backbone = head_model.base_model
     model_type = head_model.config.model_type
@@ -120,23 +157,56 @@ def packed_logits(model, packed: dict[str, torch.Tensor]) -> torch.Tensor:
     hidden = backbone(
         input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=mask, **options
     ).last_hidden_state[0]
-    pooled = hidden[packed["pooled"]]
-    if model_type in PACKED_DECODERS:
+    if pooling == "mean":
+        segment = packed["segment"]
+        sums = hidden.new_zeros(len(packed["pooled"]), hidden.shape[-1]).index_add_(0, segment, hidden)
+        lengths = torch.bincount(segment, minlength=len(sums)).to(hidden.dtype)
+        return head_logits(head_model, sums / lengths[:, None], pooling)
+    return head_logits(head_model, hidden[packed["pooled"]], pooling)
+
+
+def head_logits(head_model, pooled: torch.Tensor, pooling: str | None) -> torch.Tensor:
+    """The classification head on one pooled vector per row (rows, hidden)."""
+    if is_decoder_classifier(head_model):
         return head_model.score(pooled)
-    if model_type == "bert":  # BertForSequenceClassification: pooler (dense + tanh on [CLS]) -> dropout -> linear
-        return head_model.classifier(head_model.dropout(backbone.pooler(pooled[:, None])))
+    if head_model.config.model_type == "bert":
+        # BertForSequenceClassification: pooler (dense + tanh, trained on [CLS] alone) -> dropout -> linear
+        features = pooled if pooling == "mean" else head_model.base_model.pooler(pooled[:, None])
+        return head_model.classifier(head_model.dropout(features))
     # RobertaClassificationHead and MPNetClassificationHead read features[:, 0]. MPNet's relative position bias
     # spans the packed row, but it depends only on the distance between two tokens, which is the same inside a
     # sequence as in its own row; the mask hides the pairs across sequences.
     return head_model.classifier(pooled[:, None])
 
 
+def padded_logits(model, inputs: dict[str, torch.Tensor], pooling: str | None = None) -> torch.Tensor:
+    """Logits of a padded batch: the model's own head, or the head on each row's mean over its real tokens (the
+    attention mask's ones; no mask: every token is real). The ONNX export traces this very function."""
+    if pooling != "mean":
+        return model(**inputs).logits
+    head_model = classifier(model)
+    options = {"use_cache": False} if is_decoder_classifier(model) else {}
+    hidden = head_model.base_model(**inputs, **options).last_hidden_state
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return head_logits(head_model, hidden.mean(dim=1), pooling)
+    weights = mask[..., None].to(hidden.dtype)
+    return head_logits(head_model, (hidden * weights).sum(dim=1) / weights.sum(dim=1), pooling)
+
+
 def batch_logits(
-    model, sequences: list[list[int]], pad_id: int, padding_side: str, device: torch.device, packed: bool = False
+    model,
+    sequences: list[list[int]],
+    pad_id: int,
+    padding_side: str,
+    device: torch.device,
+    packed: bool = False,
+    pooling: str | None = None,
 ) -> torch.Tensor:
-    """Logits (rows, classes) of `sequences`, in their order, through the padded or the packed path."""
+    """Logits (rows, classes) of `sequences`, in their order, through the padded or the packed path; `pooling`
+    mean pools each row's mean, cls / last / None the head's own token (resolve_pooling checked it fits)."""
     if packed:
         inputs = {key: value.to(device) for key, value in pack(sequences, model, pad_id).items()}
-        return packed_logits(model, inputs)
+        return packed_logits(model, inputs, pooling)
     inputs = {key: value.to(device) for key, value in padded_inputs(sequences, pad_id, padding_side).items()}
-    return model(**inputs).logits
+    return padded_logits(model, inputs, pooling)

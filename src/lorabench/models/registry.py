@@ -14,7 +14,7 @@ import numpy as np
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CONFIG_FILE, RunDir
-from lorabench.models import ensemble, lora, tfidf
+from lorabench.models import ensemble, lora, onnx, tfidf
 
 
 class Classifier(Protocol):
@@ -37,6 +37,8 @@ class Classifier(Protocol):
 
     def export_merged(self, directory: Path) -> dict: ...
 
+    def export_onnx(self, directory: Path, quantize: str) -> dict: ...
+
 
 class AveragingClassifier(ensemble.AveragingClassifier):
     """The averaging kind, its members loaded by `load_classifier` whatever their kinds (lorabench.models.ensemble
@@ -51,6 +53,7 @@ CLASSIFIERS: dict[str, type[Classifier]] = {
     lora.KIND: lora.LoraClassifier,
     tfidf.KIND: tfidf.TfidfClassifier,
     ensemble.KIND: AveragingClassifier,
+    onnx.KIND: onnx.OnnxClassifier,
 }
 
 

@@ -208,3 +208,9 @@ class TfidfClassifier:
             "export --merge applies to LoRA runs; a TF-IDF run has no base weights to merge "
             "into (export it without --merge)"
         )
+
+    def export_onnx(self, directory: Path, quantize: str) -> dict:
+        raise LorabenchError(
+            "export --format onnx applies to LoRA runs; a TF-IDF run is a scikit-learn model (export it "
+            "without --format onnx)"
+        )

@@ -205,6 +205,34 @@ def check_gguf(path: Path) -> None:
         )
 
 
+def sentence_transformers_pooling(resolved: ResolvedModel) -> str | None:
+    """The pooling a sentence-transformers model was trained with (modules.json names its Pooling module, whose
+    config.json sets one `pooling_mode_*` flag): "mean", "cls", "last" or another mode's name; None for other
+    models. A hub model's files come through transformers' cache, like its weights."""
+    if resolved.gguf_file:
+        return None
+    from transformers.utils import cached_file  # deferred: seconds to import (module docstring)
+
+    def read(name: str):
+        found = cached_file(resolved.source, name, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False)  # fmt: skip
+        try:
+            return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise LorabenchError(f"cannot read {name} of {resolved.source}: {first_line(err)}") from err
+
+    modules = read("modules.json") or []
+    folders = [m.get("path", "") for m in modules if isinstance(m, dict) and str(m.get("type")).endswith("Pooling")]
+    settings = read(f"{folders[0]}/config.json") if folders else None
+    if not isinstance(settings, dict):
+        return None
+    modes = [
+        key.removeprefix("pooling_mode_") for key, on in settings.items() if key.startswith("pooling_mode_") and on
+    ]
+    names = {"mean_tokens": "mean", "cls_token": "cls", "lasttoken": "last"}
+    return names.get(modes[0], modes[0]) if modes else None
+
+
 def load_base_model(resolved: ResolvedModel, config: ModelConfig, label_names: list, pad_token_id: int):
     """Load the pretrained weights under a fresh classification head with one output per class."""
     from transformers import AutoModelForSequenceClassification  # deferred: seconds to import (module docstring)

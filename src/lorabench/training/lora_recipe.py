@@ -47,8 +47,8 @@ from lorabench.models.lora import (
     trainable_state,
 )
 from lorabench.models.memory import activation_bytes
-from lorabench.models.packing import batch_logits, can_pack, choose_attention
-from lorabench.models.weights import load_base_model, resolve_source
+from lorabench.models.packing import batch_logits, can_pack, choose_attention, own_pooling, resolve_pooling
+from lorabench.models.weights import load_base_model, resolve_source, sentence_transformers_pooling
 from lorabench.training import distributed
 from lorabench.training.records import finish_run
 from lorabench.training.state import TrainState
@@ -69,6 +69,7 @@ class Prepared:
     train: Encoded
     validation: Encoded
     test: Encoded | None
+    pooling: str | None = None  # the resolved model.pooling; None: the head's own token
 
     def encoded(self, split: str) -> Encoded | None:
         return {"val": self.validation, "test": self.test}[split]
@@ -88,6 +89,7 @@ def prepare(config: RunConfig) -> Prepared:
     base = load_base_model(resolved, config.model, splits.label_names, tokenizer.pad_token_id)
     model = add_lora(base, config.lora)
     choose_attention(model)
+    pooling = resolve_pooling(config.model.pooling, model, sentence_transformers_pooling(resolved))
     if config.train.packing and not can_pack(model):
         raise LorabenchError(f"train.packing does not support {base.config.model_type} models; set it to false")
     encoded = {
@@ -95,7 +97,9 @@ def prepare(config: RunConfig) -> Prepared:
         for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
         if frame is not None
     }
-    prepared = Prepared(config, splits, tokenizer, model, encoded["train"], encoded["validation"], encoded.get("test"))
+    prepared = Prepared(
+        config, splits, tokenizer, model, encoded["train"], encoded["validation"], encoded.get("test"), pooling
+    )
     for note in splits.notes:
         say(f"note: {note}")
     if prepared.truncated_texts:
@@ -150,6 +154,12 @@ class LoraRecipe:
         settings = self.settings
         if self.world.distributed and settings.packing:
             raise LorabenchError("train.packing does not run under several processes yet; set it to false")
+        if self.world.distributed and self.prepared.pooling == "mean":
+            # the mean goes around the DDP wrapper's forward (packing.padded_logits), which syncs gradients
+            raise LorabenchError(
+                "model.pooling mean does not run under several processes yet; set model.pooling to "
+                f"{own_pooling(self.model)} or train in one process"
+            )
         self.amp_dtype = autocast_dtype(settings.precision, self.device)
         self._place_model()
         self._choose_batches()
@@ -178,7 +188,7 @@ class LoraRecipe:
         self.classifier = LoraClassifier(
             self.model, self.prepared.tokenizer, self.prepared.splits.label_names, None, settings.max_length,
             settings.eval_batch_size, self.device, autocast_dtype(settings.precision, self.device, training=False),
-            settings.packing,
+            settings.packing, self.prepared.pooling,
         )  # fmt: skip
         if resume:
             self.load_checkpoint()
@@ -268,7 +278,8 @@ class LoraRecipe:
         labels = torch.from_numpy(train.labels[mine]).to(self.device)
         pad_id, side = self.prepared.tokenizer.pad_token_id, self.prepared.tokenizer.padding_side
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = batch_logits(self.trained_model, sequences, pad_id, side, self.device, self.settings.packing)
+            logits = batch_logits(self.trained_model, sequences, pad_id, side, self.device, self.settings.packing,
+                                  self.prepared.pooling)  # fmt: skip
         batch_weight = self.class_weights[train.labels[rows]].sum().item()
         loss = share * self.loss_fn(logits.float(), labels) / batch_weight  # this process's part of the mean
         batch_loss = distributed.sum_all(loss.item(), self.world)
@@ -323,6 +334,7 @@ class LoraRecipe:
             "precision": precision_name(self.amp_dtype),
             "versions": package_versions(VERSIONED_PACKAGES),
             "stopped_early_after": stopped_early_after,
+            "pooling": self.prepared.pooling,
         }
 
         def score(split: str, _frame: pd.DataFrame) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Stage 8: ship a finished run to another system.
 
-Two forms: the run's model files as they are (a directory that `lorabench predict/serve --run` accepts, the
-model files beside the config and summary), or - for kinds built on a pretrained model - the model merged into
-one plain checkpoint (LoRA: peft's `merge_and_unload`, saved with its tokenizer and id2label) that
-`AutoModelForSequenceClassification.from_pretrained` loads without lorabench or peft. Both carry a README.md
+Three forms: the run's model files as they are (a directory that `lorabench predict/serve --run` accepts, the
+model files beside the config and summary); for kinds built on a pretrained model, the model merged into one
+plain checkpoint (LoRA: peft's `merge_and_unload`, saved with its tokenizer and id2label) that
+`AutoModelForSequenceClassification.from_pretrained` loads without lorabench or peft; or that merged model with
+the run's pooling and a softmax as an ONNX graph (fp32 or int8), which `predict` and `serve` run with onnxruntime
+(the `onnx` kind: the export holds the run's config and a summary naming that kind). Each carries a README.md
 model card (workflows/model_card.py) built from the run's record.
 """
 
@@ -11,43 +13,63 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
+from lorabench.core.config import config_to_yaml
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, RunDir, replace_dir, write_atomic, write_json
+from lorabench.models.onnx import KIND as ONNX_KIND
 from lorabench.models.registry import load_classifier
 from lorabench.training.tracking import TRACKER_DIRS
 from lorabench.workflows.model_card import CARD_FILE, model_card
 
 EXPORT_INFO = "lorabench_export.json"
+ExportFormat = Literal["run", "merged", "onnx"]
+Quantization = Literal["none", "int8"]
 # Not part of the model: the resume state (optimizer moments) and tracking logs of the training run, and its
 # per-row predictions on the training data's splits.
 LEFT_OUT_DIRS = {CHECKPOINT_DIR, *TRACKER_DIRS.values()}
 LEFT_OUT_SUFFIX = "_predictions.csv"
 
 
-def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dict:
-    """Write the run's model to `out` (a new directory, or an earlier export that is replaced whole)."""
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    merge: bool = False,
+    export_format: ExportFormat | None = None,
+    quantize: Quantization = "none",
+) -> dict:
+    """Write the run's model to `out` (a new directory, or an earlier export that is replaced whole) in
+    `export_format` (`merge` is the same as "merged"); `quantize` int8 applies to ONNX."""
+    export_format = _chosen_format(merge, export_format, quantize)
     run = RunDir(run_dir)
     if not run.path.is_dir() or not run.file(CONFIG_FILE).is_file():
         raise LorabenchError(f"{run.path} is not a lorabench run directory (no {CONFIG_FILE})")
-    summary = run.summary()
-    card = model_card(run.config(), summary, "merged" if merge else "run")
+    config, summary = run.config(), run.summary()
+    card = model_card(config, summary, export_format)
     out = Path(out)
     _check_out(out, run.path)
     info = {
-        "format": "merged" if merge else "run",
+        "format": export_format,
         "model": summary.model,
         "label_names": summary.label_names,
         "threshold": summary.threshold,
+        "text_template": config.data.text_template,
         "best_epoch": summary.best_epoch,
         "val": summary.val.model_dump(),
         "test": summary.test.model_dump() if summary.test else None,
     }
-    if merge:
+    if export_format != "run":
         classifier = load_classifier(run.path)
 
         def build(directory: Path) -> None:
-            info.update(classifier.export_merged(directory))
+            if export_format == "merged":
+                info.update(classifier.export_merged(directory))
+            else:
+                info.update(classifier.export_onnx(directory, quantize))
+                # a run record of the onnx kind, so predict / serve / load_classifier take the export as a run
+                write_atomic(directory / CONFIG_FILE, config_to_yaml(config))
+                RunDir(directory).write_summary(summary.model_copy(update={"kind": ONNX_KIND}))
             _write_records(directory, info, card)
     else:
 
@@ -66,6 +88,16 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False) -> dic
         "format": info["format"],
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
     }
+
+
+def _chosen_format(merge: bool, export_format: ExportFormat | None, quantize: Quantization) -> ExportFormat:
+    """The format asked for: --format, or --merge (= merged), or the run's files; --quantize only with onnx."""
+    if merge and export_format not in (None, "merged"):
+        raise LorabenchError(f"--merge is --format merged; give one of --merge and --format {export_format}")
+    chosen = export_format or ("merged" if merge else "run")
+    if quantize != "none" and chosen != "onnx":
+        raise LorabenchError(f"--quantize {quantize} applies to --format onnx, not --format {chosen}")
+    return chosen
 
 
 def _write_records(directory: Path, info: dict, card: str) -> None:

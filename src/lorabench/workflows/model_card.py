@@ -17,10 +17,19 @@ from lorabench.models.weights import PACKAGED_SOURCES
 CARD_FILE = "README.md"
 METRIC_NAMES = {"f1": "F1", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy"}
 SPLIT_NAMES = {"validation": "val", "test": "test"}  # model-index split name -> RunSummary attribute
+EXPORT_LIBRARIES = {"merged": "transformers", "onnx": "onnx"}  # the library that loads each export format
+POOLING_NAMES = {
+    "cls": "cls, the first token ([CLS] / <s>) through the model's own classification head",
+    "last": "last, the last real token through the model's own classification head",
+    "mean": "mean of the last hidden states over the real (non-pad) tokens, then the classification head without "
+    "its own token-picking (BERT: no [CLS] pooler)",
+    "": "the model's own classification head (its first token for encoders, the last for decoders)",
+}
 
 
 def model_card(config: RunConfig, summary: RunSummary, export_format: str) -> str:
-    """The card for an export of `export_format` ("run" or "merged") of the run recorded by config + summary."""
+    """The card for an export of `export_format` ("run", "merged" or "onnx") of the run recorded by config +
+    summary."""
     front = yaml.safe_dump(front_matter(config, summary, export_format), sort_keys=False, allow_unicode=True)
     sections = [
         f"# {summary.model}: text classification\n\nTrained and exported with lorabench "
@@ -42,10 +51,11 @@ def front_matter(config: RunConfig, summary: RunSummary, export_format: str) -> 
     base = base_model(config)
     if base:
         meta["base_model"] = base
-    # a merged export is a plain Transformers checkpoint; a run export loads through its kind's library
-    meta["library_name"] = "transformers" if export_format == "merged" else kind.library_name
+    # a merged export is a plain Transformers checkpoint, an ONNX one a graph; a run export loads through its kind's
+    meta["library_name"] = EXPORT_LIBRARIES.get(export_format, kind.library_name)
     meta["pipeline_tag"] = "text-classification"
-    meta["tags"] = ["lorabench", kind.kind, *(["peft"] if kind.adapts_a_base_model else []), "text-classification"]
+    meta["tags"] = ["lorabench", kind.kind, *(["peft"] if kind.adapts_a_base_model else []),
+                    *(["onnx"] if export_format == "onnx" else []), "text-classification"]  # fmt: skip
     results = []
     for split, metrics in _scored_splits(summary):
         results.append(
@@ -113,6 +123,7 @@ def _training_section(config: RunConfig, summary: RunSummary) -> str:
         targets = ", ".join(lora.target_modules) if lora.target_modules else "peft's default for the architecture"
         lines.append(f"- LoRA: r {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, targets: {targets}")
         lines.append(f"- max length: {config.train.max_length} tokens; truncated texts: {summary.truncated_texts}")
+        lines.append(f"- pooling: {POOLING_NAMES.get(summary.pooling or '', POOLING_NAMES[''])}")
     lines += [
         f"- precision: {summary.precision}; device: {summary.device}; training time: {summary.train_seconds:g} s",
         f"- trainable parameters: {summary.trainable_params} of {summary.total_params} "
@@ -152,6 +163,16 @@ def _usage_section(config: RunConfig, summary: RunSummary, export_format: str) -
     parts = ["## How to use"]
     if export_format == "merged":
         parts.append(_merged_usage(config, summary))
+        return "\n\n".join(parts)
+    if export_format == "onnx":
+        parts.append(
+            "An ONNX graph (`onnx/model.onnx`: int64 `input_ids` and `attention_mask`, padded, to class "
+            "`probabilities`; the pooling and the softmax are inside) with its tokenizer (`onnx/tokenizer.json`) and "
+            "settings (`onnx/settings.json`: pad id, padding side, max length). lorabench runs it with onnxruntime "
+            "(`pip install 'lorabench[onnx]'`), tokenizing as in training:\n\n```\n"
+            "lorabench predict --run . --data texts.csv --out predictions.csv\n"
+            'lorabench serve --run .          # POST /predict {"texts": [...]}\n```'
+        )
         return "\n\n".join(parts)
     parts.append(
         "With lorabench (`pip install lorabench`), from this directory:\n\n```\n"
