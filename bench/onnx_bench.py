@@ -9,7 +9,7 @@
 4. the validation rows of the run's val_predictions.csv: max |probability difference| of each ONNX export
    against the PyTorch run's recorded probabilities, and the F1 of each (arg-max, as the run's metrics).
 
-  PYTHONPATH=src python bench/onnx_bench.py --run /work/runs/minilm-dev --data ../shared/data/disaster_tweets/test.csv
+  python bench/onnx_bench.py --run RUN --data ../shared/data/disaster_tweets/test.csv
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from lorabench.data.sources import load_splits
 from lorabench.models.registry import load_classifier
 from lorabench.workflows.export import export_run
 
-DEFAULT_RUNS = (Path("/work/runs/cmp/runs/minilm"), Path("/work/runs/minilm-dev"))
 LATENCY_CALLS, WARM_CALLS = 200, 10
 
 
@@ -65,7 +64,7 @@ def in_process(run: Path, texts: list[str], single: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, default=next((run for run in DEFAULT_RUNS if run.is_dir()), None))
+    parser.add_argument("--run", type=Path, required=True, help="a finished LoRA run directory")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/disaster_tweets/test.csv"))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
