@@ -139,3 +139,23 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, oof_run, labelled, tmp_pa
 def test_out_without_label_issues_is_refused(cli, labelled, tmp_path):
     result = cli("data", "--data", labelled, "--out", tmp_path / "issues.csv")
     assert result.code == 2 and "give --label-issues RUN too" in result.stderr
+
+
+def test_a_conflicting_text_the_model_only_mildly_contradicts_is_flagged(tmp_path, labelled):
+    """Row 40 (label 0) shares its text with row 41 (label 1); the model gives row 40's label 0.4: too mild for
+    cleanlab's per-class thresholds, but one of the two labels is wrong for certain and the model says which."""
+    train = pd.read_csv(labelled / "train.csv")
+    frame = predictions(train["id"], train["target"], {7: 0.02, 40: 0.4})
+    frame.insert(1, "text", train["text"])
+    run = tmp_path / "mild"
+    run.mkdir()
+    frame.to_csv(run / "oof_predictions.csv", index=False)
+    issues = find_label_issues(run, DataConfig(source=str(labelled)))
+    table = pd.read_csv(run / ISSUES_FILE)
+    assert table["id"].tolist() == [107, 140]  # ranked by the probability of the given label, as the rest
+    assert table["conflicting_text"].tolist() == [False, True]
+    assert issues.conflicting_texts_flagged == 1
+    frame.loc[40, "text"] = "a text of its own"  # no longer a conflict: cleanlab's verdict alone
+    frame.to_csv(run / "oof_predictions.csv", index=False)
+    find_label_issues(run, DataConfig(source=str(labelled)))
+    assert pd.read_csv(run / ISSUES_FILE)["id"].tolist() == [107]

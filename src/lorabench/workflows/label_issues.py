@@ -135,6 +135,13 @@ def _ranked_issues(
         )
     except (ValueError, AssertionError) as err:  # e.g. a class no row is labelled with
         raise LorabenchError(f"cleanlab cannot rank these predictions: {first_line(err)}") from err
+    # A text labelled both ways has a wrong label for certain; cleanlab's per-class thresholds can still pass a
+    # row the model only mildly contradicts, so the rows of such texts whose label the model does not predict
+    # join the list, ranked like the rest by the probability of their given label (self-confidence).
+    in_conflict = texts.astype(str).isin(conflicting_texts(texts, pd.Series(given))).to_numpy()
+    contradicted = np.flatnonzero(in_conflict & (probabilities.argmax(axis=1) != given))
+    flagged = np.union1d(flagged, contradicted)
+    flagged = flagged[np.argsort(probabilities[flagged, given[flagged]], kind="stable")]
     table = pd.DataFrame({"rank": np.arange(1, len(flagged) + 1)})
     if ids is not None:
         table["id"] = ids.to_numpy()[flagged]
@@ -142,6 +149,7 @@ def _ranked_issues(
     table["predicted_label"] = [names[i] for i in probabilities[flagged].argmax(axis=1)]
     table["given_label_prob"] = probabilities[flagged, given[flagged]].round(4)
     table["text"] = texts.to_numpy()[flagged]
+    table["conflicting_text"] = in_conflict[flagged]
     return table
 
 
