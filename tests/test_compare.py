@@ -253,7 +253,7 @@ def test_settings_precedence_preset_shared_flags_then_model_entry():
     plans = plan_runs(["minilm", "smollm2"], settings, data="some/data", epochs=2, max_train_rows=300)
     assert plans["minilm"].train.epochs == 4 and plans["smollm2"].train.epochs == 2
     assert plans["minilm"].data.max_train_rows == 50 and plans["smollm2"].data.max_train_rows == 300
-    assert plans["minilm"].train.lr == 2e-3 and plans["smollm2"].train.lr == 2e-4  # presets kept
+    assert plans["minilm"].train.lr == 2e-3 and plans["smollm2"].train.lr == 1e-3  # presets kept
     assert plans["minilm"].train.seed == plans["smollm2"].train.seed == 3
     assert plans["minilm"].data.source == plans["smollm2"].data.source == "some/data"
 
