@@ -434,8 +434,9 @@ def test_an_interrupted_ray_sweep_resumes_and_keeps_its_finished_trials(tiny_mod
     pytest.importorskip("ray.tune")
     out = tmp_path / "sweep"
     cpus = 0.75 * len(os.sched_getaffinity(0))  # over half the CPUs per trial: one at a time (on 2: one thread)
+    # 4 epochs: after trial 1's first checkpoint, 3 more keep it running while Tune acts on the signal
     settings = tiny_settings(
-        tiny_models, small_data, out, trials=2, epochs=2, backend="ray", cpus_per_trial=cpus, prune=False
+        tiny_models, small_data, out, trials=2, epochs=4, backend="ray", cpus_per_trial=cpus, prune=False
     )
     first, second = out / "trials" / "0", out / "trials" / "1"
 
@@ -462,12 +463,12 @@ def test_an_interrupted_ray_sweep_resumes_and_keeps_its_finished_trials(tiny_mod
     assert result["finished_trials"] == 2 and (out / "best.json").is_file() and (out / "index.html").is_file()
     assert (first / "summary.json").stat().st_mtime_ns == first_finished  # kept, not trained again
     rows = RunDir(second).metrics()
-    assert [row["epoch"] for row in rows] == [1, 2]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
     assert rows[: len(rows_before)] == rows_before  # continued from its checkpoint, not trained again (times)
     summary = json.loads((second / "summary.json").read_text())
     assert table["value"].tolist()[1] == pytest.approx(max(row["val_f1"] for row in rows))
     assert summary["val"]["f1"] == pytest.approx(max(row["val_f1"] for row in rows))
-    assert table["epochs_run"].tolist() == [2, 2] and table["seconds"].notna().all()  # times of both sessions
+    assert table["epochs_run"].tolist() == [4, 4] and table["seconds"].notna().all()  # times of both sessions
 
 
 @pytest.mark.parametrize(

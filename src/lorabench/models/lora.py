@@ -7,6 +7,8 @@ a model: the other kinds and the light commands never pay for them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -100,6 +102,33 @@ def score_encoded(
     return probabilities
 
 
+def _unmerged_lora_layers(model) -> list:
+    from peft.tuners.lora import LoraLayer  # deferred: seconds to import (module docstring)
+
+    return [module for module in model.modules() if isinstance(module, LoraLayer) and not module.merged]
+
+
+@contextmanager
+def adapter_merged_on_cpu(model, device: torch.device) -> Iterator[None]:
+    """Score with the adapter merged into the base weights on a CPU, then put the base weights back bit for bit.
+
+    An unmerged adapter runs two extra small products per layer that a CPU pays dearly for: minilm scored 1000
+    tweets in 30.9 s unmerged and 12.8 s merged (same probabilities to 1e-6). Unmerging by subtraction would leave
+    rounding in the base weights and break exact resume, so they are copied and restored instead; on a GPU the
+    extra products are cheap and the copy would cost memory, so nothing changes there."""
+    layers = _unmerged_lora_layers(model) if device.type == "cpu" else []
+    saved = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+    for layer in layers:
+        layer.merge()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in zip(layers, saved, strict=True):
+                layer.get_base_layer().weight.copy_(weight)
+                layer.merged_adapters.clear()  # peft's record of what is merged: nothing, the weights are the base's
+
+
 @dataclass
 class LoraClassifier:
     """A base model with its LoRA adapter and head, and the tokenizer that feeds it."""
@@ -147,6 +176,8 @@ class LoraClassifier:
                 "another model: train the run again or restore it from a copy"
             ) from err
         model.eval()
+        if device.type == "cpu":
+            model.merge_adapter()  # for good: a loaded run only scores (adapter_merged_on_cpu says why)
         return cls(model, tokenizer, summary.label_names, summary.threshold, settings.max_length,
                    batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling)  # fmt: skip
 
@@ -162,8 +193,9 @@ class LoraClassifier:
     def score(self, encoded: Encoded, description: str) -> np.ndarray:
         """Probabilities of already tokenized rows (training scores its splits this way every epoch)."""
         pad_id, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
-        return score_encoded(self.model, encoded, self.batch_size, self.device, self.amp_dtype, pad_id, side,
-                             description, self.packed, self.pooling)  # fmt: skip
+        with adapter_merged_on_cpu(self.model, self.device):
+            return score_encoded(self.model, encoded, self.batch_size, self.device, self.amp_dtype, pad_id, side,
+                                 description, self.packed, self.pooling)  # fmt: skip
 
     def save(self, run_dir: str | Path) -> None:
         """The adapter, head and tokenizer into the run, swapped in whole."""
@@ -204,8 +236,10 @@ class LoraClassifier:
                 + DECISION_USAGE}  # fmt: skip
 
     def _merged(self):
-        """The adapter merged into the base (peft's merge_and_unload), on the CPU."""
-        merged = self.model.merge_and_unload(safe_merge=True).to("cpu")
+        """The adapter merged into the base (peft's merge_and_unload; a run loaded on a CPU is merged already and
+        only sheds its adapter layers), on the CPU."""
+        already = not _unmerged_lora_layers(self.model)
+        merged = (self.model.unload() if already else self.model.merge_and_unload(safe_merge=True)).to("cpu")
         _drop_dequantized_gguf_marker(merged)
         return merged
 
