@@ -8,7 +8,7 @@ import torch
 
 from lorabench.core.config import LoraSettings
 from lorabench.core.errors import LorabenchError
-from lorabench.models.lora import add_lora
+from lorabench.models.lora import adapter_merged_on_cpu, add_lora
 from lorabench.models.packing import batch_logits, can_pack, choose_attention, pack
 
 
@@ -166,3 +166,19 @@ def test_mean_pooled_packed_logits_equal_padded_and_differ_from_the_own_token(ki
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
     assert (own - padded).abs().max() > 1e-3
+
+
+def test_scoring_merged_on_a_cpu_gives_the_unmerged_logits_and_leaves_the_base_weights_bit_for_bit(tiny_models):
+    """Merged scoring must not change what the model computes, nor leave rounding behind for training to inherit
+    (exact resume compares runs that scored between epochs with runs that did not)."""
+    model = _classifier(tiny_models["roberta"])
+    sequences = _sequences(model.config.vocab_size, model.config.pad_token_id)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        unmerged = batch_logits(model, sequences, model.config.pad_token_id, "right", cpu, False)
+        with adapter_merged_on_cpu(model, cpu):
+            merged = batch_logits(model, sequences, model.config.pad_token_id, "right", cpu, False)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
+    assert not any(getattr(module, "merged", False) for module in model.modules())
