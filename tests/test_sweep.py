@@ -215,21 +215,27 @@ def sweep_command(settings: SweepSettings, *extra) -> list[str]:
     return [sys.executable, "-m", "lorabench.cli", "-q", "sweep", *map(str, flags)]
 
 
+def kill_once_started(process: subprocess.Popen, started: Path, seconds: float, trial: str) -> None:
+    """SIGKILL the sweep process as soon as `started` exists (that trial has started training), as a machine
+    dies mid-trial."""
+    try:
+        deadline = time.monotonic() + seconds
+        while not started.is_file():
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, f"{trial} never started"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_killed_sweep_resumes_with_the_same_number_of_trials(tiny_models, small_data, tmp_path):
     out = tmp_path / "sweep"
     settings = tiny_settings(tiny_models, small_data, out, trials=4, epochs=2)
     command = sweep_command(settings)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "trials" / "2" / "config.yaml").is_file():  # trial 3 of 4 has started training
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "trial 3 never started"
-            time.sleep(0.2)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
+    kill_once_started(process, out / "trials" / "2" / "config.yaml", 300, "trial 3")  # of 4
     killed = snapshot(load_study(out))
     assert [killed[n][0] for n in (0, 1, 2)] == ["COMPLETE", "COMPLETE", "RUNNING"]
 
@@ -259,16 +265,7 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_retried_by_another_
     )
     shared = ("--storage", storage, "--heartbeat-seconds", heartbeat)
     dying = subprocess.Popen(sweep_command(first, *shared), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not (first.out / "trials" / "0" / "config.yaml").is_file():  # trial 0 has started training
-            assert dying.poll() is None, dying.stderr.read().decode()
-            assert time.monotonic() < deadline, "trial 0 never started"
-            time.sleep(0.1)
-        dying.send_signal(signal.SIGKILL)
-    finally:
-        dying.kill()
-        dying.wait()
+    kill_once_started(dying, first.out / "trials" / "0" / "config.yaml", 60, "trial 0")
     study = optuna.load_study(study_name="sweep", storage=storage)
     [killed] = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     # Seen from another machine, the worker's process cannot be looked up: only its silence tells it is gone.
