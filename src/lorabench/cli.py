@@ -36,6 +36,7 @@ from lorabench.core.config import (
     parse_assignments,
     preset_dict,
     preset_names,
+    validate,
 )
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
@@ -190,7 +191,8 @@ def data(
     rows a run's out-of-fold (or validation) probabilities say are likely mislabelled."""
     if out is not None and label_issues is None:
         raise LorabenchError("--out names the CSV of --label-issues; give --label-issues RUN too")
-    data_config = DataConfig(**{key: value for key, value in overrides["data"].items() if value is not None})
+    # validated as a run config is, so `data` and `train` refuse the same settings in the same words
+    data_config = validate({"data": {key: value for key, value in overrides["data"].items() if value is not None}}).data
     stats = describe(data_config)
     issues = find_label_issues(label_issues, data_config, out) if label_issues is not None else None
     if as_json:

@@ -105,6 +105,12 @@ class DataConfig(_Section):
             raise ValueError(f"data.fold {self.fold} needs data.folds greater than it (folds: {self.folds})")
         return self
 
+    @model_validator(mode="after")
+    def _texts_are_not_the_labels(self) -> DataConfig:
+        if self.text_column == self.label_column:  # the model would be handed its answer
+            raise ValueError(f"data.text_column and data.label_column are both {self.text_column!r}")
+        return self
+
 
 class LoraSettings(_Section):
     r: int = Field(8, gt=0, description="LoRA rank")
