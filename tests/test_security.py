@@ -157,6 +157,9 @@ def test_hub_models_load_without_remote_code_and_from_safetensors(monkeypatch, t
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", record(real_tokenizer))
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", record(real_model))
+    # pooling auto asks the hub for a sentence-transformers modules.json: none here (unpatched, the request waits
+    # for the network's timeout, 20 s)
+    monkeypatch.setattr("transformers.utils.cached_file", lambda *args, **kwargs: None)
     prepare(resolve_config("some-org/some-model", overrides={"data": {"source": str(small_data)}}))
     assert {source for source, _ in calls} == {"some-org/some-model"}
     assert len(calls) >= 2 and all(kwargs["trust_remote_code"] is False for _, kwargs in calls)

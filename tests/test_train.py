@@ -128,16 +128,18 @@ def test_labelled_test_file_is_scored(tiny_models, small_data, tmp_path):
 def test_minilm_beats_majority_class_on_real_tweets(tweets_dir, tmp_path):
     config = resolve_config(
         "minilm",
-        overrides={  # train.csv alone: scoring the 3263 test tweets would take longer than the training
-            "data": {"source": str(tweets_dir / "train.csv"), "max_train_rows": 400},
-            "train": {"epochs": 2, "eval_batch_size": 128},
+        # train.csv alone: scoring the 3263 test tweets would take longer than the training; one epoch of 800 rows
+        # takes the steps of two of 400 with one validation pass instead of two
+        overrides={
+            "data": {"source": str(tweets_dir / "train.csv"), "max_train_rows": 800},
+            "train": {"epochs": 1, "eval_batch_size": 128},
         },
     )
     summary = train(config, tmp_path / "run")
     # the majority class (0) has F1 0 on the positive class and accuracy 872/1523 = 0.5725 on validation
-    assert summary.val.accuracy > 0.65
-    assert summary.val.f1 > 0.5
-    assert summary.rows["validation"] == 1523
+    assert summary.val.accuracy > 0.7  # 0.796 on 2026-12-01 (bf16 training)
+    assert summary.val.f1 > 0.6  # 0.766
+    assert summary.rows == {"train": 800, "validation": 1523, "test": 0}
 
 
 def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
