@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import MISSING_MODEL
 from lorabench.api import compare, render_report, resolve_config, train
 from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError
@@ -24,26 +25,6 @@ from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
 from lorabench.workflows.compare import CompareConfig, load_compare_config, plan_runs
 from lorabench.workflows.label_issues import find_label_issues
-
-MISSING_MODEL = "/nonexistent/model"
-
-
-@pytest.fixture(scope="module")
-def comparison(tmp_path_factory, tiny_models, small_data):
-    """tfidf, a model that cannot load, and a tiny RoBERTa capped at 120 training rows, compared on 240 tweets."""
-    roberta = str(tiny_models["roberta"])
-    config_file = tmp_path_factory.mktemp("compare_config") / "compare.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "train": {"batch_size": 16, "lr": 1e-3, "max_length": 48},
-                "models": {roberta: {"data": {"max_train_rows": 120}, "lora": {"r": 4}}},
-            }
-        )
-    )
-    out = tmp_path_factory.mktemp("comparison") / "out"
-    table = compare(["tfidf", MISSING_MODEL, roberta], out, data=str(small_data), epochs=1, config_file=config_file)
-    return out, table, roberta
 
 
 def test_a_failing_model_is_recorded_and_the_next_one_still_runs(comparison):
