@@ -189,6 +189,15 @@ def comparison(tmp_path_factory, tiny_models, small_data):
     return out, table, roberta
 
 
+@pytest.fixture
+def in_process(monkeypatch):
+    """compare's training and cost measurement in this process: spawning one per model costs seconds of imports
+    each, and the isolation itself is tested through the shared `comparison`."""
+    from lorabench.workflows import compare
+
+    monkeypatch.setattr(compare, "run_isolated", lambda _what, function, *args: compare.reporting(function, *args))
+
+
 @dataclass
 class Result:
     code: int

@@ -155,7 +155,9 @@ def test_a_comparison_recorded_before_seeds_costs_and_checks_still_renders(compa
     assert "Not recorded: this comparison was made before compare checked" in (old / "report.html").read_text()
 
 
-def test_seeds_train_each_model_several_times_and_report_mean_and_sd(cli, tmp_path, tiny_models, small_data):
+def test_seeds_train_each_model_several_times_and_report_mean_and_sd(
+    cli, tmp_path, tiny_models, small_data, in_process
+):
     roberta = str(tiny_models["roberta"])
     settings = tmp_path / "compare.yaml"
     settings.write_text(
@@ -352,7 +354,7 @@ def test_tfidf_and_lora_runs_write_the_same_summary_keys(comparison):
     )
 
 
-def test_three_string_classes_are_compared_with_macro_scores(tmp_path):
+def test_three_string_classes_are_compared_with_macro_scores(tmp_path, in_process):
     rng = np.random.default_rng(0)
     words = {"fire": "emergency", "sunny": "weather", "match": "sport"}
     rows = [

@@ -18,7 +18,10 @@ from conftest import failure_text, torchrun
 CLI = str(Path(sys.executable).parent / "lorabench")
 
 
-def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_tokens: int, extra: list[str]) -> dict:
+def _train(
+    tmp: Path, data: Path, model: str, out: str, processes: int, batch_tokens: int, extra: list[str], threads: int = 1
+) -> dict:
+    """`lorabench train` in `processes` processes of `threads` threads each; its summary."""
     command = [
         CLI,
         "-q",
@@ -37,7 +40,7 @@ def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_to
     ]
     if processes > 1:
         command = [*torchrun(processes), *command]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, failure_text(done)
     return json.loads((tmp / out / "summary.json").read_text())
@@ -108,7 +111,7 @@ def test_minilm_on_real_rows_matches_one_process(tweets_dir, tmp_path):
         "attention_probs_dropout_prob: 0.0}\nlora: {dropout: 0.0}\ntrain: {epochs: 1, lr: 1.0e-3}\n"
     )
     extra = ["--config", str(config)]
-    single = _train(tmp_path, data, "minilm", "single", 1, 1024, extra)
+    single = _train(tmp_path, data, "minilm", "single", 1, 1024, extra, threads=2)  # as many cores as the ddp run
     ddp = _train(tmp_path, data, "minilm", "ddp", 2, 512, extra)
     assert ddp["rows"] == single["rows"] == {"train": 480, "validation": 120, "test": 0}
     assert single["val"]["f1"] > 0.6  # it learned something, so the comparison means something

@@ -80,7 +80,7 @@ def test_a_truncated_adapter_names_the_file_and_the_next_step(cli, llama_run, sm
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_comparison_that_fails_leaves_no_output(cli, small_data, tmp_path, monkeypatch):
+def test_a_comparison_that_fails_leaves_no_output(cli, small_data, tmp_path, monkeypatch, in_process):
     from lorabench.workflows import compare
 
     monkeypatch.setattr(compare, "render", storage_full)

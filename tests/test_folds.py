@@ -20,7 +20,6 @@ from lorabench.core.uncertainty import bootstrap_metrics
 from lorabench.data.checks import normalise_texts
 from lorabench.data.sources import load_splits
 from lorabench.training.averaging import ensemble_of_runs, fit_weights, member_probabilities, weight_grid
-from lorabench.workflows import compare as compare_module
 from lorabench.workflows.serve import create_app
 
 DISASTER = ["fire", "flood", "storm", "quake", "smoke", "rescue", "burning", "evacuate"]
@@ -253,15 +252,6 @@ def test_compare_ensemble_refuses_a_model_of_that_name_before_training(data_dir,
     with pytest.raises(LorabenchError, match="a model named 'ensemble' would take the place of compare --ensemble's"):
         compare(["tfidf", "ensemble"], tmp_path / "cmp", data=str(data_dir), ensemble=True)
     assert not (tmp_path / "cmp").exists()
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """compare's training and cost measurement in this process: spawning one per model costs seconds each, and
-    the isolation itself is tested in test_compare.py."""
-    monkeypatch.setattr(
-        compare_module, "run_isolated", lambda _what, function, *args: compare_module.reporting(function, *args)
-    )
 
 
 def test_compare_ensemble_adds_a_row_and_a_run_that_predict_accepts(data_dir, tmp_path, in_process, cli):
