@@ -37,10 +37,12 @@ demo: install
 	$(BIN)/lorabench compare --models tfidf,minilm,smollm2 --data $(DEMO_DATA) --config examples/compare-demo.yaml \
 		--out demo-runs/compare-$$(date +%Y%m%d-%H%M%S)
 
+# One pytest-xdist worker per core, each taking whole test files (their module fixtures are built once) and its
+# share of the cores' torch threads (tests/conftest.py): the tests wait on process start-ups much of the time.
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo-runs

@@ -12,16 +12,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from lorabench.cli import main
 from lorabench.core.console import quiet_libraries, set_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TWEETS = ROOT.parent / "shared" / "data" / "disaster_tweets"
-MISSING_MODEL = "/nonexistent/model"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The cores shared out among pytest-xdist's workers (one each on 2 cores): more threads than cores would make torch's
+# OpenMP threads wait on each other.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))))
 set_progress(False)
 quiet_libraries()
 
@@ -166,27 +166,6 @@ def llama_classifier(llama_run):
     from lorabench.models.registry import load_classifier
 
     return load_classifier(llama_run)
-
-
-@pytest.fixture(scope="session")
-def comparison(tmp_path_factory, tiny_models, small_data):
-    """tfidf, a model that cannot load, and a tiny RoBERTa capped at 120 training rows, compared on 240 tweets.
-    Shared (test_compare, the browser test): tests read it; the one that re-renders it leaves it as it was."""
-    from lorabench.api import compare
-
-    roberta = str(tiny_models["roberta"])
-    config_file = tmp_path_factory.mktemp("compare_config") / "compare.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "train": {"batch_size": 16, "lr": 1e-3, "max_length": 48},
-                "models": {roberta: {"data": {"max_train_rows": 120}, "lora": {"r": 4}}},
-            }
-        )
-    )
-    out = tmp_path_factory.mktemp("comparison") / "out"
-    table = compare(["tfidf", MISSING_MODEL, roberta], out, data=str(small_data), epochs=1, config_file=config_file)
-    return out, table, roberta
 
 
 @pytest.fixture

@@ -1,18 +1,20 @@
 """`compare` and `report`: identical splits, per-model settings, failures recorded, re-rendering; the tfidf baseline;
 bootstrap intervals and the paired test against the best model, training seeds, inference cost, the verdict and
-the data checks."""
+the data checks; report.html in a real headless browser (Debian's Chromium)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import MISSING_MODEL
 from lorabench.api import compare, render_report, resolve_config, train
 from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError
@@ -25,6 +27,29 @@ from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
 from lorabench.workflows.compare import CompareConfig, load_compare_config, plan_runs
 from lorabench.workflows.label_issues import find_label_issues
+
+MISSING_MODEL = "/nonexistent/model"
+CHROMIUM = Path("/usr/bin/chromium")
+WIDTH, HEIGHT = 1280, 2600
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, tiny_models, small_data):
+    """tfidf, a model that cannot load, and a tiny RoBERTa capped at 120 training rows, compared on 240 tweets.
+    Shared: tests read it or copy it; the one that re-renders it leaves it as it was."""
+    roberta = str(tiny_models["roberta"])
+    config_file = tmp_path_factory.mktemp("compare_config") / "compare.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"batch_size": 16, "lr": 1e-3, "max_length": 48},
+                "models": {roberta: {"data": {"max_train_rows": 120}, "lora": {"r": 4}}},
+            }
+        )
+    )
+    out = tmp_path_factory.mktemp("comparison") / "out"
+    table = compare(["tfidf", MISSING_MODEL, roberta], out, data=str(small_data), epochs=1, config_file=config_file)
+    return out, table, roberta
 
 
 def test_a_failing_model_is_recorded_and_the_next_one_still_runs(comparison):
@@ -371,3 +396,47 @@ def test_three_string_classes_are_compared_with_macro_scores(tmp_path, in_proces
     charts = tmp_path / "out" / "charts"
     assert (charts / "pr_curves.png").stat().st_size > 10_000  # micro-averaged over the three classes
     assert (charts / "confusion_tfidf.png").stat().st_size > 5_000
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium: apt-get install -y chromium")
+def test_report_renders_in_headless_chromium(tmp_path, comparison):
+    out, _, _ = comparison  # tfidf, a failed model and a tiny RoBERTa
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert '<table id="results">' in html and html.count("<tr") >= 3
+    images = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(images) == 6  # F1, training time, F1 against cost, two confusion matrices, precision-recall curves
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # self-contained: nothing fetched from elsewhere
+
+    screenshot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={screenshot}",
+            f"--window-size={WIDTH},{HEIGHT}",
+            (out / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    from PIL import Image
+
+    with Image.open(screenshot) as image:
+        assert image.size == (WIDTH, HEIGHT)
+        pixels = image.convert("RGB")
+        colours = pixels.getcolors(maxcolors=WIDTH * HEIGHT)
+        # a blank or failed page is one or two colours; text, table shading and charts give thousands
+        assert len(colours) > 500
+        white = max(count for count, colour in colours if colour == (255, 255, 255))
+        assert white < 0.9 * WIDTH * HEIGHT
+        # matplotlib's first bar colour (#1f77b4) is on screen: the chart images were decoded and drawn
+        assert any(colour == (31, 119, 180) for _, colour in colours)

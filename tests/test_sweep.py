@@ -196,6 +196,16 @@ def test_outputs_describe_every_trial(resumed_sweep):
     assert 'href="trials.csv"' in page and f"{best['value']:.4f}" in page
 
 
+def test_a_sweeps_charts_leave_the_matplotlib_style_of_the_process_as_it_was(resumed_sweep):
+    """Optuna's plots switch matplotlib to its ggplot style for the whole process: a comparison charted later in
+    the same process lost its colours (found when the report's browser test ran after the sweeps)."""
+    import matplotlib
+
+    assert resumed_sweep[1]["finished_trials"] == 2  # the sweeps drew their charts in this process
+    for key in ("axes.facecolor", "axes.prop_cycle", "axes.grid"):
+        assert matplotlib.rcParams[key] == matplotlib.rcParamsDefault[key], key
+
+
 def test_best_json_trains_again_to_the_same_f1(resumed_sweep, cli, tmp_path):
     out = resumed_sweep[0]
     best = json.loads((out / "best.json").read_text())

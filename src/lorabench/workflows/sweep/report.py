@@ -99,7 +99,9 @@ def write_charts(out: Path, records: list[TrialRecord], objective: Objective) ->
     study = _chart_study(records, objective)
     complete = sum(r.state == "COMPLETE" for r in records)
     missing = {}
-    with warnings.catch_warnings():
+    # Optuna's plots switch the process's matplotlib style to ggplot (plt.style.use); rc_context puts it back, so
+    # charts drawn later in the same process (a comparison's report) look as they would without a sweep.
+    with warnings.catch_warnings(), matplotlib.rc_context():
         # the plots are "experimental"; the importance evaluator warns when every value is the same
         warnings.simplefilter("ignore", ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)
