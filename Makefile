@@ -38,7 +38,7 @@ demo: install
 		--out demo-runs/compare-$$(date +%Y%m%d-%H%M%S)
 
 # One pytest-xdist worker per core, each taking whole test files (their module fixtures are built once) and its
-# share of the cores' torch threads (tests/conftest.py): the tests wait on process start-ups much of the time.
+# share of the cores' torch threads (tests/conftest.py): much of the suite is single-threaded process start-up.
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -171,7 +171,7 @@ def llama_classifier(llama_run):
 @pytest.fixture
 def in_process(monkeypatch):
     """compare's training and cost measurement in this process: spawning one per model costs seconds of imports
-    each, and the isolation itself is tested through the shared `comparison`."""
+    each, and the isolation itself is tested through test_compare.py's `comparison`."""
     from lorabench.workflows import compare
 
     monkeypatch.setattr(compare, "run_isolated", lambda _what, function, *args: compare.reporting(function, *args))
