@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel
+from safetensors.numpy import load_file, save
 
 from lorabench.core.config import RunConfig, config_to_yaml, read_config_file, validate, validate_as
 from lorabench.core.errors import LorabenchError, first_line
@@ -68,6 +70,20 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_record(path: Path, record: BaseModel) -> None:
     write_atomic(path, record.model_dump_json(indent=2) + "\n")
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Numpy arrays as one safetensors file, each made C-contiguous first.
+
+    `safetensors.numpy.save_file` writes an array's raw buffer without its strides and raises nothing, so a
+    Fortran-ordered or sliced array (scikit-learn's multi-class `coef_`) would reload as a different matrix: a
+    model that answers confidently and wrongly. Every saved array passes through here, whatever the kind."""
+    write_atomic(path, save({name: np.ascontiguousarray(array) for name, array in arrays.items()}))
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a file `save_arrays` wrote."""
+    return load_file(str(path))
 
 
 def read_json(path: Path) -> Any:

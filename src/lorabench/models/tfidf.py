@@ -16,13 +16,12 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.sparse
-from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.storage import RunDir, replace_dir
+from lorabench.core.storage import RunDir, load_arrays, replace_dir, save_arrays
 from lorabench.data.sources import class_weights
 
 KIND = "tfidf"
@@ -162,7 +161,7 @@ class TfidfClassifier:
         def build(directory: Path) -> None:
             arrays = {f"idf_{name}": vectorizer.idf_ for name, vectorizer in self.vectorizers.items()}
             arrays |= {"coef": self.regression.coef_, "intercept": self.regression.intercept_}
-            save_file(arrays, str(directory / WEIGHTS_FILE))
+            save_arrays(directory / WEIGHTS_FILE, arrays)
             vocabularies = {
                 name: sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
                 for name, vectorizer in self.vectorizers.items()
@@ -177,11 +176,18 @@ class TfidfClassifier:
     def load(cls, run_dir: str | Path, batch_size: int | None = None) -> TfidfClassifier:
         """Rebuild the classifier of a finished run from its arrays, vocabularies and summary (`batch_size` is
         the interface's; scikit-learn scores any number of texts at once)."""
-        run = RunDir(run_dir)
-        summary = run.summary()
-        directory = run.file(MODEL_DIR)
+        classifier = cls.read_saved(run_dir)
+        classifier.threshold = RunDir(run_dir).summary().threshold
+        return classifier
+
+    @classmethod
+    def read_saved(cls, run_dir: str | Path) -> TfidfClassifier:
+        """The model files of a run, without the threshold its summary adds: training scores its splits with
+        this copy, so a file that reloads wrongly shows in the run's own figures instead of hiding behind the
+        model still in memory."""
+        directory = RunDir(run_dir).file(MODEL_DIR)
         try:
-            arrays = load_file(str(directory / WEIGHTS_FILE))
+            arrays = load_arrays(directory / WEIGHTS_FILE)
             vocabularies = json.loads((directory / VOCABULARY_FILE).read_text(encoding="utf-8"))
             settings = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))
         except Exception as err:  # OSError, JSON errors, safetensors' own error for a damaged weights file
@@ -201,7 +207,7 @@ class TfidfClassifier:
         regression.classes_ = np.arange(len(label_names))
         regression.coef_, regression.intercept_ = arrays["coef"], arrays["intercept"]
         regression.n_features_in_ = arrays["coef"].shape[1]
-        return cls(vectorizers, regression, settings, label_names, summary.threshold)
+        return cls(vectorizers, regression, settings, label_names)
 
     def export_merged(self, directory: Path) -> dict:
         raise LorabenchError(

@@ -56,7 +56,8 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
     with stage("scoring and writing the record", name):
         classifier.save(run.path)
         details = _details(classifier, len(labels), train_seconds)
-        summary = finish_run(classifier, splits, run, name, config.model.source, details)
+        saved = TfidfClassifier.read_saved(run.path)  # the splits are scored as `predict` will score the run
+        summary = finish_run(saved, splits, run, name, config.model.source, details)
         row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
                **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
         run.append_metrics(row)
