@@ -1,5 +1,9 @@
-"""Shared fixtures: the real disaster tweets (read from ../shared), small labelled files, and tiny random
-RoBERTa / MPNet / Llama / Mistral models with a tokenizer trained on the fly, saved as local model directories."""
+"""Shared fixtures: the synthetic sets committed in tests/data, the real disaster tweets (read from ../shared), small
+labelled files, and tiny random RoBERTa / MPNet / Llama / Mistral models with a tokenizer trained on the fly on the
+synthetic texts, saved as local model directories.
+
+Two tiers: a test that reads the real tweets (through `tweets_dir`) is marked `slow` here, as are whole modules
+that start processes, Ray or a browser (their own `pytestmark`); `make test-fast` runs the rest."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from lorabench.core.console import quiet_libraries, set_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TWEETS = ROOT.parent / "shared" / "data" / "disaster_tweets"
+SYNTHETIC = ROOT / "tests" / "data"  # binary/ and four_class/, written by tests/data/make_synthetic.py
 
 # The cores shared out among pytest-xdist's workers (one each on 2 cores): more threads than cores would make torch's
 # OpenMP threads wait on each other.
@@ -38,11 +43,40 @@ def failure_text(done: subprocess.CompletedProcess) -> str:
     return text if len(text) <= 4000 else f"{text[:2500]}\n[...]\n{text[-1500:]}"
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that read the real tweets belong to the slow tier."""
+    for item in items:
+        if "tweets_dir" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tweets_dir() -> Path:
+    """The real tweets; missing, a slow test fails naming the folder on CI and is skipped on a developer's machine."""
     if not (TWEETS / "train.csv").is_file():
-        pytest.skip(f"disaster tweets not found at {TWEETS}")
+        message = f"the slow tier needs the disaster tweets at {TWEETS} (train.csv, test.csv)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return TWEETS
+
+
+@pytest.fixture(scope="session")
+def binary_data() -> Path:
+    """The committed synthetic binary set: id, keyword, location, text, target (train.csv, unlabelled test.csv)."""
+    return SYNTHETIC / "binary"
+
+
+@pytest.fixture(scope="session")
+def four_class_data() -> Path:
+    """The committed synthetic 4-class set with its own columns: doc_id, headline, body, topic."""
+    return SYNTHETIC / "four_class"
+
+
+def synthetic_texts() -> list[str]:
+    binary = pd.read_csv(SYNTHETIC / "binary" / "train.csv")["text"].tolist()
+    four = pd.read_csv(SYNTHETIC / "four_class" / "train.csv")
+    return binary + (four["headline"] + ". " + four["body"]).tolist()
 
 
 @pytest.fixture(scope="session")
@@ -99,11 +133,11 @@ def _tiny_config(kind: str, vocab_size: int):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory, tweets_dir) -> dict[str, Path]:
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny random RoBERTa, MPNet, Llama and Mistral base models (no head, like a hub checkpoint), safetensors."""
     from transformers import AutoModel
 
-    texts = pd.read_csv(tweets_dir / "train.csv")["text"].tolist()[:2000]
+    texts = synthetic_texts()
     root = tmp_path_factory.mktemp("tiny_models")
     paths = {}
     for kind in ("roberta", "mpnet", "llama", "mistral"):

@@ -517,6 +517,7 @@ def test_output_dir_with_other_files_or_a_file(cli, tmp_path, small_data, absent
 # ---- the installed entry point ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_entry_point(tmp_path):
     """`python -m lorabench.cli` as a user runs it: exit 2, one line, no traceback, no output directory."""
     data = write(tmp_path / "train.csv", rows().to_csv(index=False).encode("utf-8") + b"99,caf\xe9,1\n")

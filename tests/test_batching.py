@@ -100,6 +100,7 @@ def _keyword_data(directory, rows_per_class: int = 150):
     return directory / "keyword.csv"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", [False, True])
 def test_token_budget_training_learns(packing, tiny_models, tmp_path):
     from lorabench.api import resolve_config, train

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from lorabench.core.config import TrainSettings
@@ -43,6 +44,7 @@ def test_a_literal_setting_refuses_other_values_and_set_needs_a_key(cli, small_d
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "lorabench", "presets"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

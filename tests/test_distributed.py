@@ -15,6 +15,8 @@ import pytest
 
 from conftest import failure_text, torchrun
 
+pytestmark = pytest.mark.slow  # torchrun processes
+
 CLI = str(Path(sys.executable).parent / "lorabench")
 
 

@@ -163,6 +163,7 @@ def test_a_folds_run_exports_as_a_copy_and_refuses_merge_in_one_line(folds_run, 
     assert not (tmp_path / "merged").exists()
 
 
+@pytest.mark.slow
 def test_resume_keeps_finished_folds_and_trains_the_rest(data_dir, cli, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", "tfidf", "--data", data_dir, "--folds", "3", "--out", out]
@@ -200,6 +201,7 @@ def test_patience_stops_each_fold_on_its_own_validation(tiny_models, small_data,
     assert summary.rows["validation"] == 96
 
 
+@pytest.mark.slow
 def test_weights_are_fitted_on_validation_only(data_dir, tmp_path):
     """The same members scored on two different test files (other texts, other labels) get the same weights."""
     other_test = tmp_path / "other_test.csv"
@@ -236,6 +238,7 @@ def test_fitted_weights_maximise_validation_log_likelihood_over_the_grid():
     assert len(weight_grid(8)) <= 5000  # coarser steps for many members
 
 
+@pytest.mark.slow
 def test_members_scored_on_other_rows_are_refused(data_dir, tmp_path):
     run = tfidf_run(tmp_path / "run", data_dir)
     other = load_splits(DataConfig(source=str(data_dir), folds=3, fold=0)).validation
@@ -254,6 +257,7 @@ def test_compare_ensemble_refuses_a_model_of_that_name_before_training(data_dir,
     assert not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.slow
 def test_compare_ensemble_adds_a_row_and_a_run_that_predict_accepts(data_dir, tmp_path, in_process, cli):
     config = tmp_path / "compare.yaml"
     models = {"tfidf": {}, "tfidf-small": {"model": {"kind": "tfidf"}, "data": {"max_train_rows": 30}}}

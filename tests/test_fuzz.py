@@ -404,6 +404,7 @@ def check_data_file(spec: DataSpec, cli, tmp: Path) -> None:
 SEARCH = int(os.environ.get("LORABENCH_FUZZ_EXAMPLES", "0"))
 
 
+@pytest.mark.slow
 @settings(
     max_examples=SEARCH or 200,
     deadline=None,

@@ -18,6 +18,7 @@ def _send_peak(connection) -> None:
     connection.close()
 
 
+@pytest.mark.slow
 def test_a_spawned_child_reports_its_own_peak_not_its_parents():
     """A child's ru_maxrss starts at its parent's peak on Linux; the peak read here must not."""
     held = bytearray(HELD_MB * 2**20)

@@ -474,8 +474,11 @@ def _fail(err: BaseException, code: int) -> None:
         # One line by design, but it quotes names and values from the user's files and flags, which can hold line
         # breaks: those are shown escaped (\n, \r, ...) rather than cutting the message short.
         message = str(err).strip().translate(ESCAPED_LINE_BREAKS)
-    prefix = "error" if isinstance(err, LorabenchError) else f"error ({type(err).__name__})"
-    print(f"{prefix}: {message}", file=sys.stderr)
+    if isinstance(err, LorabenchError):
+        print(f"error: {message}", file=sys.stderr)
+    else:
+        hint = "" if _state["debug"] else "; rerun with --debug to see the traceback"
+        print(f"internal error ({type(err).__name__}): {message}{hint}", file=sys.stderr)
     sys.exit(code)
 
 

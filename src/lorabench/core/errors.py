@@ -11,6 +11,10 @@ class LorabenchError(Exception):
     """Bad input or an impossible request; the message is shown to the user as is."""
 
 
+class InternalError(Exception):
+    """A check of lorabench's own work failed: a bug, not the user's input (the CLI exits 1, not 2)."""
+
+
 def first_line(err: BaseException) -> str:
     """An exception's message as one line, or its type's name when it has none (library errors can be empty)."""
     text = str(err).strip()
@@ -32,7 +36,7 @@ def stage(what: str, subject: str) -> Iterator[None]:
     on and a next step; the original stays attached as the cause (`--debug` shows it)."""
     try:
         yield
-    except LorabenchError:
+    except (LorabenchError, InternalError):
         raise
     except Exception as err:
         name = type(err).__name__

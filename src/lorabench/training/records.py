@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench.core.console import say
+from lorabench.core.errors import InternalError
 from lorabench.core.metrics import best_threshold, classification_metrics, predicted_labels
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir, write_atomic
@@ -22,6 +23,7 @@ from lorabench.data.sources import TextSplits, class_weights
 from lorabench.models.registry import Classifier
 
 SPLITS = (("val", "validation"), ("test", "test"))
+RELOAD_TOLERANCE = 1e-6  # a saved model's probabilities against the same model's in memory
 
 
 def write_predictions(
@@ -42,6 +44,22 @@ def write_predictions(
     ]
     quoting = csv.QUOTE_ALL if any("\r" in str(cell) for cell in cells) else csv.QUOTE_MINIMAL
     write_atomic(path, table.to_csv(index=False, quoting=quoting))
+
+
+def saved_copy(classifier: Classifier, run: RunDir, texts: list[str]) -> Classifier:
+    """The classifier as read back from the run's files, for kinds fitted in memory (their class has `read_saved`).
+
+    Training scores its splits with this copy, as `predict` and `serve` will, and checks it against the model in
+    memory on `texts`: a file that reloads as another model (an array saved without its strides, say) stops the
+    run with an internal error instead of hiding behind the model still in memory."""
+    saved = type(classifier).read_saved(run.path)
+    difference = float(np.abs(saved.predict_proba(texts) - classifier.predict_proba(texts)).max(initial=0.0))
+    if difference > RELOAD_TOLERANCE:
+        raise InternalError(
+            f"the {classifier.kind} model saved in {run.path} reloads with other probabilities (up to {difference:.3g} "
+            "apart)"
+        )
+    return saved
 
 
 def finish_run(

@@ -21,7 +21,7 @@ from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
 from lorabench.training import distributed
-from lorabench.training.records import finish_run
+from lorabench.training.records import finish_run, saved_copy
 from lorabench.training.tracking import make_tracker
 
 VERSIONED_PACKAGES = ("scikit-learn", "numpy")
@@ -56,7 +56,7 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
     with stage("scoring and writing the record", name):
         classifier.save(run.path)
         details = _details(classifier, len(labels), train_seconds)
-        saved = TfidfClassifier.read_saved(run.path)  # the splits are scored as `predict` will score the run
+        saved = saved_copy(classifier, run, splits.validation["text"].tolist())
         summary = finish_run(saved, splits, run, name, config.model.source, details)
         row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
                **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
