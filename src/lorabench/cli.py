@@ -404,7 +404,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to bind; the default accepts local clients only"),
     port: int = typer.Option(8000),
     max_texts: int = typer.Option(64, min=1, help="most texts per request (413 beyond)"),
-    max_chars: int = typer.Option(2000, min=1, help="most characters per text (413 beyond)"),
+    max_chars: int | None = typer.Option(
+        None,
+        min=1,
+        help="most characters per text (413 beyond); default twice the run's longest training text, at least 2000",
+    ),
     threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
     batch_size: int | None = typer.Option(None, min=1, help=BATCH_HELP),
     api_key_env: str | None = typer.Option(
@@ -416,7 +420,8 @@ def serve(
     ),
     request_timeout: float = typer.Option(30.0, min=0.001, help="seconds before an unanswered request gets 504"),
 ) -> None:
-    """Serve a run over HTTP: POST /predict, GET /health, /info, /metrics (Prometheus), OpenAPI at /docs."""
+    """Serve a run over HTTP: POST /predict (or /, the Hugging Face Inference API's form), GET /health, /info,
+    /metrics (Prometheus), OpenAPI at /docs."""
     api.serve(run, host=host, port=port, max_texts=max_texts, max_chars=max_chars, threshold=threshold,
               batch_size=batch_size, api_key_env=api_key_env, max_queued_texts=max_queued_texts,
               request_timeout=request_timeout)  # fmt: skip

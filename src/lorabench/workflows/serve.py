@@ -1,5 +1,9 @@
 """Stage 9: an HTTP service for a finished run (FastAPI + uvicorn).
 
+POST /predict (and POST /, where Hugging Face clients send) takes lorabench's `{"texts": [...]}` or `{"rows":
+[...]}` and answers labels and scores, or the Hugging Face Inference API's `{"inputs": ..., "parameters":
+{"top_k": k}}` and answers as that API does, so `huggingface_hub.InferenceClient(base_url=...)` can call a run.
+
 Concurrent requests are scored together: each request puts its texts on an asyncio queue, and one worker
 takes what arrives within a few milliseconds (up to a batch size), runs the model once in a thread, and hands
 each request its rows. One model call at a time also keeps memory bounded however many clients connect.
@@ -19,6 +23,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -26,7 +31,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictStr, Tag, model_validator
 from starlette.datastructures import Headers
 
 from lorabench.core import console
@@ -48,7 +53,7 @@ RETRY_AFTER_SECONDS = 1
 SHUTDOWN_GRACE_SECONDS = 5
 # Answered without the API key: probes hold no key, and the API's description is no secret.
 OPEN_PATHS = {"/health", "/docs", "/openapi.json"}
-ROUTES = ("/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/", "/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
 
 
 class PredictRequest(BaseModel):
@@ -57,6 +62,7 @@ class PredictRequest(BaseModel):
     rows: list[dict[str, StrictStr | None]] | None = Field(
         None, description="instead of texts, for a run trained with data.text_template: the template's columns"
     )
+    probabilities: StrictBool = Field(False, description="also answer every class's probability for each text")
 
     @model_validator(mode="after")
     def _texts_or_rows(self) -> PredictRequest:
@@ -65,9 +71,47 @@ class PredictRequest(BaseModel):
         return self
 
 
+class InferenceParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int | None = Field(None, ge=1, description="answer the k most probable classes only (default: all)")
+    function_to_apply: StrictStr | None = Field(
+        None, description="accepted as Hugging Face clients send it, and ignored: scores are the model's probabilities"
+    )
+
+
+class InferenceRequest(BaseModel):
+    """The Hugging Face Inference API's text-classification body, so its clients call a run as a hub model."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: StrictStr | list[StrictStr] = Field(description="a text, or a list of texts")
+    parameters: InferenceParameters | None = None
+
+
+def _body_form(body) -> str:
+    """Which request form a body is: the Hugging Face one has `inputs` (so a malformed body is told the errors of
+    the form it meant, not of both)."""
+    return "InferenceRequest" if isinstance(body, dict) and "inputs" in body else "PredictRequest"
+
+
+PredictBody = Annotated[
+    Annotated[PredictRequest, Tag("PredictRequest")] | Annotated[InferenceRequest, Tag("InferenceRequest")],
+    Discriminator(_body_form),
+]
+
+
+class LabelScore(BaseModel):
+    label: str = Field(description="a class name")
+    score: float = Field(description="its probability")
+
+
 class Prediction(BaseModel):
     label: int | str = Field(description="the predicted class name")
     score: float = Field(description="P(positive class) for two classes, else P(predicted class)")
+    probabilities: dict[str, float] | None = Field(
+        None,
+        description="every class's probability by class name, when the request asks for them",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class PredictResponse(BaseModel):
@@ -265,7 +309,7 @@ def create_app(
     summary: RunSummary,
     threshold: float | None = None,
     max_texts: int = DEFAULT_MAX_TEXTS,
-    max_chars: int = DEFAULT_MAX_CHARS,
+    max_chars: int | None = None,
     max_batch: int = MAX_BATCH_TEXTS,
     gather_seconds: float = GATHER_SECONDS,
     api_key: str | None = None,
@@ -273,10 +317,12 @@ def create_app(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     text_template: str | None = None,
 ) -> FastAPI:
-    """The FastAPI app for one loaded classifier; `summary` is the run's summary.json (for /info);
-    `text_template` is the run's data.text_template, which builds texts from the `rows` of a request."""
+    """The FastAPI app for one loaded classifier; `summary` is the run's summary.json (for /info and the default
+    `max_chars`); `text_template` is the run's data.text_template, which builds texts from the `rows` of a request."""
     check_threshold(threshold, classifier.label_names)
     threshold = classifier.threshold if threshold is None else threshold
+    max_chars = default_max_chars(summary) if max_chars is None else max_chars
+    names = [str(name) for name in classifier.label_names]
     model_name = summary.model
     metrics = ServeMetrics()
     worker = BatchingWorker(classifier.predict_proba, max_batch, gather_seconds, max_queued_texts, metrics)
@@ -292,18 +338,28 @@ def create_app(
         app.add_middleware(BearerAuth, api_key=api_key)  # added later = runs earlier: before the body is read
     app.add_middleware(RequestMetrics, metrics=metrics)
 
-    @app.post("/predict", response_model=PredictResponse)
-    async def predict(request: PredictRequest) -> PredictResponse:
-        """One prediction per text, in order."""
+    async def predict(request: PredictBody) -> PredictResponse | list[list[LabelScore]]:
+        """lorabench's form: one prediction per text, in order. The Hugging Face form: per text, its classes and
+        their probabilities, most probable first."""
         texts = _request_texts(request, text_template)
         _check_size(texts, max_texts, max_chars)
-        if not texts:
-            return PredictResponse(model=model_name, threshold=threshold, predictions=[])
-        labels, scores = decide(await _scored(worker, texts, request_timeout), classifier.label_names, threshold)
+        probabilities = await _scored(worker, texts, request_timeout) if texts else np.zeros((0, len(names)))
+        if isinstance(request, InferenceRequest):
+            top_k = request.parameters.top_k if request.parameters else None
+            return [_ranked(row, names)[:top_k] for row in probabilities]
+        labels, scores = decide(probabilities, classifier.label_names, threshold)
         predictions = [
-            Prediction(label=label, score=round(float(score), 6)) for label, score in zip(labels, scores, strict=True)
+            Prediction(
+                label=label,
+                score=round(float(score), 6),
+                probabilities=_by_name(row, names) if request.probabilities else None,
+            )
+            for label, score, row in zip(labels, scores, probabilities, strict=True)
         ]
         return PredictResponse(model=model_name, threshold=threshold, predictions=predictions)
+
+    for path in ("/predict", "/"):  # one handler: auth, limits, batching and metrics are the same on both
+        app.post(path, response_model=PredictResponse | list[list[LabelScore]])(predict)
 
     @app.get("/health")
     async def health() -> dict:
@@ -349,8 +405,26 @@ async def _lifespan(_app: FastAPI, worker: BatchingWorker):
         task.cancel()
 
 
-def _request_texts(request: PredictRequest, text_template: str | None) -> list[str]:
+def default_max_chars(summary: RunSummary) -> int:
+    """Twice the run's longest training text, at least DEFAULT_MAX_CHARS: texts like those it learned from fit
+    with room to spare, and a run on long documents accepts its own kind of text."""
+    return max(DEFAULT_MAX_CHARS, 2 * (summary.max_text_chars or 0))
+
+
+def _ranked(probabilities: np.ndarray, names: list[str]) -> list[LabelScore]:
+    """Every class with its probability, most probable first (ties in class order), as the HF API answers."""
+    order = sorted(range(len(names)), key=lambda index: -probabilities[index])
+    return [LabelScore(label=names[index], score=round(float(probabilities[index]), 6)) for index in order]
+
+
+def _by_name(probabilities: np.ndarray, names: list[str]) -> dict[str, float]:
+    return {name: round(float(p), 6) for name, p in zip(names, probabilities, strict=True)}
+
+
+def _request_texts(request: PredictRequest | InferenceRequest, text_template: str | None) -> list[str]:
     """The request's texts, or its rows built into texts as in training; 422 when rows cannot be."""
+    if isinstance(request, InferenceRequest):
+        return [request.inputs] if isinstance(request.inputs, str) else request.inputs
     if request.rows is None:
         return request.texts
     if not text_template:
@@ -393,15 +467,16 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_texts: int = DEFAULT_MAX_TEXTS,
-    max_chars: int = DEFAULT_MAX_CHARS,
+    max_chars: int | None = None,
     threshold: float | None = None,
     batch_size: int | None = None,
     api_key_env: str | None = None,
     max_queued_texts: int = DEFAULT_MAX_QUEUED_TEXTS,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> None:
-    """Load the run's model and serve it until interrupted; SIGTERM lets in-flight requests finish first."""
-    if max_texts < 1 or max_chars < 1:
+    """Load the run's model and serve it until interrupted; SIGTERM lets in-flight requests finish first.
+    `max_chars` None: twice the run's longest training text, at least DEFAULT_MAX_CHARS."""
+    if max_texts < 1 or (max_chars is not None and max_chars < 1):
         raise LorabenchError("--max-texts and --max-chars must be at least 1")
     if max_queued_texts < max_texts:
         raise LorabenchError(f"--max-queued-texts ({max_queued_texts}) must be at least --max-texts ({max_texts})")
