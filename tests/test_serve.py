@@ -26,7 +26,7 @@ from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir
 from lorabench.models.registry import load_classifier
 from lorabench.workflows.predict import predict_file
-from lorabench.workflows.serve import create_app
+from lorabench.workflows.serve import ServeSettings, create_app
 
 MAX_TEXTS, MAX_CHARS = 8, 300
 FOUR_CLASS = Path(__file__).parent / "data" / "four_class"
@@ -64,9 +64,8 @@ def wait_until(condition, message: str = "condition not reached", seconds: float
 def server(llama_run, llama_classifier):
     """The app with small limits, served on loopback; yields its base URL."""
     # 50 ms of gathering makes the batching of concurrent requests certain even on a busy machine.
-    app = create_app(
-        llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS, gather_seconds=0.05
-    )
+    settings = ServeSettings(max_texts=MAX_TEXTS, max_chars=MAX_CHARS, gather_seconds=0.05)
+    app = create_app(llama_classifier, RunDir(llama_run).summary(), settings)
     with serving(app) as (url, _):
         yield url
 
@@ -167,7 +166,7 @@ def test_info_and_openapi(server, llama_run):
 
 def test_threshold_override_is_checked(llama_classifier, llama_run):
     with pytest.raises(LorabenchError, match="between 0 and 1"):
-        create_app(llama_classifier, RunDir(llama_run).summary(), threshold=2.0)
+        create_app(llama_classifier, RunDir(llama_run).summary(), ServeSettings(threshold=2.0))
 
 
 def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
@@ -266,7 +265,9 @@ def test_api_key_is_required_everywhere_but_health(llama_run, llama_classifier):
 
 def test_a_full_queue_refuses_with_503_and_retry_after_before_queueing(llama_run, gated, expected):
     texts = expected[0]
-    app = create_app(gated, RunDir(llama_run).summary(), max_texts=8, gather_seconds=0, max_queued_texts=8)
+    app = create_app(
+        gated, RunDir(llama_run).summary(), ServeSettings(max_texts=8, gather_seconds=0, max_queued_texts=8)
+    )
     with serving(app) as (url, _), ThreadPoolExecutor(2) as pool:
         post = partial(predict_texts, url)
         first = pool.submit(post, texts[:5])
@@ -284,7 +285,7 @@ def test_a_full_queue_refuses_with_503_and_retry_after_before_queueing(llama_run
 
 def test_an_unanswered_request_gets_504_and_its_waiting_texts_are_dropped(llama_run, gated, expected):
     texts = expected[0]
-    app = create_app(gated, RunDir(llama_run).summary(), gather_seconds=0, request_timeout=0.5)
+    app = create_app(gated, RunDir(llama_run).summary(), ServeSettings(gather_seconds=0, request_timeout=0.5))
     with serving(app) as (url, _), ThreadPoolExecutor(2) as pool:
         post = partial(predict_texts, url)
         first = pool.submit(post, texts[:2])
@@ -301,7 +302,9 @@ def test_an_unanswered_request_gets_504_and_its_waiting_texts_are_dropped(llama_
 
 def test_metrics_count_requests_by_status_texts_and_batches(llama_run, llama_classifier, expected):
     texts = expected[0]
-    app = create_app(llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, gather_seconds=0)
+    app = create_app(
+        llama_classifier, RunDir(llama_run).summary(), ServeSettings(max_texts=MAX_TEXTS, gather_seconds=0)
+    )
     with serving(app) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
         for start in (0, 2, 4):
             assert client.post("/predict", json={"texts": texts[start : start + 2]}).status_code == 200
@@ -330,7 +333,7 @@ def test_metrics_count_requests_by_status_texts_and_batches(llama_run, llama_cla
 
 def test_shutdown_answers_in_flight_requests_before_the_worker_stops(llama_run, gated, expected):
     texts = expected[0]
-    app = create_app(gated, RunDir(llama_run).summary(), gather_seconds=0)
+    app = create_app(gated, RunDir(llama_run).summary(), ServeSettings(gather_seconds=0))
     with serving(app) as (url, uv), ThreadPoolExecutor(1) as pool:
         answer = pool.submit(predict_texts, url, texts[:3])
         wait_until(lambda: gated.scored, "the model never got the request")
@@ -372,7 +375,9 @@ def topic_classifier(topic_run):
 @pytest.fixture
 def topic_client(topic_run, topic_classifier):
     """The four-topic run's app in process (TestClient runs its lifespan, so the batching worker too)."""
-    app = create_app(topic_classifier, RunDir(topic_run).summary(), max_texts=MAX_TEXTS, gather_seconds=0)
+    app = create_app(
+        topic_classifier, RunDir(topic_run).summary(), ServeSettings(max_texts=MAX_TEXTS, gather_seconds=0)
+    )
     with TestClient(app) as client:
         yield client
 
@@ -450,7 +455,7 @@ def test_the_default_text_limit_follows_the_runs_longest_training_text(topic_run
     assert summary.max_text_chars < 1000  # so the limit is the floor of 2000
 
     def limit(run_summary, **kwargs) -> int:
-        with TestClient(create_app(topic_classifier, run_summary, **kwargs)) as client:
+        with TestClient(create_app(topic_classifier, run_summary, ServeSettings(**kwargs))) as client:
             return client.get("/info").json()["limits"]["max_chars"]
 
     assert limit(summary) == 2000
@@ -467,7 +472,9 @@ def test_the_default_text_limit_follows_the_runs_longest_training_text(topic_run
 
 
 def test_api_key_and_metrics_apply_to_the_hugging_face_form_on_both_routes(topic_run, topic_classifier):
-    app = create_app(topic_classifier, RunDir(topic_run).summary(), gather_seconds=0, api_key="s3cret-key")
+    app = create_app(
+        topic_classifier, RunDir(topic_run).summary(), ServeSettings(gather_seconds=0), api_key="s3cret-key"
+    )
     good = {"Authorization": "Bearer s3cret-key"}
     with TestClient(app) as client:
         for path in ("/", "/predict"):
@@ -501,3 +508,28 @@ def test_huggingface_hub_inference_client_calls_a_served_run(topic_run, topic_cl
         with pytest.raises(HfHubHTTPError) as refused:
             InferenceClient(base_url=url, api_key="wrong", timeout=60).text_classification(SPORT)
         assert refused.value.response.status_code == 401
+
+
+def test_serve_flags_are_the_settings_fields_and_bad_values_are_refused_in_one_line(cli, topic_run):
+    usage = cli("serve", "--help")
+    assert usage.code == 0
+    for name in ServeSettings.model_fields:
+        assert f"--{name.replace('_', '-')}" in usage.stdout, name
+    for flags, message in (
+        (
+            ["--max-texts", "0"],
+            "invalid serve setting value for 'max_texts': Input should be greater than or equal to 1",
+        ),
+        (["--port", "70000"], "invalid serve setting value for 'port': Input should be less than or equal to 65535"),
+        (
+            ["--max-texts", "8", "--max-queued-texts", "4"],
+            "invalid serve setting value for 'max_queued_texts': 4 is less than max_texts (8): a full request would "
+            "never fit",
+        ),
+        (
+            ["--request-timeout", "0"],
+            "invalid serve setting value for 'request_timeout': Input should be greater than 0",
+        ),
+    ):
+        refused = cli("serve", "--run", topic_run, *flags)
+        assert refused.code == 2 and refused.stderr.strip() == f"error: {message}", flags
