@@ -20,7 +20,7 @@ from lorabench.core.uncertainty import bootstrap_metrics
 from lorabench.data.checks import normalise_texts
 from lorabench.data.sources import load_splits
 from lorabench.training.averaging import ensemble_of_runs, fit_weights, member_probabilities, weight_grid
-from lorabench.workflows.serve import create_app
+from lorabench.workflows.serve import ServeSettings, create_app
 
 DISASTER = ["fire", "flood", "storm", "quake", "smoke", "rescue", "burning", "evacuate"]
 CALM = ["party", "music", "coffee", "movie", "sunny", "holiday", "pizza", "garden"]
@@ -141,7 +141,7 @@ def test_predict_on_a_folds_run_is_the_mean_of_its_members(folds_run, data_dir, 
 def test_serve_answers_with_the_folds_average_and_its_threshold(folds_run, data_dir):
     out, summary = folds_run
     texts = pd.read_csv(data_dir / "test.csv")["text"].tolist()[:5]
-    app = create_app(load_classifier(out), RunDir(out).summary(), gather_seconds=0)
+    app = create_app(load_classifier(out), RunDir(out).summary(), ServeSettings(gather_seconds=0))
     with TestClient(app) as client:
         answer = client.post("/predict", json={"texts": texts}).json()
     assert answer["threshold"] == summary.threshold

@@ -11,19 +11,27 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir
+from lorabench.models.registry import load_classifier
 from lorabench.workflows.predict import predict_file
-from lorabench.workflows.serve import create_app
+from lorabench.workflows.serve import ServeSettings, create_app
 
 MAX_TEXTS, MAX_CHARS = 8, 300
+FOUR_CLASS = Path(__file__).parent / "data" / "four_class"
+TOPICS = ["business", "politics", "sport", "tech"]
+SPORT = "Late goal wins the match. The striker scored as the coach watched the championship season end."
 
 
 @contextmanager
@@ -56,9 +64,8 @@ def wait_until(condition, message: str = "condition not reached", seconds: float
 def server(llama_run, llama_classifier):
     """The app with small limits, served on loopback; yields its base URL."""
     # 50 ms of gathering makes the batching of concurrent requests certain even on a busy machine.
-    app = create_app(
-        llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, max_chars=MAX_CHARS, gather_seconds=0.05
-    )
+    settings = ServeSettings(max_texts=MAX_TEXTS, max_chars=MAX_CHARS, gather_seconds=0.05)
+    app = create_app(llama_classifier, RunDir(llama_run).summary(), settings)
     with serving(app) as (url, _):
         yield url
 
@@ -154,12 +161,12 @@ def test_info_and_openapi(server, llama_run):
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/predict", "/health", "/info"} <= set(schema["paths"])
     request = schema["components"]["schemas"]["PredictRequest"]  # texts, or rows for a templated run: one of them
-    assert {"texts", "rows"} == set(request["properties"]) and "required" not in request
+    assert {"texts", "rows", "probabilities"} == set(request["properties"]) and "required" not in request
 
 
 def test_threshold_override_is_checked(llama_classifier, llama_run):
     with pytest.raises(LorabenchError, match="between 0 and 1"):
-        create_app(llama_classifier, RunDir(llama_run).summary(), threshold=2.0)
+        create_app(llama_classifier, RunDir(llama_run).summary(), ServeSettings(threshold=2.0))
 
 
 def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
@@ -258,7 +265,9 @@ def test_api_key_is_required_everywhere_but_health(llama_run, llama_classifier):
 
 def test_a_full_queue_refuses_with_503_and_retry_after_before_queueing(llama_run, gated, expected):
     texts = expected[0]
-    app = create_app(gated, RunDir(llama_run).summary(), max_texts=8, gather_seconds=0, max_queued_texts=8)
+    app = create_app(
+        gated, RunDir(llama_run).summary(), ServeSettings(max_texts=8, gather_seconds=0, max_queued_texts=8)
+    )
     with serving(app) as (url, _), ThreadPoolExecutor(2) as pool:
         post = partial(predict_texts, url)
         first = pool.submit(post, texts[:5])
@@ -276,7 +285,7 @@ def test_a_full_queue_refuses_with_503_and_retry_after_before_queueing(llama_run
 
 def test_an_unanswered_request_gets_504_and_its_waiting_texts_are_dropped(llama_run, gated, expected):
     texts = expected[0]
-    app = create_app(gated, RunDir(llama_run).summary(), gather_seconds=0, request_timeout=0.5)
+    app = create_app(gated, RunDir(llama_run).summary(), ServeSettings(gather_seconds=0, request_timeout=0.5))
     with serving(app) as (url, _), ThreadPoolExecutor(2) as pool:
         post = partial(predict_texts, url)
         first = pool.submit(post, texts[:2])
@@ -293,7 +302,9 @@ def test_an_unanswered_request_gets_504_and_its_waiting_texts_are_dropped(llama_
 
 def test_metrics_count_requests_by_status_texts_and_batches(llama_run, llama_classifier, expected):
     texts = expected[0]
-    app = create_app(llama_classifier, RunDir(llama_run).summary(), max_texts=MAX_TEXTS, gather_seconds=0)
+    app = create_app(
+        llama_classifier, RunDir(llama_run).summary(), ServeSettings(max_texts=MAX_TEXTS, gather_seconds=0)
+    )
     with serving(app) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
         for start in (0, 2, 4):
             assert client.post("/predict", json={"texts": texts[start : start + 2]}).status_code == 200
@@ -322,7 +333,7 @@ def test_metrics_count_requests_by_status_texts_and_batches(llama_run, llama_cla
 
 def test_shutdown_answers_in_flight_requests_before_the_worker_stops(llama_run, gated, expected):
     texts = expected[0]
-    app = create_app(gated, RunDir(llama_run).summary(), gather_seconds=0)
+    app = create_app(gated, RunDir(llama_run).summary(), ServeSettings(gather_seconds=0))
     with serving(app) as (url, uv), ThreadPoolExecutor(1) as pool:
         answer = pool.submit(predict_texts, url, texts[:3])
         wait_until(lambda: gated.scored, "the model never got the request")
@@ -342,3 +353,183 @@ def test_cli_refuses_an_unset_or_empty_api_key_variable(cli, llama_run, monkeypa
     )
     monkeypatch.setenv("LORABENCH_TEST_KEY", "")
     assert cli("serve", "--run", llama_run, "--api-key-env", "LORABENCH_TEST_KEY").code == 2
+
+
+@pytest.fixture(scope="module")
+def topic_run(tmp_path_factory):
+    """A tfidf run on the synthetic four-topic news of tests/data: quick to train and needs no ../shared data."""
+    from lorabench.api import resolve_config, train
+
+    data = {"source": str(FOUR_CLASS), "label_column": "topic", "text_template": "{headline}. {body}",
+            "id_column": "doc_id"}  # fmt: skip
+    out = tmp_path_factory.mktemp("topic_run") / "run"
+    train(resolve_config("tfidf", overrides={"data": data}), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def topic_classifier(topic_run):
+    return load_classifier(topic_run)
+
+
+@pytest.fixture
+def topic_client(topic_run, topic_classifier):
+    """The four-topic run's app in process (TestClient runs its lifespan, so the batching worker too)."""
+    app = create_app(
+        topic_classifier, RunDir(topic_run).summary(), ServeSettings(max_texts=MAX_TEXTS, gather_seconds=0)
+    )
+    with TestClient(app) as client:
+        yield client
+
+
+def ranked(probabilities) -> list[tuple[str, float]]:
+    """(topic, probability), most probable first: what the Hugging Face form must answer."""
+    return sorted(zip(TOPICS, probabilities.tolist(), strict=True), key=lambda pair: -pair[1])
+
+
+def test_hugging_face_form_answers_every_class_by_probability_on_both_routes(topic_client, topic_classifier):
+    assert topic_classifier.label_names == TOPICS
+    texts = [SPORT, "Markets rally. Bank profit and investors lift the economy.", "New chip. The startup app network."]
+    expected = [ranked(row) for row in topic_classifier.predict_proba(texts)]
+    assert expected[0][0][0] == "sport" and expected[1][0][0] == "business" and expected[2][0][0] == "tech"
+    for path in ("/", "/predict"):
+        answer = topic_client.post(path, json={"inputs": SPORT})
+        assert answer.status_code == 200
+        (classes,) = answer.json()  # a single text is answered as a list holding one list
+        assert [c["label"] for c in classes] == [label for label, _ in expected[0]]
+        assert [c["score"] for c in classes] == pytest.approx([p for _, p in expected[0]], abs=1e-6)
+        assert sum(c["score"] for c in classes) == pytest.approx(1, abs=1e-5)
+
+    parameters = {"top_k": 2, "function_to_apply": "softmax"}
+    top_two = topic_client.post("/", json={"inputs": texts, "parameters": parameters}).json()
+    assert [[(c["label"], pytest.approx(c["score"], abs=1e-6)) for c in row] for row in top_two] == [
+        row[:2] for row in expected
+    ]
+    everything = topic_client.post("/", json={"inputs": texts, "parameters": {"top_k": 9, "function_to_apply": None}})
+    assert [len(row) for row in everything.json()] == [4, 4, 4]
+    assert topic_client.post("/", json={"inputs": []}).json() == []
+
+
+def test_hugging_face_form_refuses_bad_bodies_with_a_detail(topic_client):
+    for body in (
+        {"inputs": 3},
+        {"inputs": ["ok", None]},
+        {"inputs": "ok", "parameters": {"top_k": 0}},
+        {"inputs": "ok", "parameters": {"temperature": 2}},
+        {"inputs": "ok", "texts": ["ok"]},
+    ):
+        answer = topic_client.post("/", json=body)
+        assert answer.status_code == 422, body
+        assert answer.json()["detail"][0]["loc"][:2] == ["body", "InferenceRequest"], body
+    too_many = topic_client.post("/", json={"inputs": ["goal"] * (MAX_TEXTS + 1)})
+    assert too_many.status_code == 413
+    assert too_many.json()["detail"] == f"too many texts: {MAX_TEXTS + 1} in one request; the limit is {MAX_TEXTS}"
+    too_long = topic_client.post("/", json={"inputs": "x" * 2001})
+    assert too_long.json()["detail"] == "text 0 has 2001 characters; the limit is 2000"
+    huge = topic_client.post("/", json={"inputs": "y" * 100_000})  # refused by its size before it is read
+    assert huge.status_code == 413 and huge.json()["detail"].startswith("request body larger than 97088 bytes")
+
+
+def test_texts_form_answers_every_class_probability_on_request(topic_client, topic_classifier):
+    texts = [SPORT, "Vote tonight. The minister and the party campaign for the election."]
+    expected = topic_classifier.predict_proba(texts)
+    plain = topic_client.post("/predict", json={"texts": texts}).json()["predictions"]
+    assert [set(p) for p in plain] == [{"label", "score"}] * 2  # unchanged unless asked for
+    full = topic_client.post("/predict", json={"texts": texts, "probabilities": True}).json()["predictions"]
+    assert [p["label"] for p in full] == [p["label"] for p in plain] == ["sport", "politics"]
+    for prediction, row in zip(full, expected, strict=True):
+        assert list(prediction["probabilities"]) == TOPICS
+        assert list(prediction["probabilities"].values()) == pytest.approx(row.tolist(), abs=1e-6)
+        assert sum(prediction["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert prediction["score"] == prediction["probabilities"][prediction["label"]]
+    assert topic_client.post("/predict", json={"texts": texts, "probabilities": "yes"}).status_code == 422
+
+
+def test_the_default_text_limit_follows_the_runs_longest_training_text(topic_run, topic_classifier):
+    summary = RunDir(topic_run).summary()
+    data = pd.read_csv(FOUR_CLASS / "train.csv")
+    validation = set(pd.read_csv(topic_run / "val_predictions.csv")["id"])
+    train = data[~data["doc_id"].isin(validation)]
+    assert len(train) == summary.rows["train"] == 256
+    assert summary.max_text_chars == (train["headline"].str.len() + 2 + train["body"].str.len()).max()
+    assert summary.max_text_chars < 1000  # so the limit is the floor of 2000
+
+    def limit(run_summary, **kwargs) -> int:
+        with TestClient(create_app(topic_classifier, run_summary, ServeSettings(**kwargs))) as client:
+            return client.get("/info").json()["limits"]["max_chars"]
+
+    assert limit(summary) == 2000
+    assert limit(summary.model_copy(update={"max_text_chars": None})) == 2000  # a run from before the field
+    assert limit(summary, max_chars=500) == 500
+    long_run = summary.model_copy(update={"max_text_chars": 1500})
+    assert limit(long_run) == 3000
+    with TestClient(create_app(topic_classifier, long_run)) as client:
+        assert client.post("/", json={"inputs": "goal " * 600}).status_code == 200  # 3000 characters
+        refused = client.post("/predict", json={"texts": ["g" * 3001]})
+        assert (
+            refused.status_code == 413 and refused.json()["detail"] == "text 0 has 3001 characters; the limit is 3000"
+        )
+
+
+def test_api_key_and_metrics_apply_to_the_hugging_face_form_on_both_routes(topic_run, topic_classifier):
+    app = create_app(
+        topic_classifier, RunDir(topic_run).summary(), ServeSettings(gather_seconds=0), api_key="s3cret-key"
+    )
+    good = {"Authorization": "Bearer s3cret-key"}
+    with TestClient(app) as client:
+        for path in ("/", "/predict"):
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                refused = client.post(path, json={"inputs": SPORT}, headers=headers)
+                assert refused.status_code == 401 and refused.json()["detail"].startswith("missing or wrong API key")
+            assert client.post(path, json={"inputs": SPORT}, headers=good).json()[0][0]["label"] == "sport"
+        exposition = client.get("/metrics", headers=good).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+    for path in ("/", "/predict"):
+        assert samples[("lorabench_requests_total", (("path", path), ("status", "401")))] == 2
+        assert samples[("lorabench_requests_total", (("path", path), ("status", "200")))] == 1
+    assert samples[("lorabench_texts_scored_total", ())] == 2
+
+
+def test_huggingface_hub_inference_client_calls_a_served_run(topic_run, topic_classifier):
+    """huggingface_hub's own client, pointed at the real server, parses its answers as a hub model's."""
+    app = create_app(topic_classifier, RunDir(topic_run).summary(), api_key="s3cret-key")
+    with serving(app) as (url, _):
+        client = InferenceClient(base_url=url, api_key="s3cret-key", timeout=60)
+        classes = client.text_classification(SPORT)
+        assert sorted(c.label for c in classes) == TOPICS
+        assert sum(c.score for c in classes) == pytest.approx(1, abs=1e-5)
+        assert [c.score for c in classes] == sorted((c.score for c in classes), reverse=True)
+        assert classes[0].label == "sport"
+        assert [c.label for c in client.text_classification(SPORT, top_k=2)] == [c.label for c in classes[:2]]
+        with pytest.raises(HfHubHTTPError) as refused:
+            InferenceClient(base_url=url, api_key="wrong", timeout=60).text_classification(SPORT)
+        assert refused.value.response.status_code == 401
+
+
+def test_serve_flags_are_the_settings_fields_and_bad_values_are_refused_in_one_line(cli, topic_run):
+    usage = cli("serve", "--help")
+    assert usage.code == 0
+    for name in ServeSettings.model_fields:
+        assert f"--{name.replace('_', '-')}" in usage.stdout, name
+    for flags, message in (
+        (
+            ["--max-texts", "0"],
+            "invalid serve setting value for 'max_texts': Input should be greater than or equal to 1",
+        ),
+        (["--port", "70000"], "invalid serve setting value for 'port': Input should be less than or equal to 65535"),
+        (
+            ["--max-texts", "8", "--max-queued-texts", "4"],
+            "invalid serve setting value for 'max_queued_texts': 4 is less than max_texts (8): a full request would "
+            "never fit",
+        ),
+        (
+            ["--request-timeout", "0"],
+            "invalid serve setting value for 'request_timeout': Input should be greater than 0",
+        ),
+    ):
+        refused = cli("serve", "--run", topic_run, *flags)
+        assert refused.code == 2 and refused.stderr.strip() == f"error: {message}", flags

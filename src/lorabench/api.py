@@ -21,7 +21,7 @@ from lorabench.workflows.export import export_run
 from lorabench.workflows.label_issues import find_label_issues
 from lorabench.workflows.predict import predict_file
 from lorabench.workflows.report import render as render_report
-from lorabench.workflows.serve import create_app, serve
+from lorabench.workflows.serve import ServeSettings, create_app, serve
 from lorabench.workflows.sweep import SweepSettings, load_space, sweep
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Metrics",
     "RunConfig",
     "RunSummary",
+    "ServeSettings",
     "SweepSettings",
     "TextSplits",
     "TrialRecord",

@@ -48,6 +48,7 @@ from lorabench.workflows.export import ExportFormat, Quantization
 from lorabench.workflows.label_issues import OOF_FILE, find_label_issues
 from lorabench.workflows.plan import plan as plan_memory
 from lorabench.workflows.report import display_rows, markdown_table, verdict_of
+from lorabench.workflows.serve import ServeSettings
 from lorabench.workflows.sweep import SweepSettings
 from lorabench.workflows.sweep.wandb_backend import agent
 
@@ -399,27 +400,11 @@ def export(
 
 
 @app.command()
-def serve(
-    run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
-    host: str = typer.Option("127.0.0.1", help="address to bind; the default accepts local clients only"),
-    port: int = typer.Option(8000),
-    max_texts: int = typer.Option(64, min=1, help="most texts per request (413 beyond)"),
-    max_chars: int = typer.Option(2000, min=1, help="most characters per text (413 beyond)"),
-    threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
-    batch_size: int | None = typer.Option(None, min=1, help=BATCH_HELP),
-    api_key_env: str | None = typer.Option(
-        None,
-        help="environment variable holding the API key; /predict, /info, /metrics then need 'Authorization: Bearer KEY'",
-    ),
-    max_queued_texts: int = typer.Option(
-        1024, min=1, help="most texts waiting to be scored (503 + Retry-After beyond)"
-    ),
-    request_timeout: float = typer.Option(30.0, min=0.001, help="seconds before an unanswered request gets 504"),
-) -> None:
-    """Serve a run over HTTP: POST /predict, GET /health, /info, /metrics (Prometheus), OpenAPI at /docs."""
-    api.serve(run, host=host, port=port, max_texts=max_texts, max_chars=max_chars, threshold=threshold,
-              batch_size=batch_size, api_key_env=api_key_env, max_queued_texts=max_queued_texts,
-              request_timeout=request_timeout)  # fmt: skip
+@schema_options({"": (ServeSettings, list(ServeSettings.model_fields))})
+def serve(overrides: dict, run: Path = typer.Option(..., "--run", "-r", help="a finished run directory")) -> None:
+    """Serve a run over HTTP: POST /predict (or /, the Hugging Face Inference API's form), GET /health, /info,
+    /metrics (Prometheus), OpenAPI at /docs."""
+    api.serve(run, ServeSettings.build(**{key: value for key, value in overrides.items() if value is not None}))
 
 
 SWEEP_FIELDS = [name for name in SweepSettings.model_fields if name != "out"]

@@ -46,6 +46,10 @@ class RunSummary(_Record):
     threshold: float | None
     rows: dict[str, int]
     truncated_texts: int = 0
+    max_text_chars: int | None = Field(
+        None,
+        description="characters in the longest training text; serve sizes its text limit from it (None: older run)",
+    )
     class_weights: list[float]
     device: str
     processes: int = 1

@@ -114,6 +114,7 @@ def record_run(
         label_names=names,
         threshold=threshold,
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": _rows(splits.test)},
+        max_text_chars=int(splits.train["text"].str.len().max()),
         class_weights=[round(float(w), 6) for w in class_weights(splits.train["label"].to_numpy(), len(names))],
         notes=splits.notes,
         **details,
