@@ -22,7 +22,7 @@ from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
 from lorabench.models import tfidf
 from lorabench.models.registry import CLASSIFIERS, load_classifier
-from lorabench.workflows.serve import create_app
+from lorabench.workflows.serve import ServeSettings, create_app
 
 TOLERANCE = 1e-6
 # ONNX Runtime's kernels round differently from PyTorch's: the export is held to the run it came from this close.
@@ -119,13 +119,22 @@ def test_a_saved_run_answers_as_it_did_when_trained(kind, dataset, runs, cli, tm
     frame = pd.read_csv(data, dtype=str, keep_default_na=False)
     rows = frame.drop(columns=[ID_COLUMN[dataset]]).to_dict(orient="records")
     template = RunDir(run).config().data.text_template
-    app = create_app(classifier, RunDir(run).summary(), max_chars=10_000, text_template=template)
+    app = create_app(classifier, RunDir(run).summary(), ServeSettings(max_chars=10_000), text_template=template)
     with TestClient(app) as client:
-        answer = client.post("/predict", json={"rows": rows} if template else {"texts": texts})
+        answer = client.post("/predict", json={"rows": rows} if template else {"texts": texts, "probabilities": True})
+        inference = client.post("/", json={"inputs": texts})
     assert answer.status_code == 200, answer.text
     served = answer.json()["predictions"]
     assert [p["label"] for p in served] == labels
     np.testing.assert_allclose([p["score"] for p in served], scores, atol=_tolerance(kind) + 1e-6, rtol=0)
+    if not template:
+        served_probabilities = [[p["probabilities"][str(name)] for name in names] for p in served]
+        np.testing.assert_allclose(served_probabilities, expected, atol=_tolerance(kind) + 1e-6, rtol=0)
+    # the Hugging Face Inference API form: every class, most probable first
+    assert inference.status_code == 200, inference.text
+    by_name = [{item["label"]: item["score"] for item in answer} for answer in inference.json()]
+    hf_probabilities = [[scores_of[str(name)] for name in names] for scores_of in by_name]
+    np.testing.assert_allclose(hf_probabilities, expected, atol=_tolerance(kind) + 1e-6, rtol=0)
 
 
 def test_an_array_saved_without_its_strides_stops_training(cli, tmp_path, monkeypatch):
