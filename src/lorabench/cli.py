@@ -28,6 +28,7 @@ from rich.table import Table
 from lorabench import api
 from lorabench.core.config import (
     COMMA_SEPARATED,
+    DATA_COLUMNS,
     DataConfig,
     LoraSettings,
     ModelConfig,
@@ -139,6 +140,12 @@ def run_settings(*sections: str) -> dict[str, tuple[type[BaseModel], list[str]]]
     return {section: (SECTIONS[section], list(SECTIONS[section].model_fields)) for section in sections}
 
 
+def data_options(*keys: str, section: str = "data") -> dict[str, tuple[type[BaseModel], list[str]]]:
+    """The data settings `keys` and the user's columns (DATA_COLUMNS): one set of flags for every command that
+    reads data, handed to it as overrides[section]."""
+    return {section: (DataConfig, [*keys, *DATA_COLUMNS])}
+
+
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
@@ -174,10 +181,7 @@ def train(
 
 
 @app.command()
-@schema_options(
-    {"data": (DataConfig, ["source", "test", "text_column", "label_column", "id_column", "strict", "duplicates",
-                           "conflicts"])}
-)  # fmt: skip
+@schema_options(data_options("source", "test", "strict", "duplicates", "conflicts"))
 def data(
     overrides: dict,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
@@ -319,9 +323,7 @@ def presets() -> None:
 
 
 @app.command()
-@schema_options(
-    {"data": (DataConfig, ["source", "test", "max_train_rows"]), "train": (TrainSettings, ["epochs"])}
-)  # fmt: skip
+@schema_options({**data_options("source", "test", "max_train_rows"), "train": (TrainSettings, ["epochs"])})
 def compare(
     overrides: dict,
     out: Path = typer.Option(..., "--out", "-o", help="empty directory for the runs, results and report"),
@@ -339,10 +341,7 @@ def compare(
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
-    data, train_settings = overrides["data"], overrides["train"]
-    table = api.compare(names, out, data=data["source"], test=data["test"], epochs=train_settings["epochs"],
-                        max_train_rows=data["max_train_rows"], config_file=config, seeds=seeds,
-                        ensemble=ensemble)  # fmt: skip
+    table = api.compare(names, out, overrides=overrides, config_file=config, seeds=seeds, ensemble=ensemble)
     if world().is_main:  # under torchrun every process returns the table; print it once
         typer.echo(results_text(table, out))
 
@@ -365,19 +364,23 @@ BATCH_HELP = "texts per model call (default: the run's eval batch size)"
 
 
 @app.command()
+@schema_options(data_options())
 def predict(
+    overrides: dict,
     run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
     data: Path = typer.Option(..., "--data", "-d", help="CSV / Parquet / JSON Lines file of texts"),
     out: Path = typer.Option(..., "--out", "-o", help="output file: .csv or .jsonl"),
     threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
     submission: bool = typer.Option(False, "--submission", help="write exactly Kaggle's id,target"),
-    text_column: str = typer.Option("text"),
-    id_column: str = typer.Option("id"),
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="add prob_<class> per class, as the run's val/test_predictions.csv"
+    ),
     batch_size: int | None = typer.Option(None, min=1, help=BATCH_HELP),
 ) -> None:
-    """Score a file of texts with a trained run: id, target (label) and score per row."""
-    result = api.predict_file(run, data, out, threshold=threshold, submission=submission, text_column=text_column,
-                              id_column=id_column, batch_size=batch_size)  # fmt: skip
+    """Score a file of texts with a trained run: its id, the predicted label and score per row, named and built
+    from the run's columns (its config.yaml's data settings) unless the column flags say otherwise."""
+    result = api.predict_file(run, data, out, threshold=threshold, submission=submission, batch_size=batch_size,
+                              probabilities=probabilities, **overrides["data"])  # fmt: skip
     typer.echo(json.dumps(result))
 
 
@@ -427,12 +430,13 @@ AGENT_FIELDS = ["model", "data", "space", "epochs", "max_train_rows"]
 
 
 def _sweep_settings(out: Path, given: dict, **fixed: Any) -> SweepSettings:
+    columns = {key: value for key, value in given.pop("columns").items() if value is not None}
     values = {key: value for key, value in given.items() if value is not None}
-    return SweepSettings.build(out=out, **values, **fixed)
+    return SweepSettings.build(out=out, columns=columns, **values, **fixed)
 
 
 @app.command()
-@schema_options({"": (SweepSettings, SWEEP_FIELDS)})
+@schema_options({"": (SweepSettings, SWEEP_FIELDS), **data_options(section="columns")})
 def sweep(
     overrides: dict,
     out: Path = typer.Option(..., "--out", "-o", help="sweep directory: trials, database, report (rerun to resume)"),
@@ -442,7 +446,7 @@ def sweep(
 
 
 @app.command("sweep-agent")
-@schema_options({"": (SweepSettings, AGENT_FIELDS)})
+@schema_options({"": (SweepSettings, AGENT_FIELDS), **data_options(section="columns")})
 def sweep_agent(overrides: dict, out: Path = typer.Option(..., "--out", "-o")) -> None:
     """One trial of a W&B sweep; `wandb agent` runs this (see OUT/wandb_sweep.yaml)."""
     agent(_sweep_settings(out, overrides, backend="wandb"))

@@ -112,6 +112,11 @@ class DataConfig(_Section):
         return self
 
 
+# The settings naming the user's columns: every command that reads data takes them as flags (cli.data_options);
+# predict defaults to the run's own.
+DATA_COLUMNS = ("text_column", "text_template", "label_column", "id_column")
+
+
 class LoraSettings(_Section):
     r: int = Field(8, gt=0, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="LoRA scaling alpha")

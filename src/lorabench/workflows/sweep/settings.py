@@ -20,6 +20,8 @@ class SweepSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="preset name, local model directory or hub id")
     data: str | None = Field(None, description="hub data set id, a directory with train/test files, or one file")
+    # the data's column settings (config.DATA_COLUMNS) by key, e.g. {"label_column": "topic"}; every trial shares them
+    columns: dict[str, str] = Field(default_factory=dict, description="the data's columns and text template")
     out: Path
     trials: int = Field(30, gt=0, description="finished (complete or pruned) trials wanted; the study ran 30")
     backend: Literal["optuna", "wandb", "ray"] = Field(
@@ -50,7 +52,7 @@ def make_objective(settings: SweepSettings) -> Objective:
     """Resolve the base run config and the space, and check the space's bounds against it (before any trial)."""
     space = load_space(settings.space)
     overrides = {
-        "data": {"source": settings.data, "max_train_rows": settings.max_train_rows},
+        "data": {"source": settings.data, "max_train_rows": settings.max_train_rows, **settings.columns},
         "train": {"epochs": settings.epochs},
     }
     base = resolve_config(settings.model, None, overrides).model_dump(mode="json")
