@@ -4,7 +4,8 @@ The settings' flags are not declared here: `schema_options` builds each from its
 choices, help), so a setting is written once, in lorabench.core.config or the sweep's settings, and `--set
 section.key=value` reaches every other one. Errors in the user's input arrive as LorabenchError and are printed as
 one line with exit status 2; any other failure prints one line too (exit 1), and `--debug` shows the traceback
-with its chained causes.
+with its chained causes. Each command imports its own stack (torch, pandas, fastapi, optuna...) when it runs, so
+`--help`, `--version` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lorabench import api
+from lorabench import __version__
 from lorabench.core.config import (
     COMMA_SEPARATED,
     DATA_COLUMNS,
     DataConfig,
+    ExportFormat,
     LoraSettings,
     ModelConfig,
+    Quantization,
+    SweepSettings,
     TrainSettings,
     merge,
     parse_assignments,
@@ -42,20 +46,12 @@ from lorabench.core.config import (
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.schemas import DataChecks, LabelIssues
-from lorabench.core.storage import CONFIG_FILE
-from lorabench.data.sources import describe
-from lorabench.training.distributed import world
-from lorabench.workflows.export import ExportFormat, Quantization
-from lorabench.workflows.label_issues import OOF_FILE, find_label_issues
-from lorabench.workflows.plan import plan as plan_memory
-from lorabench.workflows.report import display_rows, markdown_table, verdict_of
-from lorabench.workflows.sweep import SweepSettings
-from lorabench.workflows.sweep.wandb_backend import agent
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: typer's rich help labels every flag <bool>
     help="Fine-tune pretrained language models with LoRA for text classification.",
 )
 _state = {"debug": False}
@@ -146,10 +142,17 @@ def data_options(*keys: str, section: str = "data") -> dict[str, tuple[type[Base
     return {section: (DataConfig, [*keys, *DATA_COLUMNS])}
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        typer.echo(f"lorabench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or notes"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print it and exit"),
 ) -> None:
     _state["debug"] = debug
     set_progress(not quiet)
@@ -167,6 +170,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
 ) -> None:
     """Fine-tune one model with LoRA (or fit another kind) and write its run record."""
+    from lorabench import api
+    from lorabench.core.storage import CONFIG_FILE
+    from lorabench.training.distributed import world
+
     model = overrides["model"].pop("name")
     if resume and model is None and config is None:  # `train --resume --out RUN` continues RUN as configured
         if not (out / CONFIG_FILE).is_file():
@@ -193,6 +200,9 @@ def data(
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
     checks of the split: duplicates, conflicting labels, texts shared between splits; with --label-issues, the
     rows a run's out-of-fold (or validation) probabilities say are likely mislabelled."""
+    from lorabench.data.sources import describe
+    from lorabench.workflows.label_issues import find_label_issues
+
     if out is not None and label_issues is None:
         raise LorabenchError("--out names the CSV of --label-issues; give --label-issues RUN too")
     # validated as a run config is, so `data` and `train` refuse the same settings in the same words
@@ -259,6 +269,8 @@ ISSUE_HEADERS = {"given_label": "given", "predicted_label": "predicted", "given_
 
 
 def _print_label_issues(issues: LabelIssues) -> None:
+    from lorabench.workflows.label_issues import OOF_FILE
+
     console = Console(markup=False, emoji=False)
     rows = "validation rows" if issues.only_validation else "out-of-fold rows"
     console.print(
@@ -293,6 +305,9 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Estimate training memory for each precision / quantization / checkpointing choice, and what fits here."""
+    from lorabench import api
+    from lorabench.workflows.plan import plan as plan_memory
+
     run_config = api.resolve_config(overrides["model"]["name"], config, {"train": overrides["train"]})
     result = plan_memory(run_config, num_labels=num_labels, longest=longest)
     if as_json:
@@ -340,6 +355,9 @@ def compare(
     ),
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
+    from lorabench import api
+    from lorabench.training.distributed import world
+
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     table = api.compare(names, out, overrides=overrides, config_file=config, seeds=seeds, ensemble=ensemble)
     if world().is_main:  # under torchrun every process returns the table; print it once
@@ -349,12 +367,16 @@ def compare(
 @app.command()
 def report(directory: Path = typer.Argument(..., help="a directory written by `lorabench compare`")) -> None:
     """Re-render a comparison's results and report.html from its run records, without training."""
+    from lorabench import api
+
     table = api.render_report(directory)
     typer.echo(results_text(table, directory))
 
 
 def results_text(table, out: Path) -> str:
     """What compare and report print: the verdict, the results table, and where the report is."""
+    from lorabench.workflows.report import display_rows, markdown_table, verdict_of
+
     verdict = "\n".join(verdict_of(table).sentences)
     return f"{verdict}\n\n{markdown_table(*display_rows(table))}report: {out / 'report.html'}"
 
@@ -379,6 +401,8 @@ def predict(
 ) -> None:
     """Score a file of texts with a trained run: its id, the predicted label and score per row, named and built
     from the run's columns (its config.yaml's data settings) unless the column flags say otherwise."""
+    from lorabench import api
+
     result = api.predict_file(run, data, out, threshold=threshold, submission=submission, batch_size=batch_size,
                               probabilities=probabilities, **overrides["data"])  # fmt: skip
     typer.echo(json.dumps(result))
@@ -397,6 +421,8 @@ def export(
     quantize: Quantization = typer.Option("none", "--quantize", help="int8: dynamic int8 weights (--format onnx)"),
 ) -> None:
     """Export a run: its adapter + head as they are, merged into a plain Transformers checkpoint, or as ONNX."""
+    from lorabench import api
+
     typer.echo(json.dumps(api.export_run(run, out, merge=merge_adapter, export_format=export_format,
                                          quantize=quantize)))  # fmt: skip
 
@@ -420,6 +446,8 @@ def serve(
     request_timeout: float = typer.Option(30.0, min=0.001, help="seconds before an unanswered request gets 504"),
 ) -> None:
     """Serve a run over HTTP: POST /predict, GET /health, /info, /metrics (Prometheus), OpenAPI at /docs."""
+    from lorabench import api
+
     api.serve(run, host=host, port=port, max_texts=max_texts, max_chars=max_chars, threshold=threshold,
               batch_size=batch_size, api_key_env=api_key_env, max_queued_texts=max_queued_texts,
               request_timeout=request_timeout)  # fmt: skip
@@ -442,6 +470,8 @@ def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="sweep directory: trials, database, report (rerun to resume)"),
 ) -> None:
     """Tune LoRA hyperparameters (Bayesian search, best validation F1); writes trials.csv, best.json, charts."""
+    from lorabench import api
+
     typer.echo(json.dumps(api.sweep(_sweep_settings(out, overrides))))
 
 
@@ -449,6 +479,8 @@ def sweep(
 @schema_options({"": (SweepSettings, AGENT_FIELDS), **data_options(section="columns")})
 def sweep_agent(overrides: dict, out: Path = typer.Option(..., "--out", "-o")) -> None:
     """One trial of a W&B sweep; `wandb agent` runs this (see OUT/wandb_sweep.yaml)."""
+    from lorabench.workflows.sweep.wandb_backend import agent
+
     agent(_sweep_settings(out, overrides, backend="wandb"))
 
 
