@@ -60,6 +60,18 @@ def test_python_dash_m_runs_the_cli():
     assert "tfidf\tscikit-learn" in done.stdout.splitlines()
 
 
+def test_help_version_and_usage_errors_import_no_command_stack(cli):
+    """The stacks load when a command runs; the CLI itself (every flag) imports none of them."""
+    heavy = ("torch", "sklearn", "pandas", "fastapi", "optuna", "transformers")
+    probe = f"import sys, lorabench.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done
+    assert cli("--version").stdout.strip() == "lorabench 0.1.0"
+    assert "Missing option '--run'" in one_error_line(cli("predict", "--data", "x.csv"))
+    helped = cli("--help").stdout
+    assert "--debug " in helped and "<bool>" not in helped  # flags print as flags
+
+
 def one_error_line(result) -> str:
     """The single `error:` line of a refused command (exit 2, no traceback)."""
     lines = result.stderr.strip().splitlines()
