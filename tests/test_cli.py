@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from lorabench.core.config import TrainSettings
+from lorabench.workflows.sweep import SweepSettings, make_objective
+
+FOUR_CLASS = Path(__file__).parent / "data" / "four_class"
+CLASSES = ["business", "politics", "sport", "tech"]
+TEMPLATE = "{headline}. {body}"
+COLUMN_FLAGS = ["--label-column", "topic", "--text-template", TEMPLATE, "--id-column", "doc_id"]
 
 
 def test_every_scalar_train_setting_has_a_flag_with_its_description(cli, monkeypatch):
@@ -49,3 +59,107 @@ def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "lorabench", "presets"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "tfidf\tscikit-learn" in done.stdout.splitlines()
+
+
+def test_help_version_and_usage_errors_import_no_command_stack(cli):
+    """The stacks load when a command runs; the CLI itself (every flag) imports none of them."""
+    heavy = ("torch", "sklearn", "pandas", "fastapi", "optuna", "transformers")
+    probe = f"import sys, lorabench.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done
+    assert cli("--version").stdout.strip() == "lorabench 0.1.0"
+    assert "Missing option '--run'" in one_error_line(cli("predict", "--data", "x.csv"))
+    helped = cli("--help").stdout
+    assert "--debug " in helped and "<bool>" not in helped  # flags print as flags
+
+
+def one_error_line(result) -> str:
+    """The single `error:` line of a refused command (exit 2, no traceback)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["data", "train", "compare", "sweep", "predict"])
+def test_every_command_that_reads_data_has_the_column_flags(command, cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    result = cli(command, "--help")
+    assert result.code == 0
+    for flag in ("--label-column", "--text-column", "--text-template", "--id-column"):
+        assert flag in result.stdout, (command, flag)
+
+
+def test_predict_names_and_builds_its_columns_as_the_run_did(cli, tmp_path):
+    run = tmp_path / "run"
+    trained = cli("-q", "train", "--model", "tfidf", "--data", FOUR_CLASS, *COLUMN_FLAGS, "--out", run)
+    assert trained.code == 0, trained.stderr
+    recorded = pd.read_csv(run / "test_predictions.csv", dtype={"id": str})
+    probabilities = [f"prob_{name}" for name in CLASSES]
+
+    # no column flags: the run's id column, template and label column, and its probabilities to the 6th decimal
+    result = cli("-q", "predict", "--run", run, "--data", FOUR_CLASS / "test.csv", "--out", tmp_path / "p.csv",
+                 "--probabilities")  # fmt: skip
+    assert result.code == 0, result.stderr
+    predicted = pd.read_csv(tmp_path / "p.csv", dtype={"doc_id": str})
+    assert list(predicted.columns) == ["doc_id", "topic", "score", *probabilities]
+    assert (
+        predicted["doc_id"].tolist()
+        == recorded["id"].tolist()
+        == pd.read_csv(FOUR_CLASS / "test.csv")["doc_id"].tolist()
+    )
+    np.testing.assert_allclose(predicted[probabilities], recorded[probabilities], atol=1e-6)
+    assert predicted["topic"].tolist() == recorded["prediction"].tolist()
+    np.testing.assert_allclose(predicted["score"], recorded[probabilities].max(axis=1), atol=1e-6)
+    assert json.loads(result.stdout)["label_counts"] == recorded["prediction"].value_counts().reindex(CLASSES).to_dict()
+
+    # flags win over the run's; --submission is still Kaggle's id,target
+    renamed = cli("-q", "predict", "--run", run, "--data", FOUR_CLASS / "test.csv", "--out", tmp_path / "r.csv",
+                  "--label-column", "label", "--id-column", "headline")  # fmt: skip
+    assert renamed.code == 0, renamed.stderr
+    assert list(pd.read_csv(tmp_path / "r.csv").columns) == ["headline", "label", "score"]
+    cli("-q", "predict", "--run", run, "--data", FOUR_CLASS / "test.csv", "--out", tmp_path / "s.csv", "--submission")
+    submission = pd.read_csv(tmp_path / "s.csv", dtype={"id": str})
+    assert list(submission.columns) == ["id", "target"] and submission["id"].tolist() == recorded["id"].tolist()
+    assert submission["target"].tolist() == recorded["prediction"].tolist()
+
+    def refused(*flags: str) -> str:
+        out = tmp_path / "refused.csv"
+        line = one_error_line(cli("predict", "--run", run, "--data", FOUR_CLASS / "test.csv", "--out", out, *flags))
+        assert not out.exists()
+        return line
+
+    assert "named 'doc_id'" in refused("--label-column", "doc_id")
+    assert "does not have: summary" in refused("--text-template", "{summary}")
+    assert "leave out --probabilities" in refused("--submission", "--probabilities")
+
+
+def test_data_and_compare_take_the_column_flags_without_a_config(cli, tmp_path, in_process):
+    result = cli("data", "--data", FOUR_CLASS, *COLUMN_FLAGS, "--json")
+    assert result.code == 0, result.stderr
+    stats = json.loads(result.stdout)
+    train = pd.read_csv(FOUR_CLASS / "train.csv")
+    assert stats["label_names"] == CLASSES and stats["splits"]["test"]["rows"] == 48
+    texts = (train["headline"] + ". " + train["body"]).str.len()  # the template built the texts that were measured
+    assert max(entry["max_chars"] for entry in stats["splits"].values() if "class_counts" in entry) == texts.max()
+    unknown = cli("data", "--data", FOUR_CLASS, "--text-template", TEMPLATE, "--label-column", "subject")
+    assert "no label column 'subject'" in one_error_line(unknown)
+
+    out = tmp_path / "cmp"
+    compared = cli("-q", "compare", "--models", "tfidf", "--data", FOUR_CLASS, *COLUMN_FLAGS, "--out", out)
+    assert compared.code == 0, compared.stderr
+    config = yaml.safe_load((out / "runs" / "tfidf" / "config.yaml").read_text())["data"]
+    assert (config["label_column"], config["text_template"], config["id_column"]) == ("topic", TEMPLATE, "doc_id")
+    validation = pd.read_csv(out / "runs" / "tfidf" / "val_predictions.csv")
+    assert validation["id"].str.match(r"a\d{4}$").all() and set(validation["prediction"]) <= set(CLASSES)
+
+
+def test_sweep_hands_the_column_flags_to_every_trial_and_agent(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    out = tmp_path / "sweep"
+    result = cli("sweep", "--backend", "wandb", "--model", "tfidf", "--data", FOUR_CLASS, *COLUMN_FLAGS, "--out", out)
+    assert "W&B needs an API key" in one_error_line(result)  # after the data was read with the columns
+    command = yaml.safe_load((out / "wandb_sweep.yaml").read_text())["command"]
+    assert all(flag in command for flag in COLUMN_FLAGS)
+    settings = SweepSettings(model="tfidf", data=str(FOUR_CLASS), out=out, columns={"label_column": "topic"})
+    assert make_objective(settings).config({}).data.label_column == "topic"

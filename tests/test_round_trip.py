@@ -108,13 +108,15 @@ def test_a_saved_run_answers_as_it_did_when_trained(kind, dataset, runs, cli, tm
     assert np.ptp(expected, axis=0).max() > 1e-4  # the scores vary from text to text
 
     data = Path(__file__).parent / "data" / dataset / "test.csv"
-    result = cli(
-        "predict", "--run", run, "--data", data, "--out", tmp_path / "p.csv", "--id-column", ID_COLUMN[dataset]
-    )
+    result = cli("predict", "--run", run, "--data", data, "--out", tmp_path / "p.csv", "--probabilities")
     assert result.code == 0, result.stderr
-    predicted = pd.read_csv(tmp_path / "p.csv")
-    assert predicted["target"].astype(str).tolist() == [str(label) for label in labels]
+    predicted = pd.read_csv(tmp_path / "p.csv")  # the run's own id and label columns, without flags
+    label_column = RunDir(run).config().data.label_column
+    assert list(predicted.columns[:3]) == [ID_COLUMN[dataset], label_column, "score"]
+    assert predicted[label_column].astype(str).tolist() == [str(label) for label in labels]
     np.testing.assert_allclose(predicted["score"], scores, atol=_tolerance(kind) + 1e-6, rtol=0)  # 6 decimals
+    probability_columns = [f"prob_{name}" for name in names]
+    np.testing.assert_allclose(predicted[probability_columns], expected, atol=_tolerance(kind) + 1e-6, rtol=0)
 
     frame = pd.read_csv(data, dtype=str, keep_default_na=False)
     rows = frame.drop(columns=[ID_COLUMN[dataset]]).to_dict(orient="records")

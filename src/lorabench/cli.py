@@ -4,7 +4,8 @@ The settings' flags are not declared here: `schema_options` builds each from its
 choices, help), so a setting is written once, in lorabench.core.config or the sweep's settings, and `--set
 section.key=value` reaches every other one. Errors in the user's input arrive as LorabenchError and are printed as
 one line with exit status 2; any other failure prints one line too (exit 1), and `--debug` shows the traceback
-with its chained causes.
+with its chained causes. Each command imports its own stack (torch, pandas, fastapi, optuna...) when it runs, so
+`--help`, `--version` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lorabench import api
+from lorabench import __version__
 from lorabench.core.config import (
     COMMA_SEPARATED,
+    DATA_COLUMNS,
     DataConfig,
+    ExportFormat,
     LoraSettings,
     ModelConfig,
+    Quantization,
+    SweepSettings,
     TrainSettings,
     merge,
     parse_assignments,
@@ -41,21 +46,13 @@ from lorabench.core.config import (
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.schemas import DataChecks, LabelIssues
-from lorabench.core.storage import CONFIG_FILE
-from lorabench.data.sources import describe
-from lorabench.training.distributed import world
-from lorabench.workflows.export import ExportFormat, Quantization
-from lorabench.workflows.label_issues import OOF_FILE, find_label_issues
-from lorabench.workflows.plan import plan as plan_memory
-from lorabench.workflows.report import display_rows, markdown_table, verdict_of
-from lorabench.workflows.serve import ServeSettings
-from lorabench.workflows.sweep import SweepSettings
-from lorabench.workflows.sweep.wandb_backend import agent
+from lorabench.core.settings import ServeSettings
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: typer's rich help labels every flag <bool>
     help="Fine-tune pretrained language models with LoRA for text classification.",
 )
 _state = {"debug": False}
@@ -140,10 +137,23 @@ def run_settings(*sections: str) -> dict[str, tuple[type[BaseModel], list[str]]]
     return {section: (SECTIONS[section], list(SECTIONS[section].model_fields)) for section in sections}
 
 
+def data_options(*keys: str, section: str = "data") -> dict[str, tuple[type[BaseModel], list[str]]]:
+    """The data settings `keys` and the user's columns (DATA_COLUMNS): one set of flags for every command that
+    reads data, handed to it as overrides[section]."""
+    return {section: (DataConfig, [*keys, *DATA_COLUMNS])}
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        typer.echo(f"lorabench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or notes"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print it and exit"),
 ) -> None:
     _state["debug"] = debug
     set_progress(not quiet)
@@ -161,6 +171,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
 ) -> None:
     """Fine-tune one model with LoRA (or fit another kind) and write its run record."""
+    from lorabench import api
+    from lorabench.core.storage import CONFIG_FILE
+    from lorabench.training.distributed import world
+
     model = overrides["model"].pop("name")
     if resume and model is None and config is None:  # `train --resume --out RUN` continues RUN as configured
         if not (out / CONFIG_FILE).is_file():
@@ -175,10 +189,7 @@ def train(
 
 
 @app.command()
-@schema_options(
-    {"data": (DataConfig, ["source", "test", "text_column", "label_column", "id_column", "strict", "duplicates",
-                           "conflicts"])}
-)  # fmt: skip
+@schema_options(data_options("source", "test", "strict", "duplicates", "conflicts"))
 def data(
     overrides: dict,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
@@ -190,6 +201,9 @@ def data(
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
     checks of the split: duplicates, conflicting labels, texts shared between splits; with --label-issues, the
     rows a run's out-of-fold (or validation) probabilities say are likely mislabelled."""
+    from lorabench.data.sources import describe
+    from lorabench.workflows.label_issues import find_label_issues
+
     if out is not None and label_issues is None:
         raise LorabenchError("--out names the CSV of --label-issues; give --label-issues RUN too")
     # validated as a run config is, so `data` and `train` refuse the same settings in the same words
@@ -256,6 +270,8 @@ ISSUE_HEADERS = {"given_label": "given", "predicted_label": "predicted", "given_
 
 
 def _print_label_issues(issues: LabelIssues) -> None:
+    from lorabench.workflows.label_issues import OOF_FILE
+
     console = Console(markup=False, emoji=False)
     rows = "validation rows" if issues.only_validation else "out-of-fold rows"
     console.print(
@@ -290,6 +306,9 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Estimate training memory for each precision / quantization / checkpointing choice, and what fits here."""
+    from lorabench import api
+    from lorabench.workflows.plan import plan as plan_memory
+
     run_config = api.resolve_config(overrides["model"]["name"], config, {"train": overrides["train"]})
     result = plan_memory(run_config, num_labels=num_labels, longest=longest)
     if as_json:
@@ -320,9 +339,7 @@ def presets() -> None:
 
 
 @app.command()
-@schema_options(
-    {"data": (DataConfig, ["source", "test", "max_train_rows"]), "train": (TrainSettings, ["epochs"])}
-)  # fmt: skip
+@schema_options({**data_options("source", "test", "max_train_rows"), "train": (TrainSettings, ["epochs"])})
 def compare(
     overrides: dict,
     out: Path = typer.Option(..., "--out", "-o", help="empty directory for the runs, results and report"),
@@ -339,11 +356,11 @@ def compare(
     ),
 ) -> None:
     """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
+    from lorabench import api
+    from lorabench.training.distributed import world
+
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
-    data, train_settings = overrides["data"], overrides["train"]
-    table = api.compare(names, out, data=data["source"], test=data["test"], epochs=train_settings["epochs"],
-                        max_train_rows=data["max_train_rows"], config_file=config, seeds=seeds,
-                        ensemble=ensemble)  # fmt: skip
+    table = api.compare(names, out, overrides=overrides, config_file=config, seeds=seeds, ensemble=ensemble)
     if world().is_main:  # under torchrun every process returns the table; print it once
         typer.echo(results_text(table, out))
 
@@ -351,12 +368,16 @@ def compare(
 @app.command()
 def report(directory: Path = typer.Argument(..., help="a directory written by `lorabench compare`")) -> None:
     """Re-render a comparison's results and report.html from its run records, without training."""
+    from lorabench import api
+
     table = api.render_report(directory)
     typer.echo(results_text(table, directory))
 
 
 def results_text(table, out: Path) -> str:
     """What compare and report print: the verdict, the results table, and where the report is."""
+    from lorabench.workflows.report import display_rows, markdown_table, verdict_of
+
     verdict = "\n".join(verdict_of(table).sentences)
     return f"{verdict}\n\n{markdown_table(*display_rows(table))}report: {out / 'report.html'}"
 
@@ -366,19 +387,25 @@ BATCH_HELP = "texts per model call (default: the run's eval batch size)"
 
 
 @app.command()
+@schema_options(data_options())
 def predict(
+    overrides: dict,
     run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
     data: Path = typer.Option(..., "--data", "-d", help="CSV / Parquet / JSON Lines file of texts"),
     out: Path = typer.Option(..., "--out", "-o", help="output file: .csv or .jsonl"),
     threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
     submission: bool = typer.Option(False, "--submission", help="write exactly Kaggle's id,target"),
-    text_column: str = typer.Option("text"),
-    id_column: str = typer.Option("id"),
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="add prob_<class> per class, as the run's val/test_predictions.csv"
+    ),
     batch_size: int | None = typer.Option(None, min=1, help=BATCH_HELP),
 ) -> None:
-    """Score a file of texts with a trained run: id, target (label) and score per row."""
-    result = api.predict_file(run, data, out, threshold=threshold, submission=submission, text_column=text_column,
-                              id_column=id_column, batch_size=batch_size)  # fmt: skip
+    """Score a file of texts with a trained run: its id, the predicted label and score per row, named and built
+    from the run's columns (its config.yaml's data settings) unless the column flags say otherwise."""
+    from lorabench import api
+
+    result = api.predict_file(run, data, out, threshold=threshold, submission=submission, batch_size=batch_size,
+                              probabilities=probabilities, **overrides["data"])  # fmt: skip
     typer.echo(json.dumps(result))
 
 
@@ -395,6 +422,8 @@ def export(
     quantize: Quantization = typer.Option("none", "--quantize", help="int8: dynamic int8 weights (--format onnx)"),
 ) -> None:
     """Export a run: its adapter + head as they are, merged into a plain Transformers checkpoint, or as ONNX."""
+    from lorabench import api
+
     typer.echo(json.dumps(api.export_run(run, out, merge=merge_adapter, export_format=export_format,
                                          quantize=quantize)))  # fmt: skip
 
@@ -404,6 +433,8 @@ def export(
 def serve(overrides: dict, run: Path = typer.Option(..., "--run", "-r", help="a finished run directory")) -> None:
     """Serve a run over HTTP: POST /predict (or /, the Hugging Face Inference API's form), GET /health, /info,
     /metrics (Prometheus), OpenAPI at /docs."""
+    from lorabench import api
+
     api.serve(run, ServeSettings.build(**{key: value for key, value in overrides.items() if value is not None}))
 
 
@@ -412,24 +443,29 @@ AGENT_FIELDS = ["model", "data", "space", "epochs", "max_train_rows"]
 
 
 def _sweep_settings(out: Path, given: dict, **fixed: Any) -> SweepSettings:
+    columns = {key: value for key, value in given.pop("columns").items() if value is not None}
     values = {key: value for key, value in given.items() if value is not None}
-    return SweepSettings.build(out=out, **values, **fixed)
+    return SweepSettings.build(out=out, columns=columns, **values, **fixed)
 
 
 @app.command()
-@schema_options({"": (SweepSettings, SWEEP_FIELDS)})
+@schema_options({"": (SweepSettings, SWEEP_FIELDS), **data_options(section="columns")})
 def sweep(
     overrides: dict,
     out: Path = typer.Option(..., "--out", "-o", help="sweep directory: trials, database, report (rerun to resume)"),
 ) -> None:
     """Tune LoRA hyperparameters (Bayesian search, best validation F1); writes trials.csv, best.json, charts."""
+    from lorabench import api
+
     typer.echo(json.dumps(api.sweep(_sweep_settings(out, overrides))))
 
 
 @app.command("sweep-agent")
-@schema_options({"": (SweepSettings, AGENT_FIELDS)})
+@schema_options({"": (SweepSettings, AGENT_FIELDS), **data_options(section="columns")})
 def sweep_agent(overrides: dict, out: Path = typer.Option(..., "--out", "-o")) -> None:
     """One trial of a W&B sweep; `wandb agent` runs this (see OUT/wandb_sweep.yaml)."""
+    from lorabench.workflows.sweep.wandb_backend import agent
+
     agent(_sweep_settings(out, overrides, backend="wandb"))
 
 

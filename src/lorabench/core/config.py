@@ -1,6 +1,8 @@
 """Validated run configuration: presets (YAML files) < a user's config file < command-line flags.
 
-Every section forbids unknown keys so a typo in a config file is named instead of silently ignored.
+Every section forbids unknown keys so a typo in a config file is named instead of silently ignored. The sweep's
+settings and export's choices are here too: the CLI builds every flag from this module alone, without importing
+torch or the other stacks behind the commands.
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ class DataConfig(_Section):
         return self
 
 
+# The settings naming the user's columns: every command that reads data takes them as flags (cli.data_options);
+# predict defaults to the run's own.
+DATA_COLUMNS = ("text_column", "text_template", "label_column", "id_column")
+
+
 class LoraSettings(_Section):
     r: int = Field(8, gt=0, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="LoRA scaling alpha")
@@ -169,6 +176,45 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
+
+
+# The choices of `lorabench export` (lorabench.workflows.export).
+ExportFormat = Literal["run", "merged", "onnx"]
+Quantization = Literal["none", "int8"]
+
+
+class SweepSettings(BaseModel):
+    """What `lorabench sweep` was asked to do; None means the preset's value."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="preset name, local model directory or hub id")
+    data: str | None = Field(None, description="hub data set id, a directory with train/test files, or one file")
+    # the data's column settings (config.DATA_COLUMNS) by key, e.g. {"label_column": "topic"}; every trial shares them
+    columns: dict[str, str] = Field(default_factory=dict, description="the data's columns and text template")
+    out: Path
+    trials: int = Field(30, gt=0, description="finished (complete or pruned) trials wanted; the study ran 30")
+    backend: Literal["optuna", "wandb", "ray"] = Field(
+        "optuna", description="optuna: embedded; wandb: W&B sweep; ray: Ray Tune"
+    )
+    space: Path | None = Field(None, description="search-space YAML; None = the study's")
+    storage: str | None = Field(None, description="Optuna storage URL; None = sqlite:///OUT/study.db")
+    # A worker that stops beating (killed, its machine gone) has its trial failed and queued again by whichever
+    # worker checks next, after a grace of 3 intervals. Each beat is a write to the storage.
+    heartbeat_seconds: int = Field(
+        60, gt=0, description="how often a running trial tells the storage its worker is alive (optuna backend)"
+    )
+    epochs: int | None = Field(None, gt=0, description="epochs per trial (default: the preset's)")
+    max_train_rows: int | None = Field(None, gt=0, description="train each trial on the first N rows only")
+    prune: bool = Field(True, description="stop hopeless trials after an epoch")
+    seed: int = Field(0, description="the sampler's seed")
+    address: str | None = Field(None, description="Ray cluster address; None = start a local instance")
+    cpus_per_trial: float = Field(1, gt=0, description="CPUs each Ray trial reserves")
+    gpus_per_trial: float = Field(0, ge=0, description="GPUs each Ray trial reserves")
+
+    @classmethod
+    def build(cls, **values) -> SweepSettings:
+        """Validate, naming the first bad setting in one line."""
+        return validate_as(cls, values, "sweep setting")
 
 
 def preset_names() -> list[str]:

@@ -26,6 +26,12 @@ SPLITS = (("val", "validation"), ("test", "test"))
 RELOAD_TOLERANCE = 1e-6  # a saved model's probabilities against the same model's in memory
 
 
+def probability_columns(probabilities: np.ndarray, label_names: list) -> dict[str, np.ndarray]:
+    """`prob_<class name>` per class in label_names order, to 6 decimals: a run's predictions files and
+    `predict --probabilities` name and round them alike, so their columns compare one to one."""
+    return {f"prob_{name}": probabilities[:, class_id].round(6) for class_id, name in enumerate(label_names)}
+
+
 def write_predictions(
     path: Path, frame: pd.DataFrame, probabilities: np.ndarray, label_names: list, with_text: bool = False
 ) -> None:
@@ -33,8 +39,7 @@ def write_predictions(
     name, one probability per class."""
     table = frame.copy() if with_text else frame.drop(columns=["text"])
     table["prediction"] = [label_names[i] for i in predicted_labels(probabilities)]
-    for class_id, name in enumerate(label_names):
-        table[f"prob_{name}"] = probabilities[:, class_id].round(6)
+    table = table.assign(**probability_columns(probabilities, label_names))
     # Python < 3.13's csv writer leaves a \r inside a cell unquoted, and readers take it for a line break: quote
     # every cell of a file whose ids or class names hold one (other files are written as before).
     cells = [

@@ -93,17 +93,18 @@ def plan_runs(
     test: str | None = None,
     epochs: int | None = None,
     max_train_rows: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, RunConfig]:
-    """Each model's resolved config: preset < shared config < command-line flags < the model's own entry."""
+    """Each model's resolved config: preset < shared config < command-line flags (`overrides`: any run settings as
+    nested sections, under the named ones) < the model's own entry."""
     if not models:
         raise LorabenchError("no models to compare: pass --models a,b or list them under 'models' in --config")
     duplicates = sorted({name for name in models if models.count(name) > 1})
     if duplicates:
         raise LorabenchError(f"model listed twice: {', '.join(duplicates)}")
     shared = {"data": _given(settings.data), "train": _given(settings.train)}
-    shared = merge(
-        shared, {"data": {"source": data, "test": test, "max_train_rows": max_train_rows}, "train": {"epochs": epochs}}
-    )
+    named = {"data": {"source": data, "test": test, "max_train_rows": max_train_rows}, "train": {"epochs": epochs}}
+    shared = merge(merge(shared, overrides or {}), named)
     plans = {}
     for name in models:
         entry = settings.models.get(name, ModelEntry())
@@ -229,12 +230,14 @@ def compare(
     config_file: str | Path | None = None,
     seeds: int = 1,
     ensemble: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Train every model into OUT/runs/<model> on the identical split, measure what using it costs, and write the
     results and the report. With `seeds` N > 1 each model trains N times, with train.seed + 0 .. N-1, into
     OUT/runs/<model>/seed-<seed>, and the results give mean and sd over them. With `ensemble`, the trained
     models' (first seeds') probabilities are then averaged with weights fitted on validation into OUT/runs/ensemble,
-    an averaging run with its own row (lorabench.training.averaging.ensemble_of_runs).
+    an averaging run with its own row (lorabench.training.averaging.ensemble_of_runs). `overrides` are any other
+    run settings every model shares, as nested sections (the command's flags: {"data": {"label_column": ...}}).
 
     Returns the results table (one row per model). Bad input fails before anything is written; a model that
     fails to load or train gets a row with its reason and the next model still runs.
@@ -243,7 +246,7 @@ def compare(
         raise LorabenchError(f"seeds must be at least 1, got {seeds}")
     settings = load_compare_config(config_file) if config_file else CompareConfig()
     models = models or list(settings.models)
-    plans = plan_runs(models, settings, data, test, epochs, max_train_rows)
+    plans = plan_runs(models, settings, data, test, epochs, max_train_rows, overrides)
     out_dir = Path(out_dir)
     # Under torchrun every process runs this function: rank 0 alone checks, writes and measures costs, and each
     # model trains in this process (all ranks together) rather than in a child of its own.

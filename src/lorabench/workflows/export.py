@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Literal
 
-from lorabench.core.config import config_to_yaml
+from lorabench.core.config import ExportFormat, Quantization, config_to_yaml
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, RunDir, replace_dir, write_atomic, write_json
 from lorabench.models.onnx import KIND as ONNX_KIND
@@ -24,8 +23,6 @@ from lorabench.training.tracking import TRACKER_DIRS
 from lorabench.workflows.model_card import CARD_FILE, model_card
 
 EXPORT_INFO = "lorabench_export.json"
-ExportFormat = Literal["run", "merged", "onnx"]
-Quantization = Literal["none", "int8"]
 # Not part of the model: the resume state (optimizer moments) and tracking logs of the training run, and its
 # per-row predictions on the training data's splits.
 LEFT_OUT_DIRS = {CHECKPOINT_DIR, *TRACKER_DIRS.values()}

@@ -14,11 +14,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from lorabench.core import console
+from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.metrics import check_threshold, decide
 from lorabench.core.storage import RunDir, atomic_file
 from lorabench.data.sources import csv_options, file_kind, require_column, template_columns, template_texts
 from lorabench.models.registry import Classifier, load_classifier
+from lorabench.training.records import probability_columns
 
 READ_CHUNK_ROWS = 2048
 OUTPUT_FORMATS = (".csv", ".jsonl")
@@ -30,18 +32,23 @@ def predict_file(
     out: str | Path,
     threshold: float | None = None,
     submission: bool = False,
-    text_column: str = "text",
-    id_column: str = "id",
+    text_column: str | None = None,
+    id_column: str | None = None,
     batch_size: int | None = None,
+    label_column: str | None = None,
+    text_template: str | None = None,
+    probabilities: bool = False,
     chunk_rows: int = READ_CHUNK_ROWS,
     classifier: Classifier | None = None,
 ) -> dict:
     """Score every row of `data` into `out` (CSV or JSON Lines) chunk by chunk; memory does not grow with the file.
 
-    The output keeps the id column and adds `target` (label name) and `score`; with `submission` it is exactly
-    Kaggle's `id,target`. It is written to a temporary file and renamed at the end, so a failure leaves nothing.
-    A run trained with `data.text_template` builds each text from the same columns the same way (`text_column`
-    then does not apply).
+    The columns are the run's (its config's `data`; a bare `classifier` has DataConfig's defaults) unless given
+    here. The output keeps the id column and adds the label column (the predicted class name), `score` and with
+    `probabilities` one `prob_<class>` column per class, as the run's own predictions files have them; with
+    `submission` it is exactly Kaggle's `id,target`. It is written to a temporary file and renamed at the end, so a
+    failure leaves nothing. With a text template (the run's or given) each text is built from the same columns the
+    same way as in training, and `text_column` does not apply.
     """
     data, out = Path(data), Path(out)
     kind = file_kind(data)
@@ -49,13 +56,18 @@ def predict_file(
         raise LorabenchError(f"--out must end in .csv or .jsonl, not '{out.suffix or out.name}'")
     if submission and out.suffix.lower() != ".csv":
         raise LorabenchError("a Kaggle submission (--submission) is a CSV file; give --out a .csv name")
+    if submission and probabilities:
+        raise LorabenchError("--submission writes exactly Kaggle's id,target; leave out --probabilities")
     if out.resolve() == data.resolve():
         raise LorabenchError("--out must differ from --data (the input would be overwritten)")
     total = _count_rows(data, kind)
     if total == 0:
         raise LorabenchError(f"{data} has no rows to predict")
     classifier = classifier or load_classifier(run_dir, batch_size)
-    template = RunDir(run_dir).config().data.text_template if run_dir is not None else None  # None: a bare classifier
+    given = {"text_column": text_column, "id_column": id_column, "label_column": label_column,
+             "text_template": text_template}  # fmt: skip
+    columns = _columns(run_dir, given)
+    template, text_column, id_column = columns.text_template, columns.text_column, columns.id_column
     text_columns = template_columns(template) if template else [text_column]
     check_threshold(threshold, classifier.label_names)
     threshold = classifier.threshold if threshold is None else threshold
@@ -68,9 +80,10 @@ def predict_file(
                 raise LorabenchError(f"--submission needs an id column '{id_column}' in {data.name} (see --id-column)")
             texts = _chunk_texts(chunk, template, text_column, data.name)
             with console.progress_hidden():
-                probabilities = classifier.predict_proba(texts.tolist())
-            labels, scores = decide(probabilities, classifier.label_names, threshold)
-            table = _output_table(chunk, id_column, rows, labels, scores, submission)
+                scored = classifier.predict_proba(texts.tolist())
+            labels, scores = decide(scored, classifier.label_names, threshold)
+            extra = probability_columns(scored, classifier.label_names) if probabilities else {}
+            table = _output_table(chunk, columns, rows, labels, scores, extra, submission)
             _write_chunk(handle, table, out.suffix.lower(), first=rows == 0)
             for label in labels:
                 counts[str(label)] += 1
@@ -134,18 +147,36 @@ def _read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> 
         raise LorabenchError(f"cannot read {path} as {kind}: {first_line(err)}") from err
 
 
+def _columns(run_dir: str | Path | None, given: dict[str, str | None]) -> DataConfig:
+    """The run's column settings (DataConfig's defaults for a bare classifier), each given one in its place."""
+    run_data = RunDir(run_dir).config().data if run_dir is not None else DataConfig()
+    return run_data.model_copy(update={key: value for key, value in given.items() if value is not None})
+
+
 def _output_table(
-    chunk: pd.DataFrame, id_column: str, first_row: int, labels: list, scores: np.ndarray, submission: bool
+    chunk: pd.DataFrame,
+    columns: DataConfig,
+    first_row: int,
+    labels: list,
+    scores: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    submission: bool,
 ) -> pd.DataFrame:
     if submission:
-        return pd.DataFrame({"id": chunk[id_column].to_numpy(), "target": labels})
-    if id_column in chunk.columns:
-        table = pd.DataFrame({id_column: chunk[id_column].to_numpy()})
+        return pd.DataFrame({"id": chunk[columns.id_column].to_numpy(), "target": labels})
+    if columns.id_column in chunk.columns:
+        key = (columns.id_column, chunk[columns.id_column].to_numpy())
     else:
-        table = pd.DataFrame({"row": np.arange(first_row, first_row + len(chunk))})  # to join back to the input
-    table["target"] = labels
-    table["score"] = np.round(scores.astype(np.float64), 6)
-    return table
+        key = ("row", np.arange(first_row, first_row + len(chunk)))  # to join back to the input
+    output = [key, (columns.label_column, labels), ("score", np.round(scores.astype(np.float64), 6)),
+              *probabilities.items()]  # fmt: skip
+    names = [name for name, _ in output]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise LorabenchError(
+            f"the output would have two columns named '{repeated[0]}' (id, label, score, prob_<class>); "
+            "give --id-column or --label-column another name"
+        )
+    return pd.DataFrame(dict(output))
 
 
 def _write_chunk(handle, table: pd.DataFrame, suffix: str, first: bool) -> None:

@@ -9,13 +9,13 @@ scoring: too many texts or characters -> 413, malformed bodies -> 422, more queu
 `max_queued_texts` -> 503 with Retry-After, no answer within `request_timeout` -> 504. With an API key, every
 route but /health needs `Authorization: Bearer <key>` (401 before the body is read; middleware.py). Prometheus
 metrics (per app, so several apps in one process do not clash) are at /metrics. Every setting is a field of
-`ServeSettings` (settings.py); `create_app` (app.py) builds the app, `serve` (runner.py) runs it.
+`ServeSettings` (lorabench.core.settings); `create_app` (app.py) builds the app, `serve` (runner.py) runs it.
 """
 
 from __future__ import annotations
 
+from lorabench.core.settings import ServeSettings
 from lorabench.workflows.serve.app import create_app
 from lorabench.workflows.serve.runner import serve
-from lorabench.workflows.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app", "serve"]

@@ -15,6 +15,7 @@ from lorabench.core import console
 from lorabench.core.errors import LorabenchError
 from lorabench.core.metrics import check_threshold, decide
 from lorabench.core.schemas import RunSummary
+from lorabench.core.settings import DEFAULT_MAX_CHARS, ServeSettings
 from lorabench.data.sources import template_texts
 from lorabench.models.registry import Classifier
 from lorabench.workflows.serve.batching import BatchingWorker, QueueFull
@@ -28,7 +29,6 @@ from lorabench.workflows.serve.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from lorabench.workflows.serve.settings import DEFAULT_MAX_CHARS, ServeSettings
 
 RETRY_AFTER_SECONDS = 1
 

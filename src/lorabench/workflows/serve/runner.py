@@ -10,10 +10,10 @@ import uvicorn
 
 from lorabench.core import console
 from lorabench.core.errors import LorabenchError
+from lorabench.core.settings import ServeSettings
 from lorabench.core.storage import RunDir
 from lorabench.models.registry import load_classifier
 from lorabench.workflows.serve.app import create_app
-from lorabench.workflows.serve.settings import ServeSettings
 
 # Shutdown waits for in-flight requests; none can take longer than the request timeout, plus this to answer.
 SHUTDOWN_GRACE_SECONDS = 5

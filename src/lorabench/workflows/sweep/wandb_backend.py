@@ -60,6 +60,7 @@ def agent_arguments(settings) -> list[str]:
         "--space": local(settings.space),
         "--epochs": settings.epochs,
         "--max-train-rows": settings.max_train_rows,
+        **{"--" + key.replace("_", "-"): value for key, value in settings.columns.items()},
     }
     return [part for flag, value in flags.items() if value is not None for part in (flag, str(value))]
 

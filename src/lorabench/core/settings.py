@@ -1,4 +1,5 @@
-"""Every setting of `lorabench serve`, written once: the CLI's flags are generated from these fields."""
+"""Every setting of `lorabench serve`, written once: the CLI's flags are generated from these fields. It lives in
+core, not beside the server, so the CLI reads the flags without importing FastAPI and the model stack."""
 
 from __future__ import annotations
 
