@@ -45,9 +45,13 @@ def _tfidf(cli, out, data, dataset, _model):
     return _train(cli, out, data, dataset, "--model", "tfidf")
 
 
-def _lora(cli, out, data, dataset, model):
-    flags = ["--epochs", "1", "--max-length", "64", "--lr", "1e-2", "--eval-batch-size", "32"]
+def _lora(cli, out, data, dataset, model, *method):
+    flags = ["--epochs", "1", "--max-length", "64", "--lr", "1e-2", "--eval-batch-size", "32", *method]
     return _train(cli, out, data, dataset, "--model", model, *flags)
+
+
+def _full(cli, out, data, dataset, model):
+    return _lora(cli, out, data, dataset, model, "--method", "full", "--full-lr", "1e-3")
 
 
 def _ensemble(cli, out, data, dataset, _model):
@@ -61,7 +65,7 @@ def _onnx(cli, out, data, dataset, model):
     return out
 
 
-BUILDERS = {"tfidf": _tfidf, "lora": _lora, "ensemble": _ensemble, "onnx": _onnx}
+BUILDERS = {"tfidf": _tfidf, "lora": _lora, "full": _full, "ensemble": _ensemble, "onnx": _onnx}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +102,11 @@ def test_every_kind_has_a_builder():
 @pytest.mark.parametrize("dataset", sorted(DATA_FLAGS))
 @pytest.mark.parametrize("kind", sorted(CLASSIFIERS))
 def test_a_saved_run_answers_as_it_did_when_trained(kind, dataset, runs, cli, tmp_path):
-    run = runs(kind, dataset, cli)
+    assert_round_trip(runs(kind, dataset, cli), kind, dataset, cli, tmp_path)
+
+
+def assert_round_trip(run: Path, kind: str, dataset: str, cli, tmp_path: Path) -> None:
+    """The run's recorded test probabilities equal load_classifier's, predict's and serve's (both forms)."""
     expected, names = _reference(run)
     assert len(names) == (2 if dataset == "binary" else 4)
     texts = load_splits(RunDir(run).config().data).test["text"].tolist()

@@ -40,6 +40,12 @@ COMMA_SEPARATED = BeforeValidator(_split_commas)
 Trackers = Annotated[list[TrackerName], COMMA_SEPARATED, AfterValidator(_distinct_trackers)]
 
 
+Method = Literal["lora", "dora", "rslora", "pissa", "loraplus", "full", "probe"]
+# The classifier kind (lorabench.models.registry) each method trains: the LoRA variants all save a peft adapter.
+METHOD_KINDS: dict[str, str] = {"lora": "lora", "dora": "lora", "rslora": "lora", "pissa": "lora",
+                                "loraplus": "lora", "full": "full", "probe": "probe"}  # fmt: skip
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -50,6 +56,14 @@ class ModelConfig(_Section):
     kind: str = Field("lora", description="classifier kind: lora, or a preset's own (see `lorabench presets`)")
     source: str = Field(
         "", description="what to load: a directory, a hub id, package:MODULE/SUBDIR or split-zip:... (see presets)"
+    )
+    # How a pretrained model becomes a classifier (docs: methods). The LoRA variants are peft's own options on the
+    # same adapter; `full` trains every weight; `probe` fits a logistic regression on the frozen model's pooled
+    # embeddings. A kind without a pretrained model (tfidf) takes none.
+    method: Method | None = Field(
+        None,
+        description="lora (default for a pretrained model), dora, rslora, pissa, loraplus (LoRA variants), full "
+        "(every weight trains) or probe (frozen embeddings + logistic regression)",
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside the model directory")
     trust_remote_code: bool = Field(False, description="allow a model's own Python code")
@@ -140,6 +154,8 @@ class TrainSettings(_Section):
     )
     packing: bool = Field(False, description="padding-free batches; pays only with a varlen attention kernel")
     lr: float = Field(1e-4, gt=0, description="peak learning rate")
+    # Every weight moving at LoRA's lr forgets the pretrained model; 2e-5 is BERT's and RoBERTa's fine-tuning lr.
+    full_lr: float = Field(2e-5, gt=0, description="peak learning rate when model.method is full (every weight trains)")
     # lr is tuned for batches of `lr_batch_tokens`; when the batch actually trained is smaller (small data lowers
     # the budget to keep 50 steps an epoch, or a smaller batch_tokens), lr is multiplied by
     # sqrt(trained / lr_batch_tokens), Adam's square-root rule: the preset minilm lr on 5-tweet batches collapsed to
@@ -176,6 +192,24 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
+
+    @model_validator(mode="after")
+    def _method_fits_the_kind(self) -> RunConfig:
+        if self.model.method is not None and self.model.kind != "lora":
+            raise ValueError(
+                f"model.method {self.model.method} needs a pretrained model; the {self.model.kind} kind has no methods"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The classifier kind this run trains: the preset's (tfidf), else the one its method trains."""
+        return METHOD_KINDS[self.model.method or "lora"] if self.model.kind == "lora" else self.model.kind
+
+    @property
+    def method(self) -> str | None:
+        """The method trained with; None for a kind without a pretrained model."""
+        return (self.model.method or "lora") if self.model.kind == "lora" else None
 
 
 # The choices of `lorabench export` (lorabench.workflows.export).

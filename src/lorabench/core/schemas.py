@@ -31,6 +31,9 @@ class RunSummary(_Record):
     model: str
     model_source: str
     kind: str | None = Field(None, description="the classifier kind; None in runs written before kinds existed")
+    method: str | None = Field(
+        None, description="how a pretrained model was trained (model.method); None: a kind without one, or older runs"
+    )
     best_epoch: int
     epochs: int
     val: Metrics

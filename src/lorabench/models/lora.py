@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from lorabench.core.config import LoraSettings
+from lorabench.core.config import LoraSettings, RunConfig
 from lorabench.core.console import progress_bar, quiet_libraries
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.runtime import autocast_dtype, choose_device
@@ -25,15 +26,32 @@ from lorabench.data.batching import length_sorted_batches
 from lorabench.data.tokenization import Encoded, encode, load_tokenizer
 from lorabench.models.onnx import MODEL_FILE, OnnxSettings, export_onnx
 from lorabench.models.packing import batch_logits, own_pooling
-from lorabench.models.weights import load_base_model, resolve_source
+from lorabench.models.weights import ResolvedModel, load_base_model, resolve_source
 
 KIND = "lora"
 ADAPTER_DIR = "adapter"
+FULL_KIND = "full"
+FULL_MODEL_DIR = "model"
 DECISION_USAGE = "two classes: predict label_names[1] when P(label_names[1]) >= threshold; otherwise the arg-max class"
 
 
-def add_lora(model, settings: LoraSettings):
-    """Wrap with a peft LoRA adapter; peft also marks the classification head as trainable and saved."""
+# peft's own LoraConfig options of each LoRA variant: DoRA splits each weight update into magnitude and direction,
+# rsLoRA scales by alpha / sqrt(r) instead of alpha / r, PiSSA starts the adapter from the weights' principal
+# singular vectors (a fast randomized SVD; the saved adapter is converted back to plain LoRA on the original
+# weights). LoRA+ is plain LoRA trained with a higher lr for B (the recipe's optimizer).
+VARIANT_OPTIONS: dict[str, dict] = {
+    "lora": {},
+    "dora": {"use_dora": True},
+    "rslora": {"use_rslora": True},
+    "pissa": {"init_lora_weights": "pissa_niter_4"},
+    "loraplus": {},
+}
+PISSA_INITIAL_DIR = "pissa_initial"  # the untrained PiSSA adapter, which converts the trained one (peft)
+
+
+def add_lora(model, settings: LoraSettings, method: str = "lora"):
+    """Wrap with a peft LoRA adapter of the `method` variant; peft also marks the classification head as trainable
+    and saved."""
     from peft import LoraConfig, TaskType, get_peft_model
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN_TARGETS
 
@@ -47,6 +65,7 @@ def add_lora(model, settings: LoraSettings):
         lora_dropout=settings.dropout,
         bias=settings.bias,
         target_modules=targets,
+        **VARIANT_OPTIONS[method],
     )
     try:
         return get_peft_model(model, lora_config)
@@ -149,37 +168,58 @@ class LoraClassifier:
     amp_dtype: torch.dtype | None
     packed: bool = False
     pooling: str | None = None  # resolved (packing.resolve_pooling); None: the head's own token (older runs)
+    initial_adapter: Path | None = None  # PiSSA's untrained adapter: saving converts the trained one against it
 
     @classmethod
     def load(cls, run_dir: str | Path, batch_size: int | None = None) -> LoraClassifier:
         """Rebuild a finished run's model: the base from its source, then the saved adapter and head."""
-        from peft import PeftModel
-
-        quiet_libraries()
         run = RunDir(run_dir)
         config, summary = run.config(), run.summary()
-        adapter_dir = run.file(ADAPTER_DIR)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise LorabenchError(f"{run.path} has no trained adapter ({ADAPTER_DIR}/adapter_config.json)")
-        settings = config.train
-        tokenizer = load_tokenizer(str(adapter_dir), trust_remote_code=config.model.trust_remote_code)
-        base = load_base_model(resolve_source(config.model), config.model, summary.label_names, tokenizer.pad_token_id)
+        model_dir = run.file(cls.model_dir)
+        tokenizer = load_tokenizer(str(model_dir), trust_remote_code=config.model.trust_remote_code)
         device = choose_device()
+        model = cls._load_model(model_dir, config, summary.label_names, tokenizer.pad_token_id).to(device)
+        model.eval()
+        settings = config.train
         # A run trained in fp16 on a GPU is still usable on a CPU, in fp32.
         fp16_on_cpu = settings.precision == "fp16" and device.type != "cuda"
         amp_dtype = None if fp16_on_cpu else autocast_dtype(settings.precision, device, training=False)
+        return cls(model, tokenizer, summary.label_names, summary.threshold, settings.max_length,
+                   batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling)  # fmt: skip
+
+    @classmethod
+    def _load_model(cls, adapter_dir: Path, config: RunConfig, label_names: list, pad_token_id: int):
+        """The base from its source under the saved adapter and head, merged on a CPU (a loaded run only scores:
+        adapter_merged_on_cpu says why)."""
+        from peft import PeftModel
+
+        quiet_libraries()
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise LorabenchError(f"{adapter_dir.parent} has no trained adapter ({ADAPTER_DIR}/adapter_config.json)")
+        base = load_base_model(resolve_source(config.model), config.model, label_names, pad_token_id)
         try:
-            model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).to(device)
+            model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
         except Exception as err:  # safetensors, peft and torch each raise their own types for a damaged adapter
             raise LorabenchError(
                 f"cannot load the adapter in {adapter_dir} ({first_line(err)}); the file is damaged or from "
                 "another model: train the run again or restore it from a copy"
             ) from err
-        model.eval()
-        if device.type == "cpu":
-            model.merge_adapter()  # for good: a loaded run only scores (adapter_merged_on_cpu says why)
-        return cls(model, tokenizer, summary.label_names, summary.threshold, settings.max_length,
-                   batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling)  # fmt: skip
+        if choose_device().type == "cpu":
+            model.merge_adapter()
+        return model
+
+    def restore_saved(self, run_dir: str | Path) -> None:
+        """Put the weights the run saved (its best epoch) back into the model being trained. A PiSSA adapter was
+        saved converted to plain LoRA on the original weights, which the training model no longer holds: the
+        model is then loaded as `predict` loads it."""
+        from peft import set_peft_model_state_dict
+
+        if self.initial_adapter is not None:
+            run = RunDir(run_dir)
+            self.model = self._load_model(run.file(ADAPTER_DIR), run.config(), self.label_names,
+                                          self.tokenizer.pad_token_id).to(self.device)  # fmt: skip
+            return
+        set_peft_model_state_dict(self.model, load_file(Path(run_dir) / ADAPTER_DIR / "adapter_model.safetensors"))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities (n, k), tokenized and batched exactly as training scores its splits."""
@@ -201,10 +241,14 @@ class LoraClassifier:
         """The adapter, head and tokenizer into the run, swapped in whole."""
 
         def build(directory: Path) -> None:
-            self.model.save_pretrained(directory, safe_serialization=True)
+            conversion = {} if self.initial_adapter is None else {
+                "path_initial_model_for_weight_conversion": str(self.initial_adapter)}  # fmt: skip
+            self.model.save_pretrained(directory, safe_serialization=True, **conversion)
+            if conversion:
+                _restore_head(self.model, directory / "adapter_model.safetensors")
             self.tokenizer.save_pretrained(directory)
 
-        replace_dir(build, Path(run_dir) / ADAPTER_DIR)
+        replace_dir(build, Path(run_dir) / self.model_dir)
 
     def export_merged(self, directory: Path) -> dict:
         """The adapter merged into the base (peft's merge_and_unload): a plain Transformers checkpoint.
@@ -242,6 +286,55 @@ class LoraClassifier:
         merged = (self.model.unload() if already else self.model.merge_and_unload(safe_merge=True)).to("cpu")
         _drop_dequantized_gguf_marker(merged)
         return merged
+
+
+def _restore_head(model, adapter_file: Path) -> None:
+    """peft's PiSSA-to-LoRA conversion keeps only the LoRA matrices: put the trained head (and any other module
+    peft saves whole) back into the converted file."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    whole = {
+        name: tensor.contiguous() for name, tensor in get_peft_model_state_dict(model).items() if "lora_" not in name
+    }
+    save_file({**load_file(adapter_file), **whole}, adapter_file, metadata={"format": "pt"})
+
+
+class FullClassifier(LoraClassifier):
+    """A pretrained model whose every weight was fine-tuned (`model.method: full`): the run saves the whole model,
+    a plain Transformers checkpoint that loads without its base."""
+
+    kind: ClassVar[str] = FULL_KIND
+    model_dir: ClassVar[str] = FULL_MODEL_DIR
+    adapts_a_base_model: ClassVar[bool] = False
+    library_name: ClassVar[str] = "transformers"
+
+    @classmethod
+    def _load_model(cls, model_dir: Path, config: RunConfig, label_names: list, pad_token_id: int):
+        quiet_libraries()
+        if not (model_dir / "config.json").is_file():
+            raise LorabenchError(f"{model_dir.parent} has no trained model ({FULL_MODEL_DIR}/config.json)")
+        model_config = config.model.model_copy(update={"gguf_file": None, "quantize": "none"})
+        return load_base_model(ResolvedModel(str(model_dir), None, True), model_config, label_names, pad_token_id)
+
+    def restore_saved(self, run_dir: str | Path) -> None:
+        """Put the saved weights back; the tied ones saved once come back through their twin."""
+        saved = load_file(Path(run_dir) / FULL_MODEL_DIR / "model.safetensors")
+        missing, unexpected = self.model.load_state_dict(saved, strict=False)
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})  # {target: source}: saved once
+        if unexpected or set(missing) - tied:
+            raise LorabenchError(
+                f"the model saved in {run_dir} does not fit the one trained ({[*unexpected, *missing][:3]})"
+            )
+
+    def save(self, run_dir: str | Path) -> None:
+        _drop_dequantized_gguf_marker(self.model)  # a de-quantized GGUF base saves as plain weights
+        super().save(run_dir)
+
+    def _merged(self):
+        """The model itself: there is no adapter to merge."""
+        _drop_dequantized_gguf_marker(self.model)
+        return self.model.to("cpu")
 
 
 def _drop_dequantized_gguf_marker(model) -> None:

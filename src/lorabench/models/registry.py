@@ -51,6 +51,7 @@ class AveragingClassifier(ensemble.AveragingClassifier):
 
 CLASSIFIERS: dict[str, type[Classifier]] = {
     lora.KIND: lora.LoraClassifier,
+    lora.FULL_KIND: lora.FullClassifier,
     tfidf.KIND: tfidf.TfidfClassifier,
     ensemble.KIND: AveragingClassifier,
     onnx.KIND: onnx.OnnxClassifier,

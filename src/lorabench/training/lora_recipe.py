@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from lorabench.core.config import RunConfig
 from lorabench.core.console import progress_bar, quiet_libraries, say, set_progress
@@ -39,7 +38,9 @@ from lorabench.data.batching import MIN_STEPS_PER_EPOCH, epoch_batches, step_bud
 from lorabench.data.sources import TextSplits, class_weights, load_splits
 from lorabench.data.tokenization import Encoded, encode, load_tokenizer
 from lorabench.models.lora import (
-    ADAPTER_DIR,
+    FULL_KIND,
+    PISSA_INITIAL_DIR,
+    FullClassifier,
     LoraClassifier,
     add_lora,
     load_trainable_state,
@@ -56,6 +57,8 @@ from lorabench.training.tracking import make_tracker
 
 EpochCallback = Callable[[int, dict], None]
 VERSIONED_PACKAGES = ("torch", "transformers", "peft")
+# LoRA+: B's lr over A's (and the head's); the LoRA+ paper's recommended ratio for classification-sized tasks
+LORAPLUS_LR_RATIO = 16
 
 
 @dataclass
@@ -87,7 +90,13 @@ def prepare(config: RunConfig) -> Prepared:
     tokenizer = load_tokenizer(resolved.source, resolved.gguf_file, config.model.trust_remote_code)
     torch.manual_seed(config.train.seed)  # the head and LoRA initialisations
     base = load_base_model(resolved, config.model, splits.label_names, tokenizer.pad_token_id)
-    model = add_lora(base, config.lora)
+    if config.kind == FULL_KIND:
+        if config.model.quantize != "none":
+            raise LorabenchError("model.method full trains every weight, which a quantized base cannot; set "
+                                 "model.quantize none or use a LoRA method")  # fmt: skip
+        model = base.requires_grad_(True)
+    else:
+        model = add_lora(base, config.lora, config.method)
     choose_attention(model)
     pooling = resolve_pooling(config.model.pooling, model, sentence_transformers_pooling(resolved))
     if config.train.packing and not can_pack(model):
@@ -173,7 +182,7 @@ class LoraRecipe:
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=self.class_weights.to(self.device), reduction="sum")
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trained_model = distributed.wrap(self.model, self.world)
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=settings.weight_decay)
+        self.optimizer = self._optimizer()
         from transformers import get_scheduler  # deferred: seconds to import (module docstring)
 
         total_steps = self.steps_per_epoch * settings.epochs
@@ -185,10 +194,11 @@ class LoraRecipe:
             num_training_steps=total_steps,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.classifier = LoraClassifier(
+        classifier_type = FullClassifier if self.prepared.config.kind == FULL_KIND else LoraClassifier
+        self.classifier = classifier_type(
             self.model, self.prepared.tokenizer, self.prepared.splits.label_names, None, settings.max_length,
             settings.eval_batch_size, self.device, autocast_dtype(settings.precision, self.device, training=False),
-            settings.packing, self.prepared.pooling,
+            settings.packing, self.prepared.pooling, self._pissa_initial_adapter(),
         )  # fmt: skip
         if resume:
             self.load_checkpoint()
@@ -197,6 +207,30 @@ class LoraRecipe:
         tracked = settings.tracking if self.world.is_main else []
         config = self.prepared.config.model_dump(mode="json")
         self.tracker = make_tracker(tracked, self.run.path, config, self.run.path.name)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW; for LoRA+ peft's grouping, which trains every B matrix at LORAPLUS_LR_RATIO times the lr."""
+        decay = self.settings.weight_decay
+        if self.prepared.config.method != "loraplus":
+            return torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=decay)
+        from peft.optimizers import create_loraplus_optimizer  # deferred: seconds to import (module docstring)
+
+        return create_loraplus_optimizer(
+            self.model, torch.optim.AdamW, lr=self.lr, loraplus_lr_ratio=LORAPLUS_LR_RATIO, weight_decay=decay
+        )
+
+    def _pissa_initial_adapter(self) -> Path | None:
+        """PiSSA's untrained adapter, saved once (a resumed run initialises the same one from the same seed): the
+        trained adapter is saved as its difference from it, plain LoRA on the original weights."""
+        if self.prepared.config.method != "pissa":
+            return None
+        directory = self.run.file(PISSA_INITIAL_DIR)
+        if self.world.is_main and not directory.is_dir():
+            adapter = self.model.peft_config["default"]
+            initialisation, adapter.init_lora_weights = adapter.init_lora_weights, True  # peft's recipe for this
+            replace_dir(lambda tmp: self.model.save_pretrained(tmp, safe_serialization=True), directory)
+            adapter.init_lora_weights = initialisation
+        return directory
 
     def train(self, on_epoch_end: EpochCallback | None = None) -> None:
         """Every remaining epoch: train, validate, keep the best adapter, checkpoint; then the epoch's callback
@@ -309,9 +343,7 @@ class LoraRecipe:
         return summary
 
     def _record_best_epoch(self) -> RunSummary:
-        from peft import set_peft_model_state_dict  # deferred: seconds to import (module docstring)
-
-        set_peft_model_state_dict(self.model, load_file(self.run.file(ADAPTER_DIR) / "adapter_model.safetensors"))
+        self.classifier.restore_saved(self.run.path)
         config = self.prepared.config
         stopped_early_after = self.state.epoch if self.state.epoch < self.settings.epochs else None
         if stopped_early_after:
@@ -335,6 +367,7 @@ class LoraRecipe:
             "versions": package_versions(VERSIONED_PACKAGES),
             "stopped_early_after": stopped_early_after,
             "pooling": self.prepared.pooling,
+            "method": config.method,
         }
 
         def score(split: str, _frame: pd.DataFrame) -> np.ndarray:
@@ -411,7 +444,7 @@ class LoraRecipe:
         self.global_tokens = settings.batch_tokens * self.world.size or None
         self.global_rows = settings.batch_size * self.world.size
         self.used_tokens = step_budget(lengths, self.global_tokens) if self.global_tokens else None
-        self.lr = settings.lr
+        self.lr = settings.full_lr if self.prepared.config.kind == FULL_KIND else settings.lr
         if self.used_tokens and self.used_tokens < self.global_tokens:
             say(f"note: {int(lengths.sum()):,} training tokens: batches of {self.used_tokens} tokens instead of "
                 f"{self.global_tokens} (at least {MIN_STEPS_PER_EPOCH} steps per epoch)")  # fmt: skip

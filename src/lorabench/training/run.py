@@ -21,12 +21,12 @@ from lorabench.training.lora_recipe import train_lora
 from lorabench.training.tfidf_recipe import train_tfidf
 
 Trainer = Callable[..., RunSummary]
-TRAINERS: dict[str, Trainer] = {lora.KIND: train_lora, tfidf.KIND: train_tfidf}
+TRAINERS: dict[str, Trainer] = {lora.KIND: train_lora, lora.FULL_KIND: train_lora, tfidf.KIND: train_tfidf}
 
 
 def trainer_for(config: RunConfig) -> Trainer:
     """The kind's trainer; with `data.folds` (and no single `data.fold`) it trains every fold and averages them."""
-    kind = classifier_type(config.model.kind).kind  # refuses an unknown kind in one line
+    kind = classifier_type(config.kind).kind  # refuses an unknown kind in one line
     if kind not in TRAINERS:
         raise LorabenchError(f"model kind '{kind}' cannot be trained directly")
     if config.data.folds is not None and config.data.fold is None:

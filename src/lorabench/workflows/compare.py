@@ -214,7 +214,7 @@ def _describe(name: str, config: RunConfig, train_rows: int, seeds: list[int]) -
     capped = cap is not None and cap < train_rows
     rows = f"training rows capped at {cap} of {train_rows}" if capped else f"{train_rows} training rows"
     epochs = config.train.epochs
-    in_epochs = classifier_type(config.model.kind).trains_in_epochs
+    in_epochs = classifier_type(config.kind).trains_in_epochs
     passes = f"{epochs} epoch{'s' if epochs > 1 else ''}" if in_epochs else "one pass"
     repeats = f", seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else ""
     return f"{name}: {passes}, {rows}{repeats}"

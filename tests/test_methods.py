@@ -1,0 +1,98 @@
+"""`model.method`: the LoRA variants peft ships (DoRA, rsLoRA, PiSSA, LoRA+) and full fine-tuning, each a real
+implementation on a tiny BERT: what each trains, what it saves, and that every one answers the same after
+reloading (the round-trip check of tests/test_round_trip.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from lorabench.core.config import RunConfig
+from lorabench.core.storage import RunDir
+from test_round_trip import _lora, assert_round_trip
+
+METHODS = ["lora", "dora", "rslora", "pissa", "loraplus", "full"]
+
+
+@pytest.fixture(scope="module")
+def method_runs(tiny_bert, tmp_path_factory) -> dict:
+    """Builds each method's run on the binary set once, on first use."""
+    built: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("methods")
+    data = Path(__file__).parent / "data" / "binary"
+
+    def get(method: str, cli) -> Path:
+        if method not in built:
+            extra = ["--full-lr", "1e-3"] if method == "full" else []
+            built[method] = _lora(cli, root / method, data, "binary", tiny_bert, "--method", method, *extra)
+        return built[method]
+
+    return get
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_records_itself_and_answers_the_same_after_reloading(method, method_runs, cli, tmp_path):
+    run = method_runs(method, cli)
+    summary = RunDir(run).summary()
+    assert (summary.method, summary.kind) == (method, "full" if method == "full" else "lora")
+    assert_round_trip(run, summary.kind, "binary", cli, tmp_path)
+
+
+def test_variants_save_peft_adapters_with_their_own_options(method_runs, cli, tiny_bert):
+    configs = {
+        m: json.loads((method_runs(m, cli) / "adapter" / "adapter_config.json").read_text()) for m in METHODS[:5]
+    }
+    assert configs["dora"]["use_dora"] and not configs["lora"]["use_dora"]
+    assert configs["rslora"]["use_rslora"] and not configs["lora"]["use_rslora"]
+    # PiSSA is saved converted to plain LoRA on the original weights: twice the rank, a standard initialisation
+    assert configs["pissa"]["r"] == 2 * configs["lora"]["r"] and configs["pissa"]["init_lora_weights"] is True
+    dora_weights = load_file(method_runs("dora", cli) / "adapter" / "adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in name for name in dora_weights)
+
+
+def test_full_changes_the_base_weights_and_lora_methods_do_not(method_runs, cli, tiny_bert):
+    base = load_file(tiny_bert / "model.safetensors")
+    name = next(key for key in base if key.endswith("encoder.layer.0.attention.self.query.weight"))
+    full = load_file(method_runs("full", cli) / "model" / "model.safetensors")
+    trained = next(value for key, value in full.items() if key.endswith(name.split("bert.")[-1]))
+    assert (trained - base[name]).abs().max() > 1e-4
+    assert not (method_runs("full", cli) / "adapter").exists()
+    lora = load_file(method_runs("lora", cli) / "adapter" / "adapter_model.safetensors")
+    assert all("lora_" in key or "classifier" in key for key in lora)  # the adapter and head, no base weight
+
+
+def test_loraplus_trains_b_at_a_higher_lr(tiny_bert, monkeypatch):
+    from lorabench.api import resolve_config
+    from lorabench.training import lora_recipe
+
+    config = resolve_config(
+        str(tiny_bert),
+        overrides={"model": {"method": "loraplus"}, "data": {"source": str(Path(__file__).parent / "data" / "binary")},
+                   "train": {"max_length": 32}},
+    )  # fmt: skip
+    prepared = lora_recipe.prepare(config)
+    recipe = lora_recipe.LoraRecipe(prepared, RunDir(Path("unused")), lora_recipe.distributed.world())
+    recipe.lr, recipe.settings, recipe.model = 1e-3, config.train, prepared.model
+    recipe.trainable = [p for p in prepared.model.parameters() if p.requires_grad]
+    groups = recipe._optimizer().param_groups
+    names = {id(p): n for n, p in prepared.model.named_parameters()}
+    lr_of = {names[id(p)]: group["lr"] for group in groups for p in group["params"]}
+    assert all(lr == pytest.approx(1e-3 * lora_recipe.LORAPLUS_LR_RATIO) for n, lr in lr_of.items() if "lora_B" in n)
+    assert all(lr == pytest.approx(1e-3) for n, lr in lr_of.items() if "lora_A" in n)
+
+
+def test_a_method_on_a_kind_without_a_pretrained_model_is_refused(cli, tmp_path):
+    data = Path(__file__).parent / "data" / "binary"
+    result = cli("train", "--model", "tfidf", "--method", "dora", "--data", data, "--out", tmp_path / "run")
+    assert result.code == 2
+    assert "model.method dora needs a pretrained model" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_config_names_the_kind_each_method_trains():
+    assert RunConfig().kind == "lora" and RunConfig(model={"method": "full"}).kind == "full"
+    assert RunConfig(model={"method": "dora"}).method == "dora"
+    assert RunConfig(model={"kind": "tfidf"}).method is None
