@@ -191,7 +191,7 @@ class SweepSettings(BaseModel):
     data: str | None = Field(None, description="hub data set id, a directory with train/test files, or one file")
     # the data's column settings (config.DATA_COLUMNS) by key, e.g. {"label_column": "topic"}; every trial shares them
     columns: dict[str, str] = Field(default_factory=dict, description="the data's columns and text template")
-    out: Path
+    out: Path = Field(description="sweep directory: trials, database, report (rerun to resume)")
     trials: int = Field(30, gt=0, description="finished (complete or pruned) trials wanted; the study ran 30")
     backend: Literal["optuna", "wandb", "ray"] = Field(
         "optuna", description="optuna: embedded; wandb: W&B sweep; ray: Ray Tune"
