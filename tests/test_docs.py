@@ -81,13 +81,14 @@ def test_results_page_is_up_to_date(results):
 
 def test_results_render_any_record(results, tmp_path):
     """Another branch's record renders too: figures as a table of rows or as one mapping, optional keys absent."""
-    (tmp_path / "b.json").write_text(json.dumps({"title": "T", "date": "2026-01-02", "machine": "M",
-                                                 "command": "c", "figures": {"f1": 0.5}}))  # fmt: skip
-    (tmp_path / "a.json").write_text(json.dumps({"title": "U", "date": "2026-01-01", "machine": "M",
-                                                 "command": ["c1", "c2"], "figures": [{"x": 1}, {"x": 2, "y": "z"}]}))  # fmt: skip
+    facts = {"date": "2026-01-01", "machine": "M"}
+    rows = {"title": "Rows", "command": ["c1", "c2"], "figures": [{"x": 1}, {"x": 2, "y": "z"}], **facts}
+    mapping = {"title": "Mapping", "command": "c", "figures": {"f1": 0.5}, **facts}
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "mapping.json").write_text(json.dumps(mapping))
     page = results.render(results.read_records(tmp_path))
-    assert '<a id="a"></a>' in page and '<a id="b"></a>' in page
-    assert "| f1 | 0.5 |" in page and "| 2 | z |" in page
+    assert '<a id="rows"></a>' in page and '<a id="mapping"></a>' in page
+    assert "| f1 | 0.5 |" in page and "| 2 | z |" in page and "| 1 |  |" in page
 
 
 def test_presets_point_to_records_that_exist():
