@@ -46,6 +46,7 @@ demo: install
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site  # a broken link or a page missing from nav fails
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n auto --dist loadfile
 
 # The fast tier: no ../shared, no processes, no browser (tests marked `slow` are left out; tests/conftest.py).

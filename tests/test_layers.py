@@ -1,5 +1,5 @@
 """Imports point one way: core <- data <- models <- training <- workflows <- api / cli, with no cycles and no
-lorabench import hidden inside a function unless its line says why (`# deferred: ...`; README, Layout) or the module
+lorabench import hidden inside a function unless its line says why (`# deferred: ...`; docs/layout.md) or the module
 is the CLI, which imports each command's stack inside the command so that `--help` answers at once. Read from the
 source with `ast`, so it costs no import."""
 

@@ -159,7 +159,7 @@ class TrainSettings(_Section):
     # lr is tuned for batches of `lr_batch_tokens`; when the batch actually trained is smaller (small data lowers
     # the budget to keep 50 steps an epoch, or a smaller batch_tokens), lr is multiplied by
     # sqrt(trained / lr_batch_tokens), Adam's square-root rule: the preset minilm lr on 5-tweet batches collapsed to
-    # one class (bench/README.md, "lr on small data"). It depends on the global batch alone, so one process and N
+    # one class (bench/results/lr_scaling_small_data.json). It depends on the global batch alone, so one process and N
     # processes training the same batches train them with the same lr.
     scale_lr_with_batch: bool = Field(True, description="scale lr with the square root of a smaller batch")
     lr_batch_tokens: int = Field(2048, gt=0, description="the global batch (tokens) that lr is tuned for")
@@ -225,7 +225,7 @@ class SweepSettings(BaseModel):
     data: str | None = Field(None, description="hub data set id, a directory with train/test files, or one file")
     # the data's column settings (config.DATA_COLUMNS) by key, e.g. {"label_column": "topic"}; every trial shares them
     columns: dict[str, str] = Field(default_factory=dict, description="the data's columns and text template")
-    out: Path
+    out: Path = Field(description="sweep directory: trials, database, report (rerun to resume)")
     trials: int = Field(30, gt=0, description="finished (complete or pruned) trials wanted; the study ran 30")
     backend: Literal["optuna", "wandb", "ray"] = Field(
         "optuna", description="optuna: embedded; wandb: W&B sweep; ray: Ray Tune"
