@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ SYNTHETIC = ROOT / "tests" / "data"  # binary/ and four_class/, written by tests
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))))
 set_progress(False)
 quiet_libraries()
+# The suite's caches (probe embeddings, assembled split-zip models) stay out of the user's own cache.
+os.environ["LORABENCH_CACHE"] = tempfile.mkdtemp(prefix="lorabench-test-cache-")
 
 
 def torchrun(processes: int) -> list[str]:

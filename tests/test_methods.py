@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lorabench.core.config import RunConfig
@@ -96,3 +97,49 @@ def test_a_run_config_names_the_kind_each_method_trains():
     assert RunConfig().kind == "lora" and RunConfig(model={"method": "full"}).kind == "full"
     assert RunConfig(model={"method": "dora"}).method == "dora"
     assert RunConfig(model={"kind": "tfidf"}).method is None
+
+
+@pytest.fixture(scope="module")
+def probe_run(tiny_bert, tmp_path_factory) -> Path:
+    from lorabench.api import resolve_config, train
+
+    out = tmp_path_factory.mktemp("probe") / "run"
+    data = Path(__file__).parent / "data" / "four_class"
+    config = resolve_config(
+        str(tiny_bert),
+        overrides={"model": {"method": "probe"}, "train": {"max_length": 64},
+                   "data": {"source": str(data), "label_column": "topic", "text_template": "{headline}. {body}"}},
+    )  # fmt: skip
+    train(config, out)
+    return out
+
+
+def test_a_probe_never_updates_the_encoder_and_stores_only_its_head(probe_run, tiny_bert):
+    from lorabench.models.registry import load_classifier
+
+    probe = load_classifier(probe_run)
+    base = load_file(tiny_bert / "model.safetensors")
+    encoder = {name: value for name, value in probe.encoder.state_dict().items()}
+    shared = [name for name in base if name.removeprefix("bert.") in encoder]
+    assert shared and all(torch.equal(base[name], encoder[name.removeprefix("bert.")]) for name in shared)
+    head = load_file(probe_run / "probe" / "head.safetensors")
+    assert set(head) == {"coef", "intercept"} and head["coef"].shape == (4, 32)
+    summary = RunDir(probe_run).summary()
+    assert summary.trainable_params == 4 * 32 + 4 and summary.method == "probe"
+    assert any("probe: C=" in note for note in summary.notes)
+
+
+def test_a_probe_embeds_each_text_set_once(probe_run, tiny_bert, monkeypatch, tmp_path):
+    """The recipe's cache: training the same probe again embeds nothing (model and texts are the same)."""
+    from lorabench.api import train
+    from lorabench.models.probe import ProbeClassifier
+
+    calls = []
+    original = ProbeClassifier._embed
+    monkeypatch.setattr(
+        ProbeClassifier, "_embed", lambda self, texts: calls.append(len(texts)) or original(self, texts)
+    )
+    train(RunDir(probe_run).config(), tmp_path / "again")
+    assert calls == []
+    again = RunDir(tmp_path / "again").summary()
+    assert again.val == RunDir(probe_run).summary().val

@@ -54,6 +54,10 @@ def _full(cli, out, data, dataset, model):
     return _lora(cli, out, data, dataset, model, "--method", "full", "--full-lr", "1e-3")
 
 
+def _probe(cli, out, data, dataset, model):
+    return _train(cli, out, data, dataset, "--model", model, "--method", "probe", "--max-length", "64")
+
+
 def _ensemble(cli, out, data, dataset, _model):
     return _train(cli, out, data, dataset, "--model", "tfidf", "--folds", "2")
 
@@ -65,7 +69,7 @@ def _onnx(cli, out, data, dataset, model):
     return out
 
 
-BUILDERS = {"tfidf": _tfidf, "lora": _lora, "full": _full, "ensemble": _ensemble, "onnx": _onnx}
+BUILDERS = {"tfidf": _tfidf, "lora": _lora, "full": _full, "probe": _probe, "ensemble": _ensemble, "onnx": _onnx}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CONFIG_FILE, RunDir
-from lorabench.models import ensemble, lora, onnx, tfidf
+from lorabench.models import ensemble, lora, onnx, probe, tfidf
 
 
 class Classifier(Protocol):
@@ -52,6 +52,7 @@ class AveragingClassifier(ensemble.AveragingClassifier):
 CLASSIFIERS: dict[str, type[Classifier]] = {
     lora.KIND: lora.LoraClassifier,
     lora.FULL_KIND: lora.FullClassifier,
+    probe.KIND: probe.ProbeClassifier,
     tfidf.KIND: tfidf.TfidfClassifier,
     ensemble.KIND: AveragingClassifier,
     onnx.KIND: onnx.OnnxClassifier,

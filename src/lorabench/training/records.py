@@ -52,12 +52,12 @@ def write_predictions(
 
 
 def saved_copy(classifier: Classifier, run: RunDir, texts: list[str]) -> Classifier:
-    """The classifier as read back from the run's files, for kinds fitted in memory (their class has `read_saved`).
+    """The classifier as read back from the run's files, for kinds fitted in memory (they have `read_saved`).
 
     Training scores its splits with this copy, as `predict` and `serve` will, and checks it against the model in
     memory on `texts`: a file that reloads as another model (an array saved without its strides, say) stops the
     run with an internal error instead of hiding behind the model still in memory."""
-    saved = type(classifier).read_saved(run.path)
+    saved = classifier.read_saved(run.path)
     difference = float(np.abs(saved.predict_proba(texts) - classifier.predict_proba(texts)).max(initial=0.0))
     if difference > RELOAD_TOLERANCE:
         raise InternalError(
