@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lorabench.core.config import RunConfig
 from lorabench.core.storage import RunDir
-from test_round_trip import _lora, assert_round_trip
+from test_round_trip import DATA_FLAGS, _lora, assert_round_trip
 
 METHODS = ["lora", "dora", "rslora", "pissa", "loraplus", "full"]
 
@@ -89,7 +90,7 @@ def test_a_method_on_a_kind_without_a_pretrained_model_is_refused(cli, tmp_path)
     data = Path(__file__).parent / "data" / "binary"
     result = cli("train", "--model", "tfidf", "--method", "dora", "--data", data, "--out", tmp_path / "run")
     assert result.code == 2
-    assert "model.method dora needs a pretrained model" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "method dora needs a pretrained model" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
@@ -143,3 +144,45 @@ def test_a_probe_embeds_each_text_set_once(probe_run, tiny_bert, monkeypatch, tm
     assert calls == []
     again = RunDir(tmp_path / "again").summary()
     assert again.val == RunDir(probe_run).summary().val
+
+
+def test_the_grid_crosses_models_with_methods_and_keeps_named_members(tiny_bert):
+    from lorabench.core.config import resolve_config
+    from lorabench.workflows.compare import grid
+
+    members = grid(["tfidf", str(tiny_bert), "minilm:full"], ["probe", "lora"], lambda model: resolve_config(model))
+    assert members == ["tfidf", f"{tiny_bert}:probe", f"{tiny_bert}:lora", "minilm:full"]
+
+
+@pytest.mark.parametrize(
+    ("models", "methods", "message"),
+    [
+        (
+            "tfidf:lora",
+            None,
+            "model tfidf:lora: invalid config value for 'model': method lora needs a pretrained model",
+        ),
+        ("tfidf,minilm:probe", "probe,foo", "unknown method 'foo' in --methods"),
+        ("minilm:prob", None, "unknown method 'prob' in 'minilm:prob'"),
+    ],
+)
+def test_a_combination_that_cannot_work_is_refused_before_anything_trains(models, methods, message, cli, tmp_path):
+    data = Path(__file__).parent / "data" / "binary"
+    grid = ["--methods", methods] if methods else []
+    result = cli("compare", "--models", models, *grid, "--data", data, "--out", tmp_path / "out")
+    assert result.code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_runs_the_grid_with_one_row_per_model_and_method(tiny_bert, cli, tmp_path, in_process):
+    data = Path(__file__).parent / "data" / "four_class"
+    (tmp_path / "shared.yaml").write_text("train: {max_length: 48, lr: 0.01}\n")
+    result = cli("compare", "--models", f"tfidf,{tiny_bert}", "--methods", "probe,lora", "--data", data,
+                 *DATA_FLAGS["four_class"], "--epochs", "1", "--config", tmp_path / "shared.yaml",
+                 "--out", tmp_path / "out")  # fmt: skip
+    assert result.code == 0, result.stderr
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert sorted(table["model"]) == sorted(["tfidf", f"{tiny_bert}:probe", f"{tiny_bert}:lora"])
+    assert (table["status"] == "ok").all()
+    methods = {RunDir(path.parent).summary().method for path in (tmp_path / "out" / "runs").glob("*/summary.json")}
+    assert methods == {None, "probe", "lora"}

@@ -354,13 +354,22 @@ def compare(
     ensemble: bool = typer.Option(
         False, "--ensemble", help="add an 'ensemble' row: the models averaged with weights fitted on validation"
     ),
+    methods: str | None = typer.Option(
+        None,
+        "--methods",
+        help="comma-separated methods to cross every model with, e.g. probe,lora,dora,full (a member can also be "
+        "named model:method)",
+    ),
 ) -> None:
-    """Train several models on the identical split; write results.csv, results.md, charts and report.html."""
+    """Train several models (and methods) on the identical split; write results.csv, results.md, charts and
+    report.html."""
     from lorabench import api
     from lorabench.training.distributed import world
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
-    table = api.compare(names, out, overrides=overrides, config_file=config, seeds=seeds, ensemble=ensemble)
+    grid = [name.strip() for name in methods.split(",") if name.strip()] if methods else None
+    table = api.compare(names, out, overrides=overrides, config_file=config, seeds=seeds, ensemble=ensemble,
+                        methods=grid)  # fmt: skip
     if world().is_main:  # under torchrun every process returns the table; print it once
         typer.echo(results_text(table, out))
 

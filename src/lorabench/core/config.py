@@ -79,6 +79,12 @@ class ModelConfig(_Section):
         default_factory=dict, description="set on the architecture's config when loading, e.g. hidden_dropout_prob"
     )
 
+    @model_validator(mode="after")
+    def _method_fits_the_kind(self) -> ModelConfig:
+        if self.method is not None and self.kind != "lora":
+            raise ValueError(f"method {self.method} needs a pretrained model; the {self.kind} kind has no methods")
+        return self
+
 
 class DataConfig(_Section):
     source: str = Field(
@@ -192,14 +198,6 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
-
-    @model_validator(mode="after")
-    def _method_fits_the_kind(self) -> RunConfig:
-        if self.model.method is not None and self.model.kind != "lora":
-            raise ValueError(
-                f"model.method {self.model.method} needs a pretrained model; the {self.model.kind} kind has no methods"
-            )
-        return self
 
     @property
     def kind(self) -> str:

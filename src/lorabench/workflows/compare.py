@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorabench.core import console
 from lorabench.core.config import (
+    METHOD_KINDS,
     DataConfig,
     LoraSettings,
     ModelConfig,
@@ -46,6 +47,7 @@ from lorabench.workflows.cost import measure_cost
 from lorabench.workflows.report import render
 
 RUNS_DIR = "runs"
+METHODS = tuple(METHOD_KINDS)
 ENSEMBLE = "ensemble"  # the row and run directory (OUT/runs/ensemble) of compare --ensemble
 VERSIONED_PACKAGES = ("lorabench", "torch", "transformers", "peft", "scikit-learn", "numpy", "pandas")
 
@@ -94,31 +96,63 @@ def plan_runs(
     epochs: int | None = None,
     max_train_rows: int | None = None,
     overrides: dict[str, Any] | None = None,
+    methods: list[str] | None = None,
 ) -> dict[str, RunConfig]:
-    """Each model's resolved config: preset < shared config < command-line flags (`overrides`: any run settings as
-    nested sections, under the named ones) < the model's own entry."""
+    """Each member's resolved config (the models crossed with `methods`: `grid`): preset < shared config <
+    command-line flags (`overrides`: any run settings as nested sections, under the named ones) < the member's own
+    entry."""
     if not models:
         raise LorabenchError("no models to compare: pass --models a,b or list them under 'models' in --config")
-    duplicates = sorted({name for name in models if models.count(name) > 1})
-    if duplicates:
-        raise LorabenchError(f"model listed twice: {', '.join(duplicates)}")
     shared = {"data": _given(settings.data), "train": _given(settings.train)}
     named = {"data": {"source": data, "test": test, "max_train_rows": max_train_rows}, "train": {"epochs": epochs}}
     shared = merge(merge(shared, overrides or {}), named)
-    plans = {}
+    members = grid(models, methods, lambda model: _resolve(model, None, shared, settings))
+    duplicates = sorted({name for name in members if members.count(name) > 1})
+    if duplicates:
+        raise LorabenchError(f"model listed twice: {', '.join(duplicates)}")
+    return {name: _resolve(*split_member(name), shared, settings) for name in members}
+
+
+def split_member(name: str) -> tuple[str, str | None]:
+    """`minilm:probe` -> ('minilm', 'probe'); a name without a known method after its last colon is a model."""
+    model, _, method = name.rpartition(":")
+    if model and method in METHODS:
+        return model, method
+    if model and not Path(name).exists():
+        raise LorabenchError(f"unknown method '{method}' in '{name}'; the methods are {', '.join(METHODS)}")
+    return name, None
+
+
+def grid(models: list[str], methods: list[str] | None, resolve: Callable[[str], RunConfig]) -> list[str]:
+    """The members: each model crossed with `methods` (`minilm` -> `minilm:probe`, `minilm:lora`, ...); a member
+    named with its method, and a kind without methods (tfidf), stay as they are."""
+    unknown = [method for method in methods or [] if method not in METHODS]
+    if unknown:
+        raise LorabenchError(f"unknown method '{unknown[0]}' in --methods; the methods are {', '.join(METHODS)}")
+    if not methods:
+        return list(models)
+    members = []
     for name in models:
-        entry = settings.models.get(name, ModelEntry())
-        own = {
-            "model": _given(entry.model),
-            "lora": _given(entry.lora),
-            "train": _given(entry.train),
-            "data": _given(entry.data),
-        }
-        try:
-            plans[name] = resolve_config(name, None, merge(shared, own))
-        except LorabenchError as err:
-            raise LorabenchError(f"model {name}: {err}") from err
-    return plans
+        model, method = split_member(name)
+        takes_methods = method is None and resolve(model).method is not None
+        members += [f"{model}:{each}" for each in methods] if takes_methods else [name]
+    return members
+
+
+def _resolve(model: str, method: str | None, shared: dict[str, Any], settings: CompareConfig) -> RunConfig:
+    """One member's config: preset < shared settings < its own entry (under its member name) and method."""
+    name = f"{model}:{method}" if method else model
+    entry = settings.models.get(name, ModelEntry())
+    own = {
+        "model": {**_given(entry.model), **({"method": method} if method else {})},
+        "lora": _given(entry.lora),
+        "train": _given(entry.train),
+        "data": _given(entry.data),
+    }
+    try:
+        return resolve_config(model, None, merge(shared, own))
+    except LorabenchError as err:
+        raise LorabenchError(f"model {name}: {err}") from err
 
 
 def reporting(function: Callable[..., object], *args: object) -> tuple[str, str]:
@@ -231,6 +265,7 @@ def compare(
     seeds: int = 1,
     ensemble: bool = False,
     overrides: dict[str, Any] | None = None,
+    methods: list[str] | None = None,
 ) -> pd.DataFrame:
     """Train every model into OUT/runs/<model> on the identical split, measure what using it costs, and write the
     results and the report. With `seeds` N > 1 each model trains N times, with train.seed + 0 .. N-1, into
@@ -238,6 +273,7 @@ def compare(
     models' (first seeds') probabilities are then averaged with weights fitted on validation into OUT/runs/ensemble,
     an averaging run with its own row (lorabench.training.averaging.ensemble_of_runs). `overrides` are any other
     run settings every model shares, as nested sections (the command's flags: {"data": {"label_column": ...}}).
+    `methods` cross every model with those methods (`grid`); a member may also be named `model:method`.
 
     Returns the results table (one row per model). Bad input fails before anything is written; a model that
     fails to load or train gets a row with its reason and the next model still runs.
@@ -246,7 +282,7 @@ def compare(
         raise LorabenchError(f"seeds must be at least 1, got {seeds}")
     settings = load_compare_config(config_file) if config_file else CompareConfig()
     models = models or list(settings.models)
-    plans = plan_runs(models, settings, data, test, epochs, max_train_rows, overrides)
+    plans = plan_runs(models, settings, data, test, epochs, max_train_rows, overrides, methods)
     out_dir = Path(out_dir)
     # Under torchrun every process runs this function: rank 0 alone checks, writes and measures costs, and each
     # model trains in this process (all ranks together) rather than in a child of its own.
