@@ -154,6 +154,22 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_causal_lm(tiny_models, tmp_path_factory) -> Path:
+    """A tiny random Llama with its language-model head (a decoder that continues text), for prompt runs."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    directory = tmp_path_factory.mktemp("tiny_causal_lm") / "llama"
+    torch.manual_seed(0)
+    config = _tiny_config("llama", len(_train_tokenizer(synthetic_texts(), decoder=True)))
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_models["llama"] / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tiny_models, tmp_path_factory) -> Path:
     """A tiny random BERT base with the tiny RoBERTa's tokenizer, laid out as a sentence-transformers folder
     trained for mean pooling (modules.json + 1_Pooling/config.json), as all-MiniLM-L6-v2 is."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -29,7 +30,9 @@ def method_runs(tiny_bert, tmp_path_factory) -> dict:
     def get(method: str, cli) -> Path:
         if method not in built:
             extra = ["--full-lr", "1e-3"] if method == "full" else []
-            built[method] = _lora(cli, root / method, data, "binary", tiny_bert, "--method", method, *extra)
+            built[method] = _lora(
+                cli, root / method, data, "binary", {"encoder": tiny_bert}, "--method", method, *extra
+            )
         return built[method]
 
     return get
@@ -186,3 +189,64 @@ def test_compare_runs_the_grid_with_one_row_per_model_and_method(tiny_bert, cli,
     assert (table["status"] == "ok").all()
     methods = {RunDir(path.parent).summary().method for path in (tmp_path / "out" / "runs").glob("*/summary.json")}
     assert methods == {None, "probe", "lora"}
+
+
+@pytest.fixture(scope="module")
+def prompt_run(tiny_causal_lm, tmp_path_factory) -> Path:
+    from lorabench.api import resolve_config, train
+
+    out = tmp_path_factory.mktemp("prompt") / "run"
+    config = resolve_config(
+        str(tiny_causal_lm),
+        overrides={"model": {"method": "prompt"}, "prompt": {"label_words": {0: "calm", 1: "fire"}, "shots": 2},
+                   "data": {"source": str(Path(__file__).parent / "data" / "binary")}, "train": {"max_length": 2048}},
+    )  # fmt: skip
+    train(config, out)
+    return out
+
+
+def test_prompt_scores_are_the_label_words_log_probabilities(prompt_run):
+    """A hand computation: one forward pass of prompt + word per class, summing log P(word token | before)."""
+    from lorabench.models.registry import load_classifier
+
+    classifier = load_classifier(prompt_run)
+    assert classifier.words == ["calm", "fire"]
+    texts = ["A storm near the city tonight.", "Coffee and music this weekend."]
+    expected = []
+    for text in texts:
+        prompt = classifier.tokenizer(classifier.prompt_for(text))["input_ids"]
+        row = []
+        for word in classifier.words:
+            ids = classifier.tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = classifier.model(input_ids=torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+            row.append(sum(logits[len(prompt) - 1 + j, token].item() for j, token in enumerate(ids)))
+        expected.append(row)
+    np.testing.assert_allclose(classifier.word_log_probabilities(texts), expected, atol=1e-4)
+    scores = np.array(expected)
+    softmax = np.exp(scores - scores.max(1, keepdims=True))
+    np.testing.assert_allclose(classifier.predict_proba(texts), softmax / softmax.sum(1, keepdims=True), atol=1e-4)
+
+
+def test_prompt_shots_are_training_rows_per_class_and_recorded(prompt_run):
+    from lorabench.data.sources import load_splits
+
+    config = RunDir(prompt_run).config()
+    splits = load_splits(config.data)
+    saved = json.loads((prompt_run / "prompt" / "prompt.json").read_text())
+    shots = [(shot["text"], shot["label"]) for shot in saved["shots"]]
+    assert sorted(label for _, label in shots) == [0, 0, 1, 1]
+    train_rows = set(zip(splits.train["text"], splits.train["label"], strict=True))
+    assert all(shot in train_rows for shot in shots)
+    assert not {text for text, _ in shots} & set(splits.validation["text"])
+    summary = RunDir(prompt_run).summary()
+    assert summary.method == "prompt" and summary.trainable_params == 0 and summary.threshold is not None
+
+
+def test_prompt_on_an_encoder_is_refused_before_anything_runs(tiny_bert, cli, tmp_path):
+    data = Path(__file__).parent / "data" / "binary"
+    result = cli("train", "--model", tiny_bert, "--method", "prompt", "--data", data, "--out", tmp_path / "run")
+    assert result.code == 2 and "prompt needs a decoder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    result = cli("compare", "--models", f"tfidf,{tiny_bert}:prompt", "--data", data, "--out", tmp_path / "out")
+    assert result.code == 2 and "prompt needs a decoder" in result.stderr and not (tmp_path / "out").exists()

@@ -41,39 +41,45 @@ def _train(cli, out: Path, data: Path, dataset: str, *flags) -> Path:
     return out
 
 
-def _tfidf(cli, out, data, dataset, _model):
+def _tfidf(cli, out, data, dataset, _models):
     return _train(cli, out, data, dataset, "--model", "tfidf")
 
 
-def _lora(cli, out, data, dataset, model, *method):
+def _lora(cli, out, data, dataset, models, *method):
     flags = ["--epochs", "1", "--max-length", "64", "--lr", "1e-2", "--eval-batch-size", "32", *method]
-    return _train(cli, out, data, dataset, "--model", model, *flags)
+    return _train(cli, out, data, dataset, "--model", models["encoder"], *flags)
 
 
-def _full(cli, out, data, dataset, model):
-    return _lora(cli, out, data, dataset, model, "--method", "full", "--full-lr", "1e-3")
+def _full(cli, out, data, dataset, models):
+    return _lora(cli, out, data, dataset, models, "--method", "full", "--full-lr", "1e-3")
 
 
-def _probe(cli, out, data, dataset, model):
-    return _train(cli, out, data, dataset, "--model", model, "--method", "probe", "--max-length", "64")
+def _probe(cli, out, data, dataset, models):
+    return _train(cli, out, data, dataset, "--model", models["encoder"], "--method", "probe", "--max-length", "64")
 
 
-def _ensemble(cli, out, data, dataset, _model):
+def _prompt(cli, out, data, dataset, models):
+    return _train(cli, out, data, dataset, "--model", models["decoder"], "--method", "prompt", "--shots", "1",
+                  "--max-length", "200")  # fmt: skip
+
+
+def _ensemble(cli, out, data, dataset, _models):
     return _train(cli, out, data, dataset, "--model", "tfidf", "--folds", "2")
 
 
-def _onnx(cli, out, data, dataset, model):
-    source = _lora(cli, out.with_name(f"{out.name}-source"), data, dataset, model)
+def _onnx(cli, out, data, dataset, models):
+    source = _lora(cli, out.with_name(f"{out.name}-source"), data, dataset, models)
     result = cli("export", "--run", source, "--out", out, "--format", "onnx")
     assert result.code == 0, result.stderr
     return out
 
 
-BUILDERS = {"tfidf": _tfidf, "lora": _lora, "full": _full, "probe": _probe, "ensemble": _ensemble, "onnx": _onnx}
+BUILDERS = {"tfidf": _tfidf, "lora": _lora, "full": _full, "probe": _probe, "prompt": _prompt, "ensemble": _ensemble,
+            "onnx": _onnx}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_bert, tmp_path_factory):
+def runs(tiny_bert, tiny_causal_lm, tmp_path_factory):
     """Builds each (kind, data set) run once, on first use."""
     built: dict[tuple[str, str], Path] = {}
     root = tmp_path_factory.mktemp("round_trip")
@@ -81,7 +87,8 @@ def runs(tiny_bert, tmp_path_factory):
     def get(kind: str, dataset: str, cli) -> Path:
         if (kind, dataset) not in built:
             data = Path(__file__).parent / "data" / dataset
-            built[kind, dataset] = BUILDERS[kind](cli, root / f"{kind}-{dataset}", data, dataset, tiny_bert)
+            models = {"encoder": tiny_bert, "decoder": tiny_causal_lm}
+            built[kind, dataset] = BUILDERS[kind](cli, root / f"{kind}-{dataset}", data, dataset, models)
         return built[kind, dataset]
 
     return get

@@ -34,6 +34,7 @@ from lorabench.core.config import (
     ExportFormat,
     LoraSettings,
     ModelConfig,
+    PromptSettings,
     Quantization,
     SweepSettings,
     TrainSettings,
@@ -61,6 +62,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "model": ModelConfig,
     "data": DataConfig,
     "lora": LoraSettings,
+    "prompt": PromptSettings,
     "train": TrainSettings,
 }
 # Friendlier names than --name / --source for the two settings every command takes.
@@ -162,7 +164,7 @@ def _main(
 
 
 @app.command()
-@schema_options(run_settings("model", "data", "lora", "train"))
+@schema_options(run_settings("model", "data", "lora", "prompt", "train"))
 def train(
     overrides: dict,
     out: Path = typer.Option(..., "--out", "-o", help="run directory to write"),

@@ -40,10 +40,10 @@ COMMA_SEPARATED = BeforeValidator(_split_commas)
 Trackers = Annotated[list[TrackerName], COMMA_SEPARATED, AfterValidator(_distinct_trackers)]
 
 
-Method = Literal["lora", "dora", "rslora", "pissa", "loraplus", "full", "probe"]
+Method = Literal["lora", "dora", "rslora", "pissa", "loraplus", "full", "probe", "prompt"]
 # The classifier kind (lorabench.models.registry) each method trains: the LoRA variants all save a peft adapter.
 METHOD_KINDS: dict[str, str] = {"lora": "lora", "dora": "lora", "rslora": "lora", "pissa": "lora",
-                                "loraplus": "lora", "full": "full", "probe": "probe"}  # fmt: skip
+                                "loraplus": "lora", "full": "full", "probe": "probe", "prompt": "prompt"}  # fmt: skip
 
 
 class _Section(BaseModel):
@@ -63,7 +63,8 @@ class ModelConfig(_Section):
     method: Method | None = Field(
         None,
         description="lora (default for a pretrained model), dora, rslora, pissa, loraplus (LoRA variants), full "
-        "(every weight trains) or probe (frozen embeddings + logistic regression)",
+        "(every weight trains), probe (frozen embeddings + logistic regression) or prompt (a decoder answers a "
+        "prompt, no training; see the prompt section)",
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside the model directory")
     trust_remote_code: bool = Field(False, description="allow a model's own Python code")
@@ -147,6 +148,32 @@ class LoraSettings(_Section):
     target_modules: list[str] | None = Field(None, description="layers to adapt; None = peft's default")
 
 
+def _names_as_text(words: Any) -> Any:
+    """Class names are matched as text: YAML's `{0: no, 1: yes}` has integer keys."""
+    return {str(name): word for name, word in words.items()} if isinstance(words, dict) else words
+
+
+class PromptSettings(_Section):
+    """`model.method: prompt`: a decoder scores each class by the log-probability of its label word after the
+    prompt; nothing trains."""
+
+    template: str = Field(
+        "Text: {text}\nAnswer:", description="the prompt for one text; {text} stands for it; the label word follows"
+    )
+    label_words: Annotated[dict[str, str] | None, BeforeValidator(_names_as_text)] = Field(
+        None, description="each class's answer word by class name, e.g. {0: no, 1: yes}; None = the class names"
+    )
+    shots: int = Field(
+        0, ge=0, description="labelled training examples per class put before each text (seeded; training rows only)"
+    )
+
+    @model_validator(mode="after")
+    def _template_takes_the_text(self) -> PromptSettings:
+        if "{text}" not in self.template:
+            raise ValueError("prompt.template must hold {text}, where each text goes")
+        return self
+
+
 class TrainSettings(_Section):
     epochs: int = Field(5, gt=0, description="passes over the training rows")
     batch_size: int = Field(8, gt=0, description="rows per training batch when batch_tokens is 0")
@@ -197,6 +224,7 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     lora: LoraSettings = LoraSettings()
+    prompt: PromptSettings = PromptSettings()
     train: TrainSettings = TrainSettings()
 
     @property

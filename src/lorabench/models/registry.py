@@ -14,7 +14,7 @@ import numpy as np
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CONFIG_FILE, RunDir
-from lorabench.models import ensemble, lora, onnx, probe, tfidf
+from lorabench.models import ensemble, lora, onnx, probe, prompt, tfidf
 
 
 class Classifier(Protocol):
@@ -53,6 +53,7 @@ CLASSIFIERS: dict[str, type[Classifier]] = {
     lora.KIND: lora.LoraClassifier,
     lora.FULL_KIND: lora.FullClassifier,
     probe.KIND: probe.ProbeClassifier,
+    prompt.KIND: prompt.PromptClassifier,
     tfidf.KIND: tfidf.TfidfClassifier,
     ensemble.KIND: AveragingClassifier,
     onnx.KIND: onnx.OnnxClassifier,

@@ -13,12 +13,13 @@ from lorabench.core.config import RunConfig
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import restored_on_failure
-from lorabench.models import lora, probe, tfidf
+from lorabench.models import lora, probe, prompt, tfidf
 from lorabench.models.registry import classifier_type
 from lorabench.training.distributed import world
 from lorabench.training.folds import train_folds
 from lorabench.training.lora_recipe import train_lora
 from lorabench.training.probe_recipe import train_probe
+from lorabench.training.prompt_recipe import train_prompt
 from lorabench.training.tfidf_recipe import train_tfidf
 
 Trainer = Callable[..., RunSummary]
@@ -26,6 +27,7 @@ TRAINERS: dict[str, Trainer] = {
     lora.KIND: train_lora,
     lora.FULL_KIND: train_lora,
     probe.KIND: train_probe,
+    prompt.KIND: train_prompt,
     tfidf.KIND: train_tfidf,
 }
 

@@ -26,6 +26,7 @@ from lorabench.core.config import (
     DataConfig,
     LoraSettings,
     ModelConfig,
+    PromptSettings,
     RunConfig,
     TrainSettings,
     merge,
@@ -39,6 +40,8 @@ from lorabench.core.runtime import machine_info, package_versions
 from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
 from lorabench.core.storage import MANIFEST_FILE, restored_on_failure, safe_dir_name, write_record
 from lorabench.data.sources import TextSplits, load_splits, split_checks
+from lorabench.models.prompt import KIND as PROMPT_KIND
+from lorabench.models.prompt import check_decoder
 from lorabench.models.registry import classifier_type
 from lorabench.training.averaging import ensemble_of_runs
 from lorabench.training.distributed import World, on_main, world
@@ -67,6 +70,7 @@ class ModelEntry(_Strict):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     data: RowCap = Field(default_factory=RowCap)
 
@@ -146,11 +150,15 @@ def _resolve(model: str, method: str | None, shared: dict[str, Any], settings: C
     own = {
         "model": {**_given(entry.model), **({"method": method} if method else {})},
         "lora": _given(entry.lora),
+        "prompt": _given(entry.prompt),
         "train": _given(entry.train),
         "data": _given(entry.data),
     }
     try:
-        return resolve_config(model, None, merge(shared, own))
+        config = resolve_config(model, None, merge(shared, own))
+        if config.kind == PROMPT_KIND:
+            check_decoder(config)
+        return config
     except LorabenchError as err:
         raise LorabenchError(f"model {name}: {err}") from err
 
