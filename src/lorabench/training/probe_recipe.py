@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from sklearn.metrics import log_loss
 
@@ -17,24 +16,16 @@ from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import class_weights, load_splits
 from lorabench.models.probe import ProbeClassifier, embedding_cache, fit_head
-from lorabench.training import distributed
-from lorabench.training.records import finish_run, saved_copy
-from lorabench.training.tracking import make_tracker
+from lorabench.training.records import finish_one_pass, one_pass_trainer
 
 VERSIONED_PACKAGES = ("torch", "transformers", "scikit-learn")
 
 
+@one_pass_trainer
 def train_probe(
-    config: RunConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
+    config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None
 ) -> RunSummary:
-    """Fit on `config.data` and write the run record; rank 0 alone under torchrun."""
-    return distributed.on_main(lambda: _fit(config, RunDir(out_dir), resume, on_epoch_end), distributed.world())
-
-
-def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None):
+    """Fit on `config.data` and write the run record."""
     name = config.model.name
     run.check(config, resume)  # refuses another run's directory before any work
     with stage("loading the data and the model", name):
@@ -57,9 +48,7 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
     run.prepare(config, resume)
     with stage("scoring and writing the record", name):
         probe.save(run.path)
-        saved = saved_copy(probe, run, splits.validation["text"].tolist())
-        params = probe.parameter_count
-        frozen = sum(p.numel() for p in probe.encoder.parameters())
+        params, frozen = probe.parameter_count, sum(p.numel() for p in probe.encoder.parameters())
         details = {
             "best_epoch": 1, "epochs": 1, "train_seconds": round(train_seconds, 2), "peak_memory_mb": peak_memory_mb(),
             "trainable_params": params, "total_params": params + frozen,
@@ -67,13 +56,4 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
             "processes": 1, "effective_batch": {"rows": len(labels)}, "lr": None, "precision": "fp32",
             "versions": package_versions(VERSIONED_PACKAGES), "pooling": probe.pooling, "method": config.method,
         }  # fmt: skip
-        summary = finish_run(saved, splits, run, name, config.model.source, details)
-        row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
-               **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
-        run.append_metrics(row)
-    tracker = make_tracker(config.train.tracking, run.path, config.model_dump(mode="json"), run.path.name)
-    tracker.log(row, step=1)
-    tracker.finish(summary.model_dump())
-    if on_epoch_end is not None:
-        on_epoch_end(1, row)
-    return summary
+        return finish_one_pass(probe, config, splits, run, details, train_loss, on_epoch_end)

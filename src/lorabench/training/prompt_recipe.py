@@ -3,9 +3,7 @@ Nothing trains; the record reads like any run's one-epoch record, so compare and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 from lorabench.core.config import RunConfig
 from lorabench.core.console import say
@@ -15,24 +13,16 @@ from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
 from lorabench.models.prompt import PromptClassifier, choose_shots
-from lorabench.training import distributed
-from lorabench.training.records import finish_run, saved_copy
-from lorabench.training.tracking import make_tracker
+from lorabench.training.records import finish_one_pass, one_pass_trainer
 
 VERSIONED_PACKAGES = ("torch", "transformers")
 
 
+@one_pass_trainer
 def train_prompt(
-    config: RunConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
+    config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None
 ) -> RunSummary:
-    """Score `config.data` with the prompt and write the run record; rank 0 alone under torchrun."""
-    return distributed.on_main(lambda: _run(config, RunDir(out_dir), resume, on_epoch_end), distributed.world())
-
-
-def _run(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None):
+    """Score `config.data` with the prompt and write the run record."""
     name = config.model.name
     run.check(config, resume)
     with stage("loading the data and the model", name):
@@ -42,10 +32,8 @@ def _run(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
     for note in splits.notes:
         say(f"note: {note}")
     run.prepare(config, resume)
-    started = time.perf_counter()
     with stage("scoring and writing the record", name):
         classifier.save(run.path)
-        saved = saved_copy(classifier, run, splits.validation["text"].tolist()[:1])  # the prompt reads back
         frozen = sum(p.numel() for p in classifier.model.parameters())
         details = {
             "best_epoch": 1, "epochs": 1, "train_seconds": 0.0, "peak_memory_mb": peak_memory_mb(),
@@ -53,13 +41,5 @@ def _run(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
             "device": classifier.model.device.type, "processes": 1, "effective_batch": {"rows": 0}, "lr": None,
             "precision": "fp32", "versions": package_versions(VERSIONED_PACKAGES), "method": config.method,
         }  # fmt: skip
-        summary = finish_run(saved, splits, run, name, config.model.source, details)
-        row = {"epoch": 1, "train_loss": None, **{f"val_{k}": v for k, v in summary.val.model_dump().items()},
-               "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
-        run.append_metrics(row)
-    tracker = make_tracker(config.train.tracking, run.path, config.model_dump(mode="json"), run.path.name)
-    tracker.log({key: value for key, value in row.items() if value is not None}, step=1)
-    tracker.finish(summary.model_dump())
-    if on_epoch_end is not None:
-        on_epoch_end(1, row)
-    return summary
+        # scoring is the whole cost of a prompt run: the saved prompt is checked on a few rows, not all again
+        return finish_one_pass(classifier, config, splits, run, details, None, on_epoch_end, check_rows=4)

@@ -7,6 +7,7 @@ reads back the same way (lorabench.core.schemas.RunSummary).
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lorabench.core.config import RunConfig
 from lorabench.core.console import say
 from lorabench.core.errors import InternalError
 from lorabench.core.metrics import best_threshold, classification_metrics, predicted_labels
@@ -21,8 +23,11 @@ from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir, write_atomic
 from lorabench.data.sources import TextSplits, class_weights
 from lorabench.models.registry import Classifier
+from lorabench.training import distributed
+from lorabench.training.tracking import make_tracker
 
 SPLITS = (("val", "validation"), ("test", "test"))
+EpochCallback = Callable[[int, dict], None]
 RELOAD_TOLERANCE = 1e-6  # a saved model's probabilities against the same model's in memory
 
 
@@ -65,6 +70,44 @@ def saved_copy(classifier: Classifier, run: RunDir, texts: list[str]) -> Classif
             "apart)"
         )
     return saved
+
+
+def one_pass_trainer(fit: Callable[[RunConfig, RunDir, bool, EpochCallback | None], RunSummary]):
+    """A trainer for a kind fitted in one pass (tfidf, probe, prompt): rank 0 alone fits it under torchrun and
+    the other processes wait for its summary."""
+
+    @functools.wraps(fit)
+    def trainer(
+        config: RunConfig, out_dir: str | Path, resume: bool = False, on_epoch_end: EpochCallback | None = None
+    ) -> RunSummary:
+        return distributed.on_main(lambda: fit(config, RunDir(out_dir), resume, on_epoch_end), distributed.world())
+
+    return trainer
+
+
+def finish_one_pass(
+    classifier: Classifier,
+    config: RunConfig,
+    splits: TextSplits,
+    run: RunDir,
+    details: dict[str, Any],
+    train_loss: float | None,
+    on_epoch_end: EpochCallback | None,
+    check_rows: int | None = None,
+) -> RunSummary:
+    """The end of a one-pass run: its saved copy (checked against the model in memory on `check_rows` validation
+    rows, all by default) scores the splits, the run is recorded as epoch 1, trackers get it, the callback too."""
+    saved = saved_copy(classifier, run, splits.validation["text"].tolist()[:check_rows])
+    summary = finish_run(saved, splits, run, config.model.name, config.model.source, details)
+    row = {"epoch": 1, "train_loss": None if train_loss is None else round(float(train_loss), 6),
+           **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": details["train_seconds"]}  # fmt: skip
+    run.append_metrics(row)
+    tracker = make_tracker(config.train.tracking, run.path, config.model_dump(mode="json"), run.path.name)
+    tracker.log({key: value for key, value in row.items() if value is not None}, step=1)
+    tracker.finish(summary.model_dump())
+    if on_epoch_end is not None:
+        on_epoch_end(1, row)
+    return summary
 
 
 def finish_run(

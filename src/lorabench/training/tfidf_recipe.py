@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from sklearn.metrics import log_loss
 
@@ -20,24 +19,16 @@ from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
-from lorabench.training import distributed
-from lorabench.training.records import finish_run, saved_copy
-from lorabench.training.tracking import make_tracker
+from lorabench.training.records import finish_one_pass, one_pass_trainer
 
 VERSIONED_PACKAGES = ("scikit-learn", "numpy")
 
 
+@one_pass_trainer
 def train_tfidf(
-    config: RunConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
+    config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None
 ) -> RunSummary:
-    """Fit on `config.data` and write the run record; rank 0 alone under torchrun."""
-    return distributed.on_main(lambda: _fit(config, RunDir(out_dir), resume, on_epoch_end), distributed.world())
-
-
-def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[int, dict], None] | None):
+    """Fit on `config.data` and write the run record."""
     name = config.model.name
     run.check(config, resume)  # refuses another run's directory before any work
     with stage("loading the data", name):
@@ -56,17 +47,7 @@ def _fit(config: RunConfig, run: RunDir, resume: bool, on_epoch_end: Callable[[i
     with stage("scoring and writing the record", name):
         classifier.save(run.path)
         details = _details(classifier, len(labels), train_seconds)
-        saved = saved_copy(classifier, run, splits.validation["text"].tolist())
-        summary = finish_run(saved, splits, run, name, config.model.source, details)
-        row = {"epoch": 1, "train_loss": round(float(train_loss), 6),
-               **{f"val_{k}": v for k, v in summary.val.model_dump().items()}, "seconds": round(train_seconds, 2)}  # fmt: skip
-        run.append_metrics(row)
-    tracker = make_tracker(config.train.tracking, run.path, config.model_dump(mode="json"), run.path.name)
-    tracker.log(row, step=1)
-    tracker.finish(summary.model_dump())
-    if on_epoch_end is not None:
-        on_epoch_end(1, row)
-    return summary
+        return finish_one_pass(classifier, config, splits, run, details, train_loss, on_epoch_end)
 
 
 def _details(classifier: TfidfClassifier, rows: int, train_seconds: float) -> dict:
