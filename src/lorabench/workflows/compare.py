@@ -36,7 +36,7 @@ from lorabench.core.console import say
 from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.runtime import machine_info, package_versions
 from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
-from lorabench.core.storage import MANIFEST_FILE, restored_on_failure, safe_dir_name, write_record
+from lorabench.core.storage import MANIFEST_FILE, contents, restored_on_failure, safe_dir_name, write_record, writing
 from lorabench.data.sources import TextSplits, load_splits, split_checks
 from lorabench.models.registry import classifier_type
 from lorabench.training.averaging import ensemble_of_runs
@@ -253,17 +253,19 @@ def compare(
     current = world()
     if not current.is_main:
         console.set_progress(False)
-    on_main(lambda: _check_out_dir(out_dir), current)
-    shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
-    splits = load_splits(shared_data)  # here, so bad data fails now and not once per model
-    manifest = _start_manifest(plans, shared_data, splits, current.size, seeds, ensemble)
-    # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was; rank 0 writes
-    with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
-        _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current)
-        if ensemble:
-            on_main(functools.partial(_add_ensemble, manifest, out_dir, splits, shared_data), current)
-        with stage("writing the results and the report", str(out_dir)):
-            return on_main(lambda: render(out_dir), current)
+    # rank 0 holds --out's lock throughout (a second comparison there is refused), checks it, and writes
+    with writing(out_dir) if current.is_main else contextlib.nullcontext():
+        on_main(lambda: _check_out_dir(out_dir), current)
+        shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
+        splits = load_splits(shared_data)  # here, so bad data fails now and not once per model
+        manifest = _start_manifest(plans, shared_data, splits, current.size, seeds, ensemble)
+        # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was
+        with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
+            _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current)
+            if ensemble:
+                on_main(functools.partial(_add_ensemble, manifest, out_dir, splits, shared_data), current)
+            with stage("writing the results and the report", str(out_dir)):
+                return on_main(lambda: render(out_dir), current)
 
 
 def _run_models(manifest: CompareManifest, plans: dict[str, RunConfig], out_dir: Path, texts: list[str],
@@ -308,7 +310,7 @@ def _fit_ensemble(members: dict[str, Path], run_dir: Path, splits: TextSplits, d
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if contents(out_dir):
         raise LorabenchError(f"output directory {out_dir} is not empty; choose another --out")
 
 
