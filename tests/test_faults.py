@@ -130,7 +130,6 @@ def test_two_trains_into_one_out_the_second_is_refused_and_the_first_completes(t
     assert RunDir(out).summary().best_epoch in (1, 2) and not (out / LOCK_FILE).exists()
 
 
-@pytest.mark.slow
 def test_a_second_compare_into_one_out_is_refused(tmp_path, cli):
     out = tmp_path / "cmp"
     with writing(out):
@@ -177,6 +176,33 @@ def test_a_stop_inside_a_command_is_one_line_and_its_exit_status(stop, code, lin
     result = cli("train", "--model", "tfidf", "--data", BINARY, "--out", tmp_path / "run")
     assert (result.code, result.stderr.strip().splitlines()) == (code, [line])
     assert signal.getsignal(signal.SIGTERM) is not None  # main() put the previous handler back
+
+
+@pytest.mark.slow
+def test_an_interrupted_compare_run_again_keeps_what_it_trained(tiny_models, tmp_path, monkeypatch):
+    from lorabench.api import compare
+    from lorabench.workflows import compare as workflow
+
+    trained, stop = [], [True]
+
+    def isolated(what, function, *args):
+        if what == "training":
+            trained.append(Path(args[1]).name)
+            if "roberta" in args[1] and stop[0]:
+                raise KeyboardInterrupt  # what SIGTERM raises (lorabench.cli.Terminated is one)
+        return workflow.reporting(function, *args)
+
+    monkeypatch.setattr(workflow, "run_isolated", isolated)
+    models, out = ["tfidf", str(tiny_models["roberta"])], tmp_path / "cmp"
+    arguments = {"data": str(BINARY), "epochs": 1, "max_train_rows": 64}
+    with pytest.raises(KeyboardInterrupt):
+        compare(models, out, **arguments)
+    stop[0] = False
+    table = compare(models, out, **arguments)
+    assert trained[0] == "tfidf" and "tfidf" not in trained[1:]  # kept, not trained again
+    assert list(table["status"]) == ["ok", "ok"]
+    with pytest.raises(LorabenchError, match="holds another comparison"):
+        compare(["tfidf"], out, data=str(BINARY))
 
 
 @pytest.fixture(scope="module")
