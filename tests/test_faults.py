@@ -205,6 +205,27 @@ def test_an_interrupted_compare_run_again_keeps_what_it_trained(tiny_models, tmp
         compare(["tfidf"], out, data=str(BINARY))
 
 
+@pytest.mark.slow
+def test_an_interrupted_sweep_trial_is_tried_again_by_the_same_command(tiny_models, tmp_path, monkeypatch):
+    from lorabench.workflows.sweep import make_objective, optuna_backend
+    from lorabench.workflows.sweep.objective import Objective
+    from test_sweep import load_study, tiny_settings
+
+    settings = tiny_settings(tiny_models, BINARY, tmp_path / "sweep", trials=2)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt  # what SIGTERM raises (lorabench.cli.Terminated is one)
+
+    monkeypatch.setattr(Objective, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        optuna_backend.run(settings, make_objective(settings))
+    monkeypatch.setattr(Objective, "run", lambda *_args, **_kwargs: 0.5)
+    optuna_backend.run(settings, make_objective(settings))  # the same command again
+    trials = load_study(settings.out).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert optuna_backend.retried_trial(trials[1]) == 0 and trials[1].params == trials[0].params
+
+
 @pytest.fixture(scope="module")
 def tfidf_run(tmp_path_factory) -> Path:
     from lorabench.api import resolve_config, train
