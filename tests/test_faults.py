@@ -139,6 +139,16 @@ def test_a_second_compare_into_one_out_is_refused(tmp_path, cli):
     ]
 
 
+def test_a_second_sweep_into_one_out_is_refused(tmp_path, tiny_models, cli):
+    out = tmp_path / "sweep"
+    with writing(out):
+        refused = cli("sweep", "--model", tiny_models["roberta"], "--data", BINARY, "--out", out, "--trials", "1")
+    assert refused.code == 2 and refused.stderr.strip().splitlines() == [
+        f"error: {out} is being written by process {os.getpid()}; wait for it to finish or choose another --out"
+    ]
+    assert not out.exists()
+
+
 # 2. SIGTERM = Ctrl-C
 
 
