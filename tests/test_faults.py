@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -342,25 +343,35 @@ def small_uninterrupted(tiny_models, tmp_path_factory) -> dict:
     return outcome(out)
 
 
-def _no_space(*_args, **_kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device")
+def full_disk_at(monkeypatch, name: str, write: int) -> None:
+    """The disk fills up at the `write`-th atomic write of a file called `name` (seen where its data is synced)."""
+    writes, fsync = [], os.fsync
+
+    def synced(fd: int) -> None:
+        if f"/.{name}." in os.readlink(f"/proc/self/fd/{fd}"):
+            writes.append(fd)
+            if len(writes) == write:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", synced)
+
+
+NO_SPACE_LINE = (
+    r"cannot write in {out}: No space left on device \(writing [\d,.]+ (bytes|MB)\); free some space and run the "
+    r"same command again \(train: with --resume, from its last checkpoint\)"
+)
 
 
 @pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(small_uninterrupted, tiny_models, tmp_path, monkeypatch):
     from lorabench.api import train
 
-    out, saves, save = tmp_path / "run", [], torch.save
-
-    def full_on_second(*args, **kwargs):
-        saves.append(1)
-        return _no_space() if len(saves) == 2 else save(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_on_second)
-    with pytest.raises(DiskFull) as refused:
+    out = tmp_path / "run"
+    full_disk_at(monkeypatch, "state.pt", 2)  # epoch 2's checkpoint
+    with pytest.raises(DiskFull, match="^" + NO_SPACE_LINE.format(out=re.escape(str(out))) + "$"):
         train(_lora_config(tiny_models), out)
-    assert str(refused.value).startswith(f"cannot write in {out}: No space left on device; free some space")
-    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.undo()
     assert json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())["epoch"] == 1
     torch.load(out / CHECKPOINT_DIR / "state.pt", weights_only=True)
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no half-built checkpoint left
@@ -372,30 +383,32 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(small_uninterrupted,
 @pytest.mark.slow
 def test_a_full_disk_at_a_record_stops_in_one_line_and_resumes(small_uninterrupted, tiny_models, tmp_path, cli,
                                                                 monkeypatch):  # fmt: skip
-    out, writes, fsync = tmp_path / "run", [], os.fsync
-
-    def full_at_second_metrics(fd):
-        if f".{METRICS_FILE}." in os.readlink(f"/proc/self/fd/{fd}"):
-            writes.append(1)
-            if len(writes) == 2:
-                _no_space()
-        return fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", full_at_second_metrics)
-    config = tmp_path / "run.yaml"
     from lorabench.core.config import config_to_yaml
 
+    out, config = tmp_path / "run", tmp_path / "run.yaml"
     config.write_text(config_to_yaml(_lora_config(tiny_models)))
+    full_disk_at(monkeypatch, METRICS_FILE, 2)  # epoch 2's row
     stopped = cli("-q", "train", "--config", config, "--out", out)
-    assert stopped.code == 2
-    assert stopped.stderr.strip().splitlines() == [
-        f"error: cannot write in {out}: No space left on device (writing {(out / METRICS_FILE).stat().st_size * 2:,} "
-        "bytes); free some space and run the same command again (train: with --resume, from its last checkpoint)"
-    ]
-    monkeypatch.setattr(os, "fsync", fsync)
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.code == 2 and len(lines) == 1, stopped.stderr
+    assert re.fullmatch("error: " + NO_SPACE_LINE.format(out=re.escape(str(out))), lines[0])
+    monkeypatch.undo()
     assert [row["epoch"] for row in RunDir(out).metrics()] == [1]
     assert cli("-q", "train", "--config", config, "--out", out, "--resume").code == 0
     assert outcome(out) == small_uninterrupted
+
+
+def test_a_full_disk_in_another_languages_writer_is_one_line_too(tmp_path):
+    """safetensors (Rust) and torch (C++) raise their own types, with the system's words for a full disk."""
+    from lorabench.core.storage import replace_dir
+
+    def build(_directory: Path) -> None:
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                           '"No space left on device" })')  # fmt: skip
+
+    with pytest.raises(DiskFull, match=f"^cannot write in {re.escape(str(tmp_path))}: No space left on device; "):
+        replace_dir(build, tmp_path / "adapter")
+    assert list(tmp_path.iterdir()) == []
 
 
 # 5. untrusted run directories

@@ -47,16 +47,26 @@ class DiskFull(LorabenchError):
 
 @contextmanager
 def space_checked(directory: Path, need: int | None = None) -> Iterator[None]:
-    """Turn a full disk or quota inside the block into one DiskFull line naming `directory` (and `need` bytes)."""
+    """Turn a full disk or quota inside the block into one DiskFull line naming `directory` (and `need` bytes).
+    Writers in other languages (safetensors' Rust, torch's C++) raise their own types, with the system's words."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in NO_SPACE:
+    except LorabenchError:
+        raise
+    except Exception as err:
+        reasons = [os.strerror(code) for code in NO_SPACE]
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            reason = err.strerror or reasons[NO_SPACE.index(err.errno)]
+        else:
+            reason = next((text for text in reasons if text in str(err)), None)
+        if reason is None:
             raise
         size = "" if not need else f" (writing {need / 1e6:.1f} MB)" if need >= 1e6 else f" (writing {need:,} bytes)"
+        # the directory the user knows, not a temporary copy `replace_dir` was building in it
+        directory = next(folder for folder in (directory, *directory.parents) if not folder.name.startswith("."))
         raise DiskFull(
-            f"cannot write in {directory}: {err.strerror or 'no space left'}{size}; free some space and run the same "
-            "command again (train: with --resume, from its last checkpoint)"
+            f"cannot write in {directory}: {reason}{size}; free some space and run the same command again (train: "
+            "with --resume, from its last checkpoint)"
         ) from err
 
 
@@ -76,8 +86,8 @@ def _acquire(lock: Path) -> int:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             raise LorabenchError(
-                f"{lock.parent} is being written by process {holder or '(starting)'}; wait for it to finish or choose "
-                "another --out"
+                f"{lock.parent} is being written by {f'process {holder}' if holder else 'another process'}; wait for "
+                "it to finish or choose another --out"
             ) from None
         try:
             current = os.stat(lock).st_ino == os.fstat(fd).st_ino
@@ -99,9 +109,12 @@ def writing(path: Path) -> Iterator[None]:
     if path.exists() and not path.is_dir():
         raise LorabenchError(f"output path exists and is not a directory: {path}")
     created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
     lock = path / LOCK_FILE
-    fd = _acquire(lock)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(lock)
+    except OSError as err:  # a read-only or full place
+        raise LorabenchError(f"cannot write in {path}: {err.strerror or first_line(err)}") from err
     try:
         yield
     finally:
