@@ -378,6 +378,9 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(small_uninterrupted,
 
     train(_lora_config(tiny_models), out, resume=True)
     assert outcome(out) == small_uninterrupted
+    from lorabench.models.registry import load_classifier
+
+    assert load_classifier(out).predict_proba(["a LoRA run passes the checks of an untrusted one"]).shape == (1, 2)
 
 
 @pytest.mark.slow

@@ -4,8 +4,9 @@ The settings' flags are not declared here: `schema_options` builds each from its
 choices, help), so a setting is written once, in lorabench.core.config or the sweep's settings, and `--set
 section.key=value` reaches every other one. Errors in the user's input arrive as LorabenchError and are printed as
 one line with exit status 2; any other failure prints one line too (exit 1), and `--debug` shows the traceback
-with its chained causes. Each command imports its own stack (torch, pandas, fastapi, optuna...) when it runs, so
-`--help`, `--version` and usage errors answer at once.
+with its chained causes. SIGTERM stops a command as Ctrl-C does, where it is (records are written atomically and
+the last checkpoint stays): one line, exit 143 (Ctrl-C: 130). Each command imports its own stack (torch, pandas,
+fastapi, optuna...) when it runs, so `--help`, `--version` and usage errors answer at once.
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ SUMMARY_FILE = "summary.json"
 COST_FILE = "cost.json"  # what using the finished run costs (lorabench.workflows.cost)
 MANIFEST_FILE = "compare.json"  # a comparison's record (lorabench.workflows.compare)
 CHECKPOINT_DIR = "checkpoint"
+# Where the trackers write inside a run directory: logs of the training run, not part of its model.
+TRACKER_DIRS = {"wandb": "wandb", "mlflow": "mlruns", "tensorboard": "tensorboard"}
 LOCK_FILE = ".lorabench.lock"  # inside a directory being written (`writing`); never part of its record
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

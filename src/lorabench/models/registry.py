@@ -15,7 +15,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from lorabench.core.errors import LorabenchError
-from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, RunDir
+from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, TRACKER_DIRS, RunDir
 from lorabench.models import ensemble, lora, onnx, tfidf
 
 
@@ -88,12 +88,14 @@ def check_untrusted(run: RunDir) -> None:
     """Refuse, before anything is read, a run directory that could make loading it run or read what is not its own:
     a symbolic link out of it, a pickle weights file, a `*config.json` that names remote code. Runs are shared and
     downloaded; a link or a `.bin` lorabench never writes is the sign of one put together by hand. The resume
-    checkpoint (lorabench's own, loaded with weights_only) and hidden entries are not part of what is loaded."""
+    checkpoint (lorabench's own, loaded with weights_only), the trackers' logs and hidden entries are not part of
+    what is loaded."""
     root = run.path.resolve()
     for directory, folders, files in os.walk(run.path):
         here = Path(directory)
         if here == run.path:
-            folders[:] = [name for name in folders if name != CHECKPOINT_DIR and not name.startswith(".")]
+            skipped = {CHECKPOINT_DIR, *TRACKER_DIRS.values()}
+            folders[:] = [name for name in folders if name not in skipped and not name.startswith(".")]
         for name in [*folders, *files]:
             path = here / name
             if path.is_symlink() and not path.resolve().is_relative_to(root):
