@@ -4,8 +4,9 @@ The settings' flags are not declared here: `schema_options` builds each from its
 choices, help), so a setting is written once, in lorabench.core.config or the sweep's settings, and `--set
 section.key=value` reaches every other one. Errors in the user's input arrive as LorabenchError and are printed as
 one line with exit status 2; any other failure prints one line too (exit 1), and `--debug` shows the traceback
-with its chained causes. Each command imports its own stack (torch, pandas, fastapi, optuna...) when it runs, so
-`--help`, `--version` and usage errors answer at once.
+with its chained causes. SIGTERM stops a command as Ctrl-C does, where it is (records are written atomically and
+the last checkpoint stays): one line, exit 143 (Ctrl-C: 130). Each command imports its own stack (torch, pandas,
+fastapi, optuna...) when it runs, so `--help`, `--version` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import inspect
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -56,7 +58,20 @@ app = typer.Typer(
     rich_markup_mode=None,  # click's plain help: typer's rich help labels every flag <bool>
     help="Fine-tune pretrained language models with LoRA for text classification.",
 )
-_state = {"debug": False}
+_state = {"debug": False, "terminated": False}
+INTERRUPTED = 130  # what typer returns for a KeyboardInterrupt inside a command (standalone_mode=False)
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's or container's stop) raised where Ctrl-C raises KeyboardInterrupt, so the
+    command stops the same way: records are written atomically, the last checkpoint stays, `--resume` continues."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    _state["terminated"] = True  # typer turns the KeyboardInterrupt into a bare exit code: note which stop it was
+    raise Terminated
+
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "model": ModelConfig,
@@ -174,13 +189,14 @@ def train(
 ) -> None:
     """Fine-tune one model with LoRA (or fit another kind) and write its run record."""
     from lorabench import api
-    from lorabench.core.storage import CONFIG_FILE
+    from lorabench.core.storage import CONFIG_FILE, RunDir
     from lorabench.training.distributed import world
 
     model = overrides["model"].pop("name")
     if resume and model is None and config is None:  # `train --resume --out RUN` continues RUN as configured
         if not (out / CONFIG_FILE).is_file():
             raise LorabenchError(f"nothing to resume: {out} holds no lorabench run (give --model to start one)")
+        RunDir(out).config()  # an empty or cut config.yaml is named as such, not read as settings left out
         config = out / CONFIG_FILE
     run_config = api.resolve_config(model, config, merge(overrides, parse_assignments(assignments)))
     summary = api.train(run_config, out, resume=resume)
@@ -483,12 +499,16 @@ def sweep_agent(overrides: dict, out: Path = typer.Option(..., "--out", "-o")) -
 def main() -> None:
     """Console entry point: one clear line instead of a traceback unless --debug."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(standalone_mode=False)
+        if app(standalone_mode=False) == INTERRUPTED:
+            raise Terminated if _state["terminated"] else KeyboardInterrupt
     except LorabenchError as err:
         _fail(err, 2)
+    except Terminated:
+        _fail(LorabenchError("terminated (SIGTERM); what was written so far is kept"), TERMINATED)
     except KeyboardInterrupt:
-        _fail(LorabenchError("interrupted"), 130)
+        _fail(LorabenchError("interrupted; what was written so far is kept"), INTERRUPTED)
     except typer.Abort:
         _fail(LorabenchError("aborted"), 1)
     except typer.TyperException as err:  # a usage error (typer's own click): one line naming the option, exit 2
@@ -496,6 +516,9 @@ def main() -> None:
         _fail(LorabenchError(message), 2)
     except Exception as err:
         _fail(err, 1)
+    finally:  # main() also runs inside other programs (the tests): leave their handler as it was
+        signal.signal(signal.SIGTERM, previous)
+        _state["terminated"] = False
 
 
 def _fail(err: BaseException, code: int) -> None:

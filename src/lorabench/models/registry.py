@@ -7,13 +7,15 @@ lorabench.training.run.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import numpy as np
 
 from lorabench.core.errors import LorabenchError
-from lorabench.core.storage import CONFIG_FILE, RunDir
+from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, TRACKER_DIRS, RunDir
 from lorabench.models import ensemble, lora, onnx, probe, prompt, tfidf
 
 
@@ -80,11 +82,58 @@ def recorded_kind(run: RunDir) -> str:
     raise LorabenchError(f"{run.path} holds no model files of any kind ({', '.join(sorted(CLASSIFIERS))})")
 
 
+# Weights in these formats are pickles, which run code when loaded; lorabench writes safetensors only.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")  # a config.json naming these makes transformers import code
+
+
+def check_untrusted(run: RunDir) -> None:
+    """Refuse, before anything is read, a run directory that could make loading it run or read what is not its own:
+    a symbolic link out of it, a pickle weights file, a `*config.json` that names remote code. Runs are shared and
+    downloaded; a link or a `.bin` lorabench never writes is the sign of one put together by hand. The resume
+    checkpoint (lorabench's own, loaded with weights_only), the trackers' logs and hidden entries are not part of
+    what is loaded."""
+    root = run.path.resolve()
+    for directory, folders, files in os.walk(run.path):
+        here = Path(directory)
+        if here == run.path:
+            skipped = {CHECKPOINT_DIR, *TRACKER_DIRS.values()}
+            folders[:] = [name for name in folders if name not in skipped and not name.startswith(".")]
+        for name in [*folders, *files]:
+            path = here / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise LorabenchError(
+                    f"{path} is a symbolic link out of the run directory; a run is loaded only from its own files"
+                )
+        for name in files:
+            path = here / name
+            if path.suffix.lower() in PICKLE_SUFFIXES:
+                raise LorabenchError(
+                    f"{path} is a pickle weights file, which can run code when loaded; a lorabench run holds "
+                    "safetensors only"
+                )
+            if name.endswith("config.json") and _names_remote_code(path):
+                raise LorabenchError(
+                    f"{path} names remote code ({' / '.join(REMOTE_CODE_KEYS)}); a run's model is never loaded with "
+                    "code of its own"
+                )
+
+
+def _names_remote_code(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False  # not this check's concern: loading names the damaged file
+    return isinstance(config, dict) and any(config.get(key) for key in REMOTE_CODE_KEYS)
+
+
 def load_classifier(run_dir: str | Path, batch_size: int | None = None) -> Classifier:
-    """The classifier of a finished run, of whatever kind it records."""
+    """The classifier of a finished run, of whatever kind it records (the one entry point: the run is checked
+    here, before anything is loaded)."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise LorabenchError(f"run directory not found: {run.path}")
     if not run.file(CONFIG_FILE).is_file():
         raise LorabenchError(f"{run.path} is not a lorabench run (no {CONFIG_FILE})")
+    check_untrusted(run)
     return classifier_type(recorded_kind(run)).load(run.path, batch_size)

@@ -11,6 +11,7 @@ take seconds to import, and every command's module graph reaches this one.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from lorabench.core.runtime import (
     precision_name,
 )
 from lorabench.core.schemas import RunSummary
-from lorabench.core.storage import CHECKPOINT_DIR, RunDir, replace_dir
+from lorabench.core.storage import CHECKPOINT_DIR, RunDir, replace_dir, write_atomic
 from lorabench.data.batching import MIN_STEPS_PER_EPOCH, epoch_batches, step_budget
 from lorabench.data.sources import TextSplits, class_weights, load_splits
 from lorabench.data.tokenization import Encoded, encode, load_tokenizer
@@ -396,7 +397,9 @@ class LoraRecipe:
         }
 
         def build(directory: Path) -> None:
-            torch.save(tensors, directory / "state.pt")
+            buffer = io.BytesIO()  # serialised first: a full disk is then an OSError with the size it needed
+            torch.save(tensors, buffer)
+            write_atomic(directory / "state.pt", buffer.getvalue())
             state.save(directory, self.world.size)
 
         replace_dir(build, self.run.file(CHECKPOINT_DIR))

@@ -12,7 +12,7 @@ from pathlib import Path
 from lorabench.core.config import RunConfig
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import RunSummary
-from lorabench.core.storage import restored_on_failure
+from lorabench.core.storage import restored_on_failure, writing
 from lorabench.models import lora, probe, prompt, tfidf
 from lorabench.models.registry import classifier_type
 from lorabench.training.distributed import world
@@ -45,12 +45,13 @@ def trainer_for(config: RunConfig) -> Trainer:
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False) -> RunSummary:
     """Train `config.model` on `config.data` and write its run record to `out_dir`; returns the summary.
 
-    A failure leaves `out_dir` as it was before (rank 0 restores it; every process raises).
+    A failure leaves `out_dir` as it was before (rank 0 restores it; every process raises). Rank 0 holds the
+    directory's lock throughout, so a second command writing there is refused.
     """
     trainer = trainer_for(config)
     if not world().is_main:
         return trainer(config, out_dir, resume=resume)
-    with restored_on_failure(Path(out_dir)):
+    with writing(Path(out_dir)), restored_on_failure(Path(out_dir)):
         return trainer(config, out_dir, resume=resume)
 
 
@@ -61,5 +62,10 @@ def train_trial(
     resume: bool = False,
 ) -> RunSummary:
     """A sweep's trial: `on_epoch_end(epoch, metrics_row)` is called after each validation (the sweep reports and
-    prunes there), and a pruned or failed trial keeps what it wrote, for the sweep's report and for `resume`."""
-    return trainer_for(config)(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)
+    prunes there), and a pruned or failed trial keeps what it wrote, for the sweep's report and for `resume`. The
+    trial's directory is locked while it trains (workers sharing a sweep never write one trial twice)."""
+    trainer = trainer_for(config)
+    if not world().is_main:
+        return trainer(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)
+    with writing(Path(out_dir)):
+        return trainer(config, out_dir, resume=resume, on_epoch_end=on_epoch_end)

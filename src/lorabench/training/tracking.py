@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 from lorabench.core.errors import LorabenchError
-
-# Where the trackers write inside a run directory: logs of the training run, not part of its model.
-TRACKER_DIRS = {"wandb": "wandb", "mlflow": "mlruns", "tensorboard": "tensorboard"}
+from lorabench.core.storage import TRACKER_DIRS
 
 
 def scalars(record: dict, prefix: str = "") -> dict[str, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
+import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -38,7 +39,15 @@ from lorabench.core.console import say
 from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.runtime import machine_info, package_versions
 from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
-from lorabench.core.storage import MANIFEST_FILE, restored_on_failure, safe_dir_name, write_record
+from lorabench.core.storage import (
+    MANIFEST_FILE,
+    contents,
+    read_record,
+    restored_on_failure,
+    safe_dir_name,
+    write_record,
+    writing,
+)
 from lorabench.data.sources import TextSplits, load_splits, split_checks
 from lorabench.models.prompt import KIND as PROMPT_KIND
 from lorabench.models.prompt import check_decoder
@@ -176,8 +185,9 @@ def reporting(function: Callable[..., object], *args: object) -> tuple[str, str]
 
 
 def train_reporting(config: RunConfig, out_dir: str | Path) -> tuple[str, str]:
-    """Train one model; ('ok', '') or ('failed', reason) instead of an exception."""
-    return reporting(train, config, out_dir)
+    """Train one model (continuing its run's checkpoint, if an interrupted comparison left one); ('ok', '') or
+    ('failed', reason) instead of an exception."""
+    return reporting(train, config, out_dir, True)
 
 
 def _report_in_child(function: Callable[..., object], args: tuple, progress: bool, conn) -> None:
@@ -219,8 +229,9 @@ def run_isolated(what: str, function: Callable[..., object], *args: object) -> t
 
 
 def train_isolated(config: RunConfig, out_dir: Path) -> tuple[str, str]:
-    """Train in a fresh process, so its peak memory is its own and a crash takes only this model down."""
-    return run_isolated("training", train, config, str(out_dir))
+    """Train in a fresh process, so its peak memory is its own and a crash takes only this model down (continuing
+    its run's checkpoint, if an interrupted comparison left one)."""
+    return run_isolated("training", train, config, str(out_dir), True)
 
 
 def with_seed(config: RunConfig, seed: int) -> RunConfig:
@@ -232,6 +243,8 @@ def _train_seeds(entry: ModelStatus, plan: RunConfig, out_dir: Path, current: Wo
     trainer = train_reporting if current.distributed else train_isolated
     entry.status = "ok"
     for run in entry.seeds:
+        if run.status == "ok":  # trained before the comparison was interrupted
+            continue
         if len(entry.seeds) > 1:
             say(f"{entry.name}: seed {run.seed}")
         started = time.perf_counter()
@@ -284,7 +297,8 @@ def compare(
     `methods` cross every model with those methods (`grid`); a member may also be named `model:method`.
 
     Returns the results table (one row per model). Bad input fails before anything is written; a model that
-    fails to load or train gets a row with its reason and the next model still runs.
+    fails to load or train gets a row with its reason and the next model still runs. The same command run again
+    on an interrupted comparison's --out continues it: trained models are kept, a model's checkpoint resumes.
     """
     if seeds < 1:
         raise LorabenchError(f"seeds must be at least 1, got {seeds}")
@@ -297,17 +311,21 @@ def compare(
     current = world()
     if not current.is_main:
         console.set_progress(False)
-    on_main(lambda: _check_out_dir(out_dir), current)
-    shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
-    splits = load_splits(shared_data)  # here, so bad data fails now and not once per model
-    manifest = _start_manifest(plans, shared_data, splits, current.size, seeds, ensemble)
-    # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was; rank 0 writes
-    with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
-        _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current)
-        if ensemble:
-            on_main(functools.partial(_add_ensemble, manifest, out_dir, splits, shared_data), current)
-        with stage("writing the results and the report", str(out_dir)):
-            return on_main(lambda: render(out_dir), current)
+    # rank 0 holds --out's lock throughout (a second comparison there is refused), checks it, and writes
+    with writing(out_dir) if current.is_main else contextlib.nullcontext():
+        earlier = on_main(lambda: _earlier_manifest(out_dir), current)
+        shared_data = next(iter(plans.values())).data.model_copy(update={"max_train_rows": None})
+        splits = load_splits(shared_data)  # here, so bad data fails now and not once per model
+        manifest = _start_manifest(plans, shared_data, splits, current.size, seeds, ensemble)
+        if earlier is not None:
+            _continue(manifest, earlier, out_dir)
+        # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was
+        with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
+            _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current)
+            if ensemble:
+                on_main(functools.partial(_add_ensemble, manifest, out_dir, splits, shared_data), current)
+            with stage("writing the results and the report", str(out_dir)):
+                return on_main(lambda: render(out_dir), current)
 
 
 def _run_models(manifest: CompareManifest, plans: dict[str, RunConfig], out_dir: Path, texts: list[str],
@@ -319,6 +337,8 @@ def _run_models(manifest: CompareManifest, plans: dict[str, RunConfig], out_dir:
 
     on_main(write_manifest, current)
     for number, entry in enumerate(manifest.models, start=1):
+        if entry.status == "ok":  # trained and measured before the comparison was interrupted
+            continue
         say(f"[{number}/{len(manifest.models)}] {entry.plan}")
         _train_seeds(entry, plans[entry.name], out_dir, current)
         if entry.status == "ok":
@@ -351,9 +371,38 @@ def _fit_ensemble(members: dict[str, Path], run_dir: Path, splits: TextSplits, d
         ensemble_of_runs(members, run_dir, splits, data)
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+def _earlier_manifest(out_dir: Path) -> CompareManifest | None:
+    """The record of the comparison an interrupted run of this command left in --out; None for an empty --out."""
+    if not contents(out_dir):
+        return None
+    if not (out_dir / MANIFEST_FILE).is_file():
         raise LorabenchError(f"output directory {out_dir} is not empty; choose another --out")
+    remedy = "choose another --out"
+    return read_record(out_dir / MANIFEST_FILE, CompareManifest, "comparison record", remedy)
+
+
+def _continue(manifest: CompareManifest, earlier: CompareManifest, out_dir: Path) -> None:
+    """Take over what the same comparison, interrupted, finished: its models' and seeds' statuses. Another
+    comparison (data, models, plans or seeds changed) is refused; the ensemble is fitted again (it is derived)."""
+
+    def layout(record: CompareManifest) -> list:
+        return [(m.name, m.plan, m.run_dirs()) for m in record.models if m.name != ENSEMBLE]
+
+    if (earlier.data, earlier.seeds, layout(earlier)) != (manifest.data, manifest.seeds, layout(manifest)):
+        raise LorabenchError(
+            f"output directory {out_dir} holds another comparison; run its own command again to continue it, or "
+            "choose another --out"
+        )
+    say(f"continuing the comparison in {out_dir}")
+    manifest.created = earlier.created
+    before = {entry.name: entry for entry in earlier.models}
+    for number, entry in enumerate(manifest.models):
+        old = before[entry.name]
+        if old.status == "ok":
+            manifest.models[number] = old
+        elif len(old.seeds) == len(entry.seeds):  # a record from before --seeds has none
+            entry.seeds = [was if was.status == "ok" else new for was, new in zip(old.seeds, entry.seeds, strict=True)]
+    shutil.rmtree(out_dir / RUNS_DIR / ENSEMBLE, ignore_errors=True)
 
 
 def _start_manifest(

@@ -96,5 +96,6 @@ def load_results(out_dir: str | Path) -> tuple[CompareManifest, list[ModelResult
     manifest_path = out_dir / MANIFEST_FILE
     if not manifest_path.is_file():
         raise LorabenchError(f"{out_dir} holds no comparison (no {MANIFEST_FILE}); run `lorabench compare` first")
-    manifest = read_record(manifest_path, CompareManifest, "comparison record")
+    remedy = "run `lorabench compare` again into a new --out"
+    manifest = read_record(manifest_path, CompareManifest, "comparison record", remedy)
     return manifest, [_result(out_dir, entry) for entry in manifest.models]

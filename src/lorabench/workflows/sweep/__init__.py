@@ -10,6 +10,7 @@ from __future__ import annotations
 import optuna
 
 from lorabench.core.schemas import TrialRecord
+from lorabench.core.storage import writing
 from lorabench.workflows.sweep import optuna_backend, ray_backend, report, wandb_backend
 from lorabench.workflows.sweep.objective import METRIC, Objective
 from lorabench.workflows.sweep.settings import SweepSettings, check_inputs, make_objective
@@ -19,12 +20,14 @@ BACKENDS = {"optuna": optuna_backend.run, "wandb": wandb_backend.run, "ray": ray
 
 
 def sweep(settings: SweepSettings) -> dict:
-    """Run (or resume) the sweep and write its report; returns the best trial and where everything is."""
+    """Run (or resume) the sweep and write its report; returns the best trial and where everything is. --out is
+    locked throughout: workers sharing a study (--storage) each have their own."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # lorabench reports each trial in its own lines
-    objective = make_objective(settings)
-    check_inputs(objective)
-    records = BACKENDS[settings.backend](settings, objective)
-    return report.write(settings.out, records, objective, settings.backend)
+    with writing(settings.out):
+        objective = make_objective(settings)
+        check_inputs(objective)
+        records = BACKENDS[settings.backend](settings, objective)
+        return report.write(settings.out, records, objective, settings.backend)
 
 
 __all__ = [

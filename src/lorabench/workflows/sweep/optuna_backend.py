@@ -167,12 +167,25 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
     if finished < settings.trials:
         say(f"sweep: {finished} of {settings.trials} trials finished, running {settings.trials - finished} more")
         # MaxTrialsCallback stops this worker when others sharing the storage have finished the rest.
-        study.optimize(
-            make_optuna_objective(objective, settings.prune),
-            n_trials=settings.trials - finished,
-            callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=FINISHED), _say_result],
-        )
+        try:
+            study.optimize(
+                make_optuna_objective(objective, settings.prune),
+                n_trials=settings.trials - finished,
+                callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=FINISHED), _say_result],
+            )
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+            retry_interrupted_trial(study)
+            raise
     return records(study)
+
+
+def retry_interrupted_trial(study: optuna.Study) -> None:
+    """Queue again the point of the trial an interrupt stopped in this process (optuna marks it failed), so the
+    same command run again tries it, as it does a dead worker's."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == _worker()]
+    if mine and mine[-1].state == TrialState.FAIL:
+        RETRY(study, mine[-1])
+        say(f"trial {mine[-1].number}: interrupted; its point is queued again for the same command run again")
 
 
 def _say_result(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
