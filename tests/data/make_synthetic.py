@@ -3,7 +3,7 @@ regenerate them byte for byte): no download and no ../shared needed.
 
 - `binary/`: tweet-like `id,keyword,location,text,target` rows (target 0/1), as the Kaggle disaster tweets are laid out.
 - `four_class/`: news-like `doc_id,headline,body,topic` rows in four topics with the user's own column names; bodies
-  are a few sentences long.
+  are one to three sentences long.
 Each class has its own cue words mixed into shared filler, and a tenth of the labels are flipped, so a model
 learns something and no model is perfect. test.csv holds the unlabelled rows.
 """
@@ -109,7 +109,7 @@ def write(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerows(rows)
 
 
-def binary(rng: random.Random, train_rows: int = 400, test_rows: int = 60) -> None:
+def binary(rng: random.Random, train_rows: int = 300, test_rows: int = 40) -> None:
     cues = CUES["binary"]
     rows = []
     for i in range(train_rows + test_rows):
@@ -123,14 +123,14 @@ def binary(rng: random.Random, train_rows: int = 400, test_rows: int = 60) -> No
     write(HERE / "binary" / "test.csv", header[:-1], [row[:-1] for row in rows[train_rows:]])
 
 
-def four_class(rng: random.Random, train_rows: int = 320, test_rows: int = 48) -> None:
+def four_class(rng: random.Random, train_rows: int = 200, test_rows: int = 32) -> None:
     cues = CUES["four_class"]
     topics = list(cues)
     rows = []
     for i in range(train_rows + test_rows):
         topic = rng.choice(topics)
         headline = sentence(rng, cues[topic], rng.randint(4, 8))[:-1]
-        body = " ".join(sentence(rng, cues[topic], rng.randint(8, 16)) for _ in range(rng.randint(2, 5)))
+        body = " ".join(sentence(rng, cues[topic], rng.randint(6, 12)) for _ in range(rng.randint(1, 3)))
         rows.append([f"a{i:04d}", headline, body, noisy(rng, topic, topics)])
     header = ["doc_id", "headline", "body", "topic"]
     write(HERE / "four_class" / "train.csv", header, rows[:train_rows])
