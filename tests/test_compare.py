@@ -25,8 +25,8 @@ from lorabench.core.uncertainty import bootstrap_metrics
 from lorabench.data.checks import check_texts
 from lorabench.data.sources import load_splits
 from lorabench.models.tfidf import TfidfClassifier
-from lorabench.workflows.compare import CompareConfig, load_compare_config, plan_runs
 from lorabench.workflows.label_issues import find_label_issues
+from lorabench.workflows.members import CompareConfig, load_compare_config, plan_runs
 
 MISSING_MODEL = "/nonexistent/model"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -151,7 +151,7 @@ def test_a_probe_embeds_each_text_set_once(probe_run, tiny_bert, monkeypatch, tm
 
 def test_the_grid_crosses_models_with_methods_and_keeps_named_members(tiny_bert):
     from lorabench.core.config import resolve_config
-    from lorabench.workflows.compare import grid
+    from lorabench.workflows.members import grid
 
     members = grid(["tfidf", str(tiny_bert), "minilm:full"], ["probe", "lora"], lambda model: resolve_config(model))
     assert members == ["tfidf", f"{tiny_bert}:probe", f"{tiny_bert}:lora", "minilm:full"]

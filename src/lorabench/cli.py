@@ -45,11 +45,12 @@ from lorabench.core.config import (
     preset_dict,
     preset_names,
     validate,
+    validate_as,
 )
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.schemas import DataChecks, LabelIssues
-from lorabench.core.settings import ServeSettings
+from lorabench.core.settings import CompareBackend, ServeSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -357,7 +358,8 @@ def presets() -> None:
 
 
 @app.command()
-@schema_options({**data_options("source", "test", "max_train_rows"), "train": (TrainSettings, ["epochs"])})
+@schema_options({**data_options("source", "test", "max_train_rows"), "train": (TrainSettings, ["epochs"]),
+                 "backend": (CompareBackend, list(CompareBackend.model_fields))})  # fmt: skip
 def compare(
     overrides: dict,
     out: Path = typer.Option(..., "--out", "-o", help="empty directory for the runs, results and report"),
@@ -386,8 +388,10 @@ def compare(
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     grid = [name.strip() for name in methods.split(",") if name.strip()] if methods else None
+    given = {key: value for key, value in overrides.pop("backend").items() if value is not None}
+    backend = validate_as(CompareBackend, given, "compare setting", "the command line")
     table = api.compare(names, out, overrides=overrides, config_file=config, seeds=seeds, ensemble=ensemble,
-                        methods=grid)  # fmt: skip
+                        methods=grid, backend=backend)  # fmt: skip
     if world().is_main:  # under torchrun every process returns the table; print it once
         typer.echo(results_text(table, out))
 

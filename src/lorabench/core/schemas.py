@@ -102,6 +102,8 @@ class SeedRun(_Record):
     status: str = "pending"  # pending, ok or failed
     error: str = ""
     wall_seconds: float | None = None
+    started: float | None = Field(None, description="when its training started (Unix time)")
+    ended: float | None = Field(None, description="when its training ended (Unix time)")
 
 
 class ModelStatus(_Record):

@@ -1,7 +1,10 @@
-"""Every setting of `lorabench serve`, written once: the CLI's flags are generated from these fields. It lives in
-core, not beside the server, so the CLI reads the flags without importing FastAPI and the model stack."""
+"""Settings of commands beside the run config (`serve`, where `compare` trains), each written once: the CLI's
+flags are generated from these fields. They live in core, not beside their commands, so the CLI reads the flags
+without importing FastAPI, Ray and the model stack."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -57,3 +60,16 @@ class ServeSettings(BaseModel):
     def build(cls, **values) -> ServeSettings:
         """Validate, naming the first bad setting in one line."""
         return validate_as(cls, values, "serve setting")
+
+
+class CompareBackend(BaseModel):
+    """Where `lorabench compare` trains its members."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="local: one member after another, each in a fresh process; ray: every member as a Ray task at "
+        "once, on a local Ray or the cluster at $RAY_ADDRESS",
+    )
+    cpus_per_member: int = Field(1, ge=1, description="CPUs each member's Ray task asks for (and its torch threads)")
+    gpus_per_member: float = Field(0, ge=0, description="GPUs each member's Ray task asks for")

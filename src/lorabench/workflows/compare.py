@@ -19,26 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from lorabench.core import console
 from lorabench.core.config import (
-    METHOD_KINDS,
     DataConfig,
-    LoraSettings,
-    ModelConfig,
-    PromptSettings,
     RunConfig,
-    TrainSettings,
-    merge,
-    read_config_file,
-    resolve_config,
-    validate_as,
 )
 from lorabench.core.console import say
 from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.runtime import machine_info, package_versions
 from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
+from lorabench.core.settings import CompareBackend
 from lorabench.core.storage import (
     MANIFEST_FILE,
     contents,
@@ -49,127 +40,17 @@ from lorabench.core.storage import (
     writing,
 )
 from lorabench.data.sources import TextSplits, load_splits, split_checks
-from lorabench.models.prompt import KIND as PROMPT_KIND
-from lorabench.models.prompt import check_decoder
 from lorabench.models.registry import classifier_type
 from lorabench.training.averaging import ensemble_of_runs
 from lorabench.training.distributed import World, on_main, world
 from lorabench.training.run import train
 from lorabench.workflows.cost import measure_cost
+from lorabench.workflows.members import CompareConfig, load_compare_config, plan_runs
 from lorabench.workflows.report import render
 
 RUNS_DIR = "runs"
-METHODS = tuple(METHOD_KINDS)
 ENSEMBLE = "ensemble"  # the row and run directory (OUT/runs/ensemble) of compare --ensemble
 VERSIONED_PACKAGES = ("lorabench", "torch", "transformers", "peft", "scikit-learn", "numpy", "pandas")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RowCap(_Strict):
-    """The only data setting one model may change: fewer training rows. Validation and test stay shared."""
-
-    max_train_rows: int | None = Field(None, gt=0)
-
-
-class ModelEntry(_Strict):
-    """One model's own settings; they win over the shared ones and the command line (they are its exceptions)."""
-
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    prompt: PromptSettings = Field(default_factory=PromptSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    data: RowCap = Field(default_factory=RowCap)
-
-
-class CompareConfig(_Strict):
-    """A comparison's config file: shared data and training settings, and per-model entries."""
-
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    models: dict[str, ModelEntry] = Field(default_factory=dict)
-
-
-def load_compare_config(path: str | Path) -> CompareConfig:
-    return validate_as(CompareConfig, read_config_file(path), "compare config", str(path))
-
-
-def _given(section: BaseModel) -> dict[str, Any]:
-    """Only the values a config file actually set (the defaults must not override a model's preset)."""
-    return section.model_dump(mode="json", exclude_unset=True)
-
-
-def plan_runs(
-    models: list[str],
-    settings: CompareConfig,
-    data: str | None = None,
-    test: str | None = None,
-    epochs: int | None = None,
-    max_train_rows: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    methods: list[str] | None = None,
-) -> dict[str, RunConfig]:
-    """Each member's resolved config (the models crossed with `methods`: `grid`): preset < shared config <
-    command-line flags (`overrides`: any run settings as nested sections, under the named ones) < the member's own
-    entry."""
-    if not models:
-        raise LorabenchError("no models to compare: pass --models a,b or list them under 'models' in --config")
-    shared = {"data": _given(settings.data), "train": _given(settings.train)}
-    named = {"data": {"source": data, "test": test, "max_train_rows": max_train_rows}, "train": {"epochs": epochs}}
-    shared = merge(merge(shared, overrides or {}), named)
-    members = grid(models, methods, lambda model: _resolve(model, None, shared, settings))
-    duplicates = sorted({name for name in members if members.count(name) > 1})
-    if duplicates:
-        raise LorabenchError(f"model listed twice: {', '.join(duplicates)}")
-    return {name: _resolve(*split_member(name), shared, settings) for name in members}
-
-
-def split_member(name: str) -> tuple[str, str | None]:
-    """`minilm:probe` -> ('minilm', 'probe'); a name without a known method after its last colon is a model."""
-    model, _, method = name.rpartition(":")
-    if model and method in METHODS:
-        return model, method
-    if model and not Path(name).exists():
-        raise LorabenchError(f"unknown method '{method}' in '{name}'; the methods are {', '.join(METHODS)}")
-    return name, None
-
-
-def grid(models: list[str], methods: list[str] | None, resolve: Callable[[str], RunConfig]) -> list[str]:
-    """The members: each model crossed with `methods` (`minilm` -> `minilm:probe`, `minilm:lora`, ...); a member
-    named with its method, and a kind without methods (tfidf), stay as they are."""
-    unknown = [method for method in methods or [] if method not in METHODS]
-    if unknown:
-        raise LorabenchError(f"unknown method '{unknown[0]}' in --methods; the methods are {', '.join(METHODS)}")
-    if not methods:
-        return list(models)
-    members = []
-    for name in models:
-        model, method = split_member(name)
-        takes_methods = method is None and resolve(model).method is not None
-        members += [f"{model}:{each}" for each in methods] if takes_methods else [name]
-    return members
-
-
-def _resolve(model: str, method: str | None, shared: dict[str, Any], settings: CompareConfig) -> RunConfig:
-    """One member's config: preset < shared settings < its own entry (under its member name) and method."""
-    name = f"{model}:{method}" if method else model
-    entry = settings.models.get(name, ModelEntry())
-    own = {
-        "model": {**_given(entry.model), **({"method": method} if method else {})},
-        "lora": _given(entry.lora),
-        "prompt": _given(entry.prompt),
-        "train": _given(entry.train),
-        "data": _given(entry.data),
-    }
-    try:
-        config = resolve_config(model, None, merge(shared, own))
-        if config.kind == PROMPT_KIND:
-            check_decoder(config)
-        return config
-    except LorabenchError as err:
-        raise LorabenchError(f"model {name}: {err}") from err
 
 
 def reporting(function: Callable[..., object], *args: object) -> tuple[str, str]:
@@ -241,19 +122,27 @@ def with_seed(config: RunConfig, seed: int) -> RunConfig:
 def _train_seeds(entry: ModelStatus, plan: RunConfig, out_dir: Path, current: World) -> None:
     """Train every seed of one model, stopping at the first that fails, and set the model's status."""
     trainer = train_reporting if current.distributed else train_isolated
-    entry.status = "ok"
     for run in entry.seeds:
         if run.status == "ok":  # trained before the comparison was interrupted
             continue
         if len(entry.seeds) > 1:
             say(f"{entry.name}: seed {run.seed}")
-        started = time.perf_counter()
+        run.started = time.time()
         run.status, run.error = trainer(with_seed(plan, run.seed), out_dir / run.run_dir)
-        run.wall_seconds = round(time.perf_counter() - started, 1)
+        run.ended = time.time()
+        run.wall_seconds = round(run.ended - run.started, 1)
         if run.status != "ok":
-            entry.status = "failed"
-            entry.error = f"seed {run.seed}: {run.error}" if len(entry.seeds) > 1 else run.error
             break
+    _settle(entry)
+
+
+def _settle(entry: ModelStatus) -> None:
+    """The model's status from its seeds': ok when every seed trained, else the first failure's reason."""
+    failed = next((run for run in entry.seeds if run.status != "ok"), None)
+    entry.status, entry.error = "ok", ""
+    if failed is not None:
+        entry.status = "failed"
+        entry.error = f"seed {failed.seed}: {failed.error}" if len(entry.seeds) > 1 else failed.error
     entry.wall_seconds = round(sum(run.wall_seconds or 0 for run in entry.seeds), 1)
 
 
@@ -287,6 +176,7 @@ def compare(
     ensemble: bool = False,
     overrides: dict[str, Any] | None = None,
     methods: list[str] | None = None,
+    backend: CompareBackend | None = None,
 ) -> pd.DataFrame:
     """Train every model into OUT/runs/<model> on the identical split, measure what using it costs, and write the
     results and the report. With `seeds` N > 1 each model trains N times, with train.seed + 0 .. N-1, into
@@ -295,6 +185,7 @@ def compare(
     an averaging run with its own row (lorabench.training.averaging.ensemble_of_runs). `overrides` are any other
     run settings every model shares, as nested sections (the command's flags: {"data": {"label_column": ...}}).
     `methods` cross every model with those methods (`grid`); a member may also be named `model:method`.
+    `backend` ray trains the members as Ray tasks at once (lorabench.workflows.ray_members); local, one by one.
 
     Returns the results table (one row per model). Bad input fails before anything is written; a model that
     fails to load or train gets a row with its reason and the next model still runs. The same command run again
@@ -309,6 +200,9 @@ def compare(
     # Under torchrun every process runs this function: rank 0 alone checks, writes and measures costs, and each
     # model trains in this process (all ranks together) rather than in a child of its own.
     current = world()
+    backend = backend or CompareBackend()
+    if backend.backend == "ray" and current.distributed:
+        raise LorabenchError("compare --backend ray runs each member as a Ray task; start it as one process")
     if not current.is_main:
         console.set_progress(False)
     # rank 0 holds --out's lock throughout (a second comparison there is refused), checks it, and writes
@@ -321,7 +215,7 @@ def compare(
             _continue(manifest, earlier, out_dir)
         # a failure of the comparison itself (a model's failure is only its row) leaves --out as it was
         with restored_on_failure(out_dir) if current.is_main else contextlib.nullcontext():
-            _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current)
+            _run_models(manifest, plans, out_dir, splits.validation["text"].tolist(), current, backend)
             if ensemble:
                 on_main(functools.partial(_add_ensemble, manifest, out_dir, splits, shared_data), current)
             with stage("writing the results and the report", str(out_dir)):
@@ -329,18 +223,27 @@ def compare(
 
 
 def _run_models(manifest: CompareManifest, plans: dict[str, RunConfig], out_dir: Path, texts: list[str],
-                current: World) -> None:  # fmt: skip
-    """Train each model (every seed), then measure what using it costs; the manifest is rewritten after each."""
+                current: World, backend: CompareBackend) -> None:  # fmt: skip
+    """Train each model (every seed), then measure what using it costs; the manifest is rewritten after each.
+    On Ray every training is submitted at once and the costs are measured once they are done."""
 
     def write_manifest() -> None:
         write_record(out_dir / MANIFEST_FILE, manifest)
 
     on_main(write_manifest, current)
-    for number, entry in enumerate(manifest.models, start=1):
-        if entry.status == "ok":  # trained and measured before the comparison was interrupted
-            continue
-        say(f"[{number}/{len(manifest.models)}] {entry.plan}")
-        _train_seeds(entry, plans[entry.name], out_dir, current)
+    todo = [entry for entry in manifest.models if entry.status != "ok"]  # ok: done before an interruption
+    if backend.backend == "ray":
+        from lorabench.workflows.ray_members import train_on_ray  # deferred: Ray is an optional dependency
+
+        pending = [(entry, run, with_seed(plans[entry.name], run.seed)) for entry in todo for run in entry.seeds
+                   if run.status != "ok"]  # fmt: skip
+        train_on_ray(pending, out_dir, backend.cpus_per_member, backend.gpus_per_member, write_manifest)
+    for entry in todo:
+        if backend.backend == "ray":
+            _settle(entry)
+        else:
+            say(f"[{manifest.models.index(entry) + 1}/{len(manifest.models)}] {entry.plan}")
+            _train_seeds(entry, plans[entry.name], out_dir, current)
         if entry.status == "ok":
             on_main(functools.partial(_measure_cost, entry, out_dir, texts), current)
         else:

@@ -27,6 +27,7 @@ from lorabench.core.console import say, set_progress
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import TrialRecord
 from lorabench.core.storage import RunDir, read_json, write_json
+from lorabench.workflows.cluster import start_ray
 from lorabench.workflows.sweep.objective import Objective
 from lorabench.workflows.sweep.optuna_backend import changed_settings
 
@@ -62,15 +63,6 @@ def _define_by_run(space, trial) -> dict:
     """Optuna draws the space's parameters; the trial number comes along to name OUT/trials/<n>."""
     space.suggest(trial)
     return {"trial_number": trial.number}
-
-
-def _start_ray(settings):
-    import ray
-
-    if settings.address:
-        return ray.init(address=settings.address, configure_logging=False)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
 
 
 def _parallel_trials(settings, resources: dict) -> int:
@@ -183,7 +175,7 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
         tune.with_parameters(_trainable, objective=objective, threads=threads, cwd=os.getcwd()),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
-    _start_ray(settings)
+    start_ray(settings.address)
     try:
         if resuming:  # finished trials are kept; running and failed ones run again
             tuner = tune.Tuner.restore(str(out / RAY_DIR), trainable, resume_unfinished=True, restart_errored=True)
