@@ -26,7 +26,7 @@ from lorabench.core.config import (
     RunConfig,
 )
 from lorabench.core.console import say
-from lorabench.core.errors import LorabenchError, first_line, stage
+from lorabench.core.errors import LorabenchError, stage
 from lorabench.core.runtime import machine_info, package_versions
 from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
 from lorabench.core.settings import CompareBackend
@@ -45,24 +45,12 @@ from lorabench.training.averaging import ensemble_of_runs
 from lorabench.training.distributed import World, on_main, world
 from lorabench.training.run import train
 from lorabench.workflows.cost import measure_cost
-from lorabench.workflows.members import CompareConfig, load_compare_config, plan_runs
+from lorabench.workflows.members import CompareConfig, load_compare_config, plan_runs, reporting
 from lorabench.workflows.report import render
 
 RUNS_DIR = "runs"
 ENSEMBLE = "ensemble"  # the row and run directory (OUT/runs/ensemble) of compare --ensemble
 VERSIONED_PACKAGES = ("lorabench", "torch", "transformers", "peft", "scikit-learn", "numpy", "pandas")
-
-
-def reporting(function: Callable[..., object], *args: object) -> tuple[str, str]:
-    """Call `function(*args)`: ('ok', '') when it returns, ('failed', reason) instead of its exception."""
-    try:
-        function(*args)
-        return "ok", ""
-    except Exception as err:  # any failure, a library's own bug included, becomes this model's row
-        reason = first_line(err)
-        if not isinstance(err, LorabenchError) and str(err).strip():
-            reason = f"{type(err).__name__}: {reason}"  # a library's own error: name its type
-        return "failed", reason
 
 
 def train_reporting(config: RunConfig, out_dir: str | Path) -> tuple[str, str]:

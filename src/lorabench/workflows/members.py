@@ -1,6 +1,6 @@
 """What a comparison trains: its config file (shared settings and per-member entries) and each member's resolved
-run config, the models crossed with methods (`minilm:probe`, ...). Everything is checked here, before anything
-trains, so a combination that cannot work is refused in one line."""
+run config, the models crossed with methods (`minilm:probe`, ...), and how a member's failure becomes its row.
+Everything is checked here, before anything trains, so a combination that cannot work is refused in one line."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from lorabench.core.config import (
     resolve_config,
     validate_as,
 )
-from lorabench.core.errors import LorabenchError
+from lorabench.core.errors import LorabenchError, first_line
 from lorabench.models.prompt import KIND as PROMPT_KIND
 from lorabench.models.prompt import check_decoder
 
@@ -136,3 +136,15 @@ def _resolve(model: str, method: str | None, shared: dict[str, Any], settings: C
         return config
     except LorabenchError as err:
         raise LorabenchError(f"model {name}: {err}") from err
+
+
+def reporting(function: Callable[..., object], *args: object) -> tuple[str, str]:
+    """Call `function(*args)`: ('ok', '') when it returns, ('failed', reason) instead of its exception."""
+    try:
+        function(*args)
+        return "ok", ""
+    except Exception as err:  # any failure, a library's own bug included, becomes this model's row
+        reason = first_line(err)
+        if not isinstance(err, LorabenchError) and str(err).strip():
+            reason = f"{type(err).__name__}: {reason}"  # a library's own error: name its type
+        return "failed", reason

@@ -18,12 +18,12 @@ from lorabench.core.config import RunConfig
 from lorabench.core.console import say, set_progress
 from lorabench.core.schemas import ModelStatus, SeedRun
 from lorabench.workflows.cluster import start_ray
+from lorabench.workflows.members import reporting
 
 
 def _train_task(config: RunConfig, run_dir: str, threads: int, cwd: str) -> tuple[str, str, float, float]:
     """One member's seed in a Ray worker: (status, reason, started, ended), Unix times."""
     from lorabench.training.run import train  # deferred: the worker imports the training stack itself
-    from lorabench.workflows.compare import reporting  # deferred: an import cycle (compare calls this module)
 
     os.chdir(cwd)  # relative --data / --model paths mean the driver's
     set_progress(False)  # parallel members' progress bars would interleave
