@@ -165,3 +165,11 @@ def test_sweep_hands_the_column_flags_to_every_trial_and_agent(cli, tmp_path, mo
     assert all(flag in command for flag in COLUMN_FLAGS)
     settings = SweepSettings(model="tfidf", data=str(FOUR_CLASS), out=out, columns={"label_column": "topic"})
     assert make_objective(settings).config({}).data.label_column == "topic"
+
+
+def test_a_log_gets_every_path_on_one_line(cli, tmp_path):
+    """stderr is not a terminal here, as in `lorabench train ... 2> log.txt`: no line is wrapped."""
+    out = tmp_path / ("a-directory-name-long-enough-to-pass-eighty-columns-" * 2) / "run"
+    result = cli("train", "--model", "tfidf", "--data", FOUR_CLASS, *COLUMN_FLAGS, "--out", out)
+    assert result.code == 0, result.stderr
+    assert any(line.endswith(f"record in {out}") for line in result.stderr.splitlines())

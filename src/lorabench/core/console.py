@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ def quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if not sys.stderr.isatty():  # tqdm bars that libraries draw themselves (GGUF loading) are \r frames in a log
+        os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers|peft")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"transformers|peft")
 
@@ -47,7 +50,8 @@ def say(message: str) -> None:
     """One human-readable line on stderr (stdout stays free for results), printed as is: messages carry paths,
     column names and ids, and rich would read their `[...]` as markup and `:name:` as emoji codes."""
     if _enabled["progress"]:
-        console.print(message, highlight=False, markup=False, emoji=False)
+        # soft_wrap: a long line stays one line (a terminal wraps it itself), so a log keeps each path whole
+        console.print(message, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 class _Bar:
