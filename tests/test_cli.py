@@ -173,3 +173,17 @@ def test_a_log_gets_every_path_on_one_line(cli, tmp_path):
     result = cli("train", "--model", "tfidf", "--data", FOUR_CLASS, *COLUMN_FLAGS, "--out", out)
     assert result.code == 0, result.stderr
     assert any(line.endswith(f"record in {out}") for line in result.stderr.splitlines())
+
+
+def test_an_internal_error_exits_1_and_a_bad_input_exits_2_each_in_one_line(cli, monkeypatch, tmp_path):
+    def bug():
+        raise KeyError("label_names")  # a lorabench bug, not the user's input
+
+    monkeypatch.setattr("lorabench.cli.preset_names", bug)
+    internal = cli("presets")
+    assert internal.code == 1
+    assert internal.stderr.strip() == (
+        "internal error (KeyError): 'label_names'; rerun with --debug to see the traceback"
+    )
+    bad = cli("train", "--model", "tfidf", "--data", tmp_path / "missing.csv", "--out", tmp_path / "run")
+    assert bad.code == 2 and bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
