@@ -12,7 +12,7 @@ from pathlib import Path
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS = ("core", "data", "models", "training", "workflows", "entry")
 ENTRY_POINTS = ("api", "cli", "__main__")
-DEFERS_BY_DESIGN = {"lorabench.cli"}  # every command imports its own stack when it runs
+DEFERS_BY_DESIGN = ("lorabench.cli",)  # the CLI package: every command imports its own stack when it runs
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -54,7 +54,7 @@ def violations(root: Path) -> list[str]:
     for module, path in files.items():
         text = path.read_text(encoding="utf-8")
         explained = {number for number, line in enumerate(text.splitlines(), start=1)
-                     if "# deferred:" in line or module in DEFERS_BY_DESIGN}  # fmt: skip
+                     if "# deferred:" in line or module.startswith(DEFERS_BY_DESIGN)}  # fmt: skip
         imports = [(target, line, in_function and line not in explained)
                    for target, line, in_function in lorabench_imports(ast.parse(text), set(files))]  # fmt: skip
         graph[module] = {target for target, _, in_function in imports if not in_function and target != module}

@@ -11,32 +11,24 @@ fastapi, optuna...) when it runs, so `--help`, `--version` and usage errors answ
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 import typer
-from pydantic import BaseModel
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from lorabench import __version__
+from lorabench.cli.options import SET_HELP, data_options, run_settings, schema_options
+from lorabench.cli.show import ESCAPED_LINE_BREAKS, print_label_issues, print_stats, results_text
 from lorabench.core.config import (
-    COMMA_SEPARATED,
-    DATA_COLUMNS,
-    DataConfig,
     ExportFormat,
-    LoraSettings,
     ModelConfig,
-    PromptSettings,
     Quantization,
     SweepSettings,
     TrainSettings,
@@ -49,7 +41,6 @@ from lorabench.core.config import (
 )
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.schemas import DataChecks, LabelIssues
 from lorabench.core.settings import CompareBackend, ServeSettings
 
 app = typer.Typer(
@@ -74,91 +65,7 @@ def _terminate(_signum: int, _frame: object) -> None:
     raise Terminated
 
 
-SECTIONS: dict[str, type[BaseModel]] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "lora": LoraSettings,
-    "prompt": PromptSettings,
-    "train": TrainSettings,
-}
 # Friendlier names than --name / --source for the two settings every command takes.
-FLAGS = {"model.name": ("--model", "-m"), "data.source": ("--data", "-d"), "model": ("--model", "-m"), "data": ("--data", "-d")}  # fmt: skip
-# where str.splitlines splits, as escape sequences
-ESCAPED_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
-SET_HELP = "any run setting as section.key=value, e.g. --set train.warmup=0.05 (repeatable)"
-
-
-def _flag(section: str, key: str) -> tuple[str, ...]:
-    path = f"{section}.{key}" if section else key
-    if path in FLAGS:
-        return FLAGS[path]
-    return ("--" + (f"lora-{key}" if section == "lora" else key).replace("_", "-"),)
-
-
-def _option_type(annotation: Any) -> Any:
-    """The type a flag parses to: the field's own, with `bool | Literal["auto"]` as a plain on/off flag (auto stays
-    the config's) and lists or mappings left out (None; they come through --set or a config file)."""
-    if get_origin(annotation) in (list, dict):
-        return None
-    members = [member for member in get_args(annotation) if member is not type(None)] or [annotation]
-    if get_origin(annotation) is Literal:
-        return annotation
-    if bool in members:
-        return bool
-    member = members[0]
-    return member if get_origin(member) is Literal or member in (int, float, str, Path) else None
-
-
-def _parameter(schema: type[BaseModel], section: str, key: str) -> inspect.Parameter | None:
-    """One keyword parameter whose default is the typer option for `schema.key` (None: no flag for it)."""
-    field = schema.model_fields[key]
-    kind = str if COMMA_SEPARATED in field.metadata else _option_type(field.annotation)
-    if kind is None:
-        return None
-    names = _flag(section, key)
-    if kind is bool:
-        names = (f"{names[0]}/--no-{names[0][2:]}", *names[1:])
-    name = f"{section}__{key}" if section else key
-    option = typer.Option(None, *names, help=field.description)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
-
-
-def schema_options(fields: dict[str, tuple[type[BaseModel], list[str]]]) -> Callable:
-    """Decorator: adds an option per schema field (`{section: (schema, keys)}`; section "" for flat settings)
-    and hands the command the given values as one nested `overrides` mapping (None = not given)."""
-
-    def decorate(command: Callable) -> Callable:
-        generated = [
-            parameter
-            for section, (schema, keys) in fields.items()
-            for key in keys
-            if (parameter := _parameter(schema, section, key)) is not None
-        ]
-
-        @functools.wraps(command)
-        def wrapper(**values: Any) -> Any:
-            overrides: dict[str, Any] = {}
-            for parameter in generated:
-                section, _, key = parameter.name.rpartition("__")
-                value = values.pop(parameter.name)
-                (overrides.setdefault(section, {}) if section else overrides)[key] = value
-            return command(overrides=overrides, **values)
-
-        own = [p for p in inspect.signature(command).parameters.values() if p.name != "overrides"]
-        wrapper.__signature__ = inspect.Signature(own + generated)
-        return wrapper
-
-    return decorate
-
-
-def run_settings(*sections: str) -> dict[str, tuple[type[BaseModel], list[str]]]:
-    return {section: (SECTIONS[section], list(SECTIONS[section].model_fields)) for section in sections}
-
-
-def data_options(*keys: str, section: str = "data") -> dict[str, tuple[type[BaseModel], list[str]]]:
-    """The data settings `keys` and the user's columns (DATA_COLUMNS): one set of flags for every command that
-    reads data, handed to it as overrides[section]."""
-    return {section: (DataConfig, [*keys, *DATA_COLUMNS])}
 
 
 def _print_version(given: bool) -> None:
@@ -232,87 +139,9 @@ def data(
     if as_json:
         typer.echo(json.dumps({**stats, "label_issues": issues.model_dump(mode="json") if issues else None}, indent=2))
         return
-    _print_stats(stats)
+    print_stats(stats)
     if issues is not None:
-        _print_label_issues(issues)
-
-
-def _print_stats(stats: dict) -> None:
-    console = Console(markup=False, emoji=False)  # class and column names, paths and notes are shown as they are
-    names = [str(n) for n in stats["label_names"]]
-    table = Table(title=f"data: {stats['source']}")
-    for column in ["split", "rows", *[f"class {n}" for n in names], "max chars", "max words"]:
-        table.add_column(column, justify="right" if column != "split" else "left")
-    for split, entry in stats["splits"].items():
-        counts = entry.get("class_counts", {})
-        table.add_row(split, str(entry["rows"]), *[str(counts.get(n, "-")) for n in names],
-                      str(entry["max_chars"]), str(entry["max_words"]))  # fmt: skip
-    console.print(table)
-    missing = Table(title="missing values per column")
-    for column in ("split", "column", "missing"):
-        missing.add_column(column, justify="right" if column == "missing" else "left")
-    for split, columns in stats["missing"].items():
-        for column, count in columns.items():
-            missing.add_row(split, column, str(count))
-    console.print(missing)
-    weights = ", ".join(f"{n}: {w}" for n, w in stats["class_weights"].items())
-    console.print(f"class weights n / (k * count): {weights}")
-    _print_checks(console, stats)
-    for note in stats["notes"]:
-        console.print(f"note: {note}")
-
-
-def _print_checks(console: Console, stats: dict) -> None:
-    checks = DataChecks.model_validate(stats["checks"])
-    table = Table(title=f"checks of the split ({checks.labelled_rows} labelled rows)")
-    for column in ("check", "texts", "rows", "examples"):
-        table.add_column(column, justify="right" if column in ("texts", "rows") else "left")
-    for label, groups in checks.labelled_groups():
-        table.add_row(label, str(groups.texts), str(groups.rows), escape("\n".join(groups.examples)))
-    console.print(table)
-    split = stats["split"]
-    rows = split["rows"]
-    console.print(
-        f"validation: {split['validation_rows_in_train_normalised']} of {rows['validation']} rows have a near "
-        f"duplicate in train ({split['validation_rows_in_train']} the exact text); split with "
-        f"duplicates: {split['duplicates']}, conflicts: {split['conflicts']}"
-    )
-    if split["grouped_rows"]:
-        grouped = split["grouped_rows"]
-        console.print(
-            f"duplicates: group would split {grouped['train']} / {grouped['validation']} rows (now {rows['train']} / "
-            f"{rows['validation']}) with no near duplicate on both sides"
-        )
-
-
-ISSUE_HEADERS = {"given_label": "given", "predicted_label": "predicted", "given_label_prob": "P(given)"}
-
-
-def _print_label_issues(issues: LabelIssues) -> None:
-    from lorabench.workflows.label_issues import OOF_FILE
-
-    console = Console(markup=False, emoji=False)
-    rows = "validation rows" if issues.only_validation else "out-of-fold rows"
-    console.print(
-        f"label issues: {issues.flagged_rows} of {issues.checked_rows} {rows} flagged (cleanlab, lowest "
-        f"probability of the given label first); all in {issues.out}"
-    )
-    if issues.only_validation:
-        console.print(f"note: only validation rows were checked: {issues.run} has no {OOF_FILE} (train --folds K)")
-    if issues.top:
-        table = Table(title=f"the {len(issues.top)} likeliest label errors")
-        for column in issues.top[0]:
-            header = ISSUE_HEADERS.get(column, column)
-            table.add_column(header, justify="left" if column in ("id", "text") else "right")
-        for row in issues.top:
-            table.add_row(*[str(value).translate(ESCAPED_LINE_BREAKS) for value in row.values()])
-        console.print(table)
-    if issues.conflicting_texts_checked:
-        unchecked = issues.conflicting_texts - issues.conflicting_texts_checked
-        console.print(
-            f"conflicting texts flagged: {issues.conflicting_texts_flagged}/{issues.conflicting_texts_checked}"
-            + (f" ({unchecked} more in the data were not checked)" if unchecked else "")
-        )
+        print_label_issues(issues)
 
 
 @app.command()
@@ -403,14 +232,6 @@ def report(directory: Path = typer.Argument(..., help="a directory written by `l
 
     table = api.render_report(directory)
     typer.echo(results_text(table, directory))
-
-
-def results_text(table, out: Path) -> str:
-    """What compare and report print: the verdict, the results table, and where the report is."""
-    from lorabench.workflows.report import display_rows, markdown_table, verdict_of
-
-    verdict = "\n".join(verdict_of(table).sentences)
-    return f"{verdict}\n\n{markdown_table(*display_rows(table))}report: {out / 'report.html'}"
 
 
 THRESHOLD_HELP = "decision threshold on P(positive) for two classes (default: the run's validation-F1 threshold)"
