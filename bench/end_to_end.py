@@ -62,7 +62,7 @@ def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
     from lorabench.core.config import DataConfig, resolve_config
     from lorabench.data.sources import class_weights, load_splits
     from lorabench.models.weights import resolve_source
-    from speed import _warmup  # the warm-up argument as this transformers release spells it
+    from speedbench.recipe import warmup_arguments  # the warm-up argument as this transformers release spells it
 
     # the same rows as lorabench: the study's split (datasets' train_test_split, seed 42), first `rows` rows
     splits = load_splits(DataConfig(source=data, max_train_rows=rows))
@@ -91,7 +91,7 @@ def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
         num_train_epochs=epochs,
         learning_rate=STUDY["lr"],
         weight_decay=STUDY["weight_decay"],
-        **_warmup(STUDY["warmup"]),
+        **warmup_arguments(STUDY["warmup"]),
         lr_scheduler_type="constant_with_warmup",
         max_grad_norm=STUDY["max_grad_norm"],
         gradient_checkpointing=True,
