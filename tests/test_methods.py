@@ -69,24 +69,21 @@ def test_full_changes_the_base_weights_and_lora_methods_do_not(method_runs, cli,
     assert all("lora_" in key or "classifier" in key for key in lora)  # the adapter and head, no base weight
 
 
-def test_loraplus_trains_b_at_a_higher_lr(tiny_bert, monkeypatch):
+def test_loraplus_trains_b_at_a_higher_lr(tiny_bert):
     from lorabench.api import resolve_config
-    from lorabench.training import lora_recipe
+    from lorabench.models.lora import LORAPLUS_LR_RATIO, optimizer_for
+    from lorabench.training.preparation import prepare
 
-    config = resolve_config(
-        str(tiny_bert),
-        overrides={"model": {"method": "loraplus"}, "data": {"source": str(Path(__file__).parent / "data" / "binary")},
-                   "train": {"max_length": 32}},
-    )  # fmt: skip
-    prepared = lora_recipe.prepare(config)
-    recipe = lora_recipe.LoraRecipe(prepared, RunDir(Path("unused")), lora_recipe.distributed.world())
-    recipe.lr, recipe.settings, recipe.model = 1e-3, config.train, prepared.model
-    recipe.trainable = [p for p in prepared.model.parameters() if p.requires_grad]
-    groups = recipe._optimizer().param_groups
-    names = {id(p): n for n, p in prepared.model.named_parameters()}
+    data = str(Path(__file__).parent / "data" / "binary")
+    config = resolve_config(str(tiny_bert), overrides={"model": {"method": "loraplus"}, "data": {"source": data}})
+    model = prepare(config).model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = optimizer_for("loraplus", model, trainable, 1e-3, 0.0).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
     lr_of = {names[id(p)]: group["lr"] for group in groups for p in group["params"]}
-    assert all(lr == pytest.approx(1e-3 * lora_recipe.LORAPLUS_LR_RATIO) for n, lr in lr_of.items() if "lora_B" in n)
+    assert all(lr == pytest.approx(1e-3 * LORAPLUS_LR_RATIO) for n, lr in lr_of.items() if "lora_B" in n)
     assert all(lr == pytest.approx(1e-3) for n, lr in lr_of.items() if "lora_A" in n)
+    assert {n for n in lr_of} == {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 def test_a_method_on_a_kind_without_a_pretrained_model_is_refused(cli, tmp_path):

@@ -24,7 +24,7 @@ def test_parameter_counts_match_the_study_without_downloading():
 def test_quantize_needs_cuda(tiny_models, small_data):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the refusal is for CPU-only machines")
-    from lorabench.training.lora_recipe import prepare
+    from lorabench.training.preparation import prepare
 
     config = resolve_config(
         str(tiny_models["llama"]), overrides={"data": {"source": str(small_data)}, "model": {"quantize": "4bit"}}

@@ -123,7 +123,7 @@ def test_allowed_pickle_weights_of_plain_tensors_load(tiny_models, small_data, t
     import torch
     from safetensors.torch import load_file
 
-    from lorabench.training.lora_recipe import prepare
+    from lorabench.training.preparation import prepare
 
     model = tmp_path / "bin-model"
     shutil.copytree(tiny_models["roberta"], model)
@@ -143,7 +143,7 @@ def test_hub_models_load_without_remote_code_and_from_safetensors(monkeypatch, t
     """A hub id is never checked on disk first, so the loaders themselves must be told: no code, no pickle."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lorabench.training.lora_recipe import prepare
+    from lorabench.training.preparation import prepare
 
     calls = []
     real_tokenizer, real_model = AutoTokenizer.from_pretrained, AutoModelForSequenceClassification.from_pretrained

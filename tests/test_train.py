@@ -67,7 +67,7 @@ def test_without_patience_every_epoch_runs(tiny_models, small_data, tmp_path):
 
 
 def test_decoder_gets_pad_equal_eos_on_tokenizer_and_model(tiny_models, small_data):
-    from lorabench.training.lora_recipe import prepare
+    from lorabench.training.preparation import prepare
 
     prepared = prepare(tiny_config(tiny_models["llama"], small_data))
     assert prepared.tokenizer.pad_token == prepared.tokenizer.eos_token
@@ -75,7 +75,7 @@ def test_decoder_gets_pad_equal_eos_on_tokenizer_and_model(tiny_models, small_da
 
 
 def test_lora_targets_follow_the_architecture(tiny_models, small_data):
-    from lorabench.training.lora_recipe import prepare
+    from lorabench.training.preparation import prepare
 
     roberta = prepare(tiny_config(tiny_models["roberta"], small_data)).model
     llama = prepare(tiny_config(tiny_models["llama"], small_data)).model
@@ -146,7 +146,7 @@ def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
         "smollm2",
         overrides={"data": {"source": str(tweets_dir), "max_train_rows": 24}, "train": {"epochs": 1, "max_length": 32}},
     )
-    from lorabench.training.lora_recipe import prepare
+    from lorabench.training.preparation import prepare
 
     prepared = prepare(config)
     prepared.validation.input_ids = prepared.validation.input_ids[:32]  # keep the test quick: 32 rows scored

@@ -18,7 +18,8 @@ from lorabench.core.metrics import classification_metrics, predicted_labels
 from lorabench.core.runtime import peak_memory_mb
 from lorabench.data.tokenization import Encoded
 from lorabench.models.lora import score_encoded as predict_proba
-from lorabench.training.lora_recipe import fit, prepare
+from lorabench.training.lora_recipe import fit
+from lorabench.training.preparation import prepare
 from speedbench.measure import cpu_nominal_flops, model_flops
 from speedbench.recipe import RECIPE_BATCH, recipe_callback, recipe_trainer
 

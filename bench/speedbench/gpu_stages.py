@@ -22,7 +22,8 @@ from lorabench.data.tokenization import Encoded
 from lorabench.models.lora import add_lora
 from lorabench.models.lora import score_encoded as predict_proba
 from lorabench.models.packing import choose_attention
-from lorabench.training.lora_recipe import Prepared, fit
+from lorabench.training.lora_recipe import fit
+from lorabench.training.preparation import Prepared
 from speedbench.measure import empty_cache, gpu_mfu, model_flops, reset_peak, sync
 from speedbench.recipe import RECIPE_BATCH, recipe_callback, recipe_trainer
 from speedbench.synthetic import (

@@ -47,6 +47,8 @@ VARIANT_OPTIONS: dict[str, dict] = {
     "loraplus": {},
 }
 PISSA_INITIAL_DIR = "pissa_initial"  # the untrained PiSSA adapter, which converts the trained one (peft)
+# LoRA+: B's lr over A's (and the head's); the LoRA+ paper's recommended ratio for classification-sized tasks
+LORAPLUS_LR_RATIO = 16
 
 
 def add_lora(model, settings: LoraSettings, method: str = "lora"):
@@ -71,6 +73,30 @@ def add_lora(model, settings: LoraSettings, method: str = "lora"):
         return get_peft_model(model, lora_config)
     except ValueError as err:
         raise LorabenchError(f"cannot apply LoRA: {first_line(err)}") from err
+
+
+def optimizer_for(method: str, model, trainable: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable weights; for LoRA+ peft's grouping, which trains every B matrix at
+    LORAPLUS_LR_RATIO times the lr."""
+    if method != "loraplus":
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=LORAPLUS_LR_RATIO, weight_decay=weight_decay
+    )
+
+
+def initial_adapter(model, directory: Path, write: bool) -> Path:
+    """PiSSA's untrained adapter in `directory`, saved once when `write` (a resumed run initialises the same one
+    from the same seed): the trained adapter is saved as its difference from it, plain LoRA on the original
+    weights (peft's `path_initial_model_for_weight_conversion`)."""
+    if write and not directory.is_dir():
+        adapter = model.peft_config["default"]
+        initialisation, adapter.init_lora_weights = adapter.init_lora_weights, True  # peft's recipe for this
+        replace_dir(lambda tmp: model.save_pretrained(tmp, safe_serialization=True), directory)
+        adapter.init_lora_weights = initialisation
+    return directory
 
 
 def parameter_counts(model) -> dict[str, int | float]:

@@ -15,7 +15,6 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import pandas as pd
 import torch
 
 from lorabench.core.config import RunConfig
-from lorabench.core.console import progress_bar, quiet_libraries, say, set_progress
+from lorabench.core.console import progress_bar, say, set_progress
 from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.metrics import classification_metrics, predicted_labels
 from lorabench.core.runtime import (
@@ -36,85 +35,28 @@ from lorabench.core.runtime import (
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import CHECKPOINT_DIR, RunDir, replace_dir, write_atomic
 from lorabench.data.batching import MIN_STEPS_PER_EPOCH, epoch_batches, step_budget
-from lorabench.data.sources import TextSplits, class_weights, load_splits
-from lorabench.data.tokenization import Encoded, encode, load_tokenizer
+from lorabench.data.sources import class_weights
 from lorabench.models.lora import (
     FULL_KIND,
     PISSA_INITIAL_DIR,
     FullClassifier,
     LoraClassifier,
-    add_lora,
+    initial_adapter,
     load_trainable_state,
+    optimizer_for,
     parameter_counts,
     trainable_state,
 )
-from lorabench.models.memory import activation_bytes
-from lorabench.models.packing import batch_logits, can_pack, choose_attention, own_pooling, resolve_pooling
-from lorabench.models.weights import load_base_model, resolve_source, sentence_transformers_pooling
+from lorabench.models.memory import batch_activation_bytes
+from lorabench.models.packing import batch_logits, own_pooling
 from lorabench.training import distributed
+from lorabench.training.preparation import Prepared, prepare
 from lorabench.training.records import finish_run
 from lorabench.training.state import TrainState
 from lorabench.training.tracking import make_tracker
 
 EpochCallback = Callable[[int, dict], None]
 VERSIONED_PACKAGES = ("torch", "transformers", "peft")
-# LoRA+: B's lr over A's (and the head's); the LoRA+ paper's recommended ratio for classification-sized tasks
-LORAPLUS_LR_RATIO = 16
-
-
-@dataclass
-class Prepared:
-    """Everything a training run needs before its first step, built and checked before any file is written."""
-
-    config: RunConfig
-    splits: TextSplits
-    tokenizer: object
-    model: object
-    train: Encoded
-    validation: Encoded
-    test: Encoded | None
-    pooling: str | None = None  # the resolved model.pooling; None: the head's own token
-
-    def encoded(self, split: str) -> Encoded | None:
-        return {"val": self.validation, "test": self.test}[split]
-
-    @property
-    def truncated_texts(self) -> int:
-        return sum(encoded.truncated for encoded in (self.train, self.validation, self.test) if encoded)
-
-
-def prepare(config: RunConfig) -> Prepared:
-    """Load and check data, tokenizer and model; raises LorabenchError on bad input before touching the disk."""
-    quiet_libraries()
-    splits = load_splits(config.data)
-    resolved = resolve_source(config.model)
-    tokenizer = load_tokenizer(resolved.source, resolved.gguf_file, config.model.trust_remote_code)
-    torch.manual_seed(config.train.seed)  # the head and LoRA initialisations
-    base = load_base_model(resolved, config.model, splits.label_names, tokenizer.pad_token_id)
-    if config.kind == FULL_KIND:
-        if config.model.quantize != "none":
-            raise LorabenchError("model.method full trains every weight, which a quantized base cannot; set "
-                                 "model.quantize none or use a LoRA method")  # fmt: skip
-        model = base.requires_grad_(True)
-    else:
-        model = add_lora(base, config.lora, config.method)
-    choose_attention(model)
-    pooling = resolve_pooling(config.model.pooling, model, sentence_transformers_pooling(resolved))
-    if config.train.packing and not can_pack(model):
-        raise LorabenchError(f"train.packing does not support {base.config.model_type} models; set it to false")
-    encoded = {
-        name: encode(tokenizer, frame["text"].tolist(), frame["label"].to_numpy(), config.train.max_length, name)
-        for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
-        if frame is not None
-    }
-    prepared = Prepared(
-        config, splits, tokenizer, model, encoded["train"], encoded["validation"], encoded.get("test"), pooling
-    )
-    for note in splits.notes:
-        say(f"note: {note}")
-    if prepared.truncated_texts:
-        say(f"note: {prepared.truncated_texts} texts longer than {config.train.max_length} tokens were truncated")
-    return prepared
 
 
 def train_lora(
@@ -183,7 +125,8 @@ class LoraRecipe:
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=self.class_weights.to(self.device), reduction="sum")
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trained_model = distributed.wrap(self.model, self.world)
-        self.optimizer = self._optimizer()
+        self.optimizer = optimizer_for(self.prepared.config.method, self.model, self.trainable, self.lr,
+                                       settings.weight_decay)  # fmt: skip
         from transformers import get_scheduler  # deferred: seconds to import (module docstring)
 
         total_steps = self.steps_per_epoch * settings.epochs
@@ -196,10 +139,12 @@ class LoraRecipe:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         classifier_type = FullClassifier if self.prepared.config.kind == FULL_KIND else LoraClassifier
+        pissa = self.prepared.config.method == "pissa"
+        initial = initial_adapter(self.model, self.run.file(PISSA_INITIAL_DIR), self.world.is_main) if pissa else None
         self.classifier = classifier_type(
             self.model, self.prepared.tokenizer, self.prepared.splits.label_names, None, settings.max_length,
             settings.eval_batch_size, self.device, autocast_dtype(settings.precision, self.device, training=False),
-            settings.packing, self.prepared.pooling, self._pissa_initial_adapter(),
+            settings.packing, self.prepared.pooling, initial,
         )  # fmt: skip
         if resume:
             self.load_checkpoint()
@@ -208,30 +153,6 @@ class LoraRecipe:
         tracked = settings.tracking if self.world.is_main else []
         config = self.prepared.config.model_dump(mode="json")
         self.tracker = make_tracker(tracked, self.run.path, config, self.run.path.name)
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW; for LoRA+ peft's grouping, which trains every B matrix at LORAPLUS_LR_RATIO times the lr."""
-        decay = self.settings.weight_decay
-        if self.prepared.config.method != "loraplus":
-            return torch.optim.AdamW(self.trainable, lr=self.lr, weight_decay=decay)
-        from peft.optimizers import create_loraplus_optimizer  # deferred: seconds to import (module docstring)
-
-        return create_loraplus_optimizer(
-            self.model, torch.optim.AdamW, lr=self.lr, loraplus_lr_ratio=LORAPLUS_LR_RATIO, weight_decay=decay
-        )
-
-    def _pissa_initial_adapter(self) -> Path | None:
-        """PiSSA's untrained adapter, saved once (a resumed run initialises the same one from the same seed): the
-        trained adapter is saved as its difference from it, plain LoRA on the original weights."""
-        if self.prepared.config.method != "pissa":
-            return None
-        directory = self.run.file(PISSA_INITIAL_DIR)
-        if self.world.is_main and not directory.is_dir():
-            adapter = self.model.peft_config["default"]
-            initialisation, adapter.init_lora_weights = adapter.init_lora_weights, True  # peft's recipe for this
-            replace_dir(lambda tmp: self.model.save_pretrained(tmp, safe_serialization=True), directory)
-            adapter.init_lora_weights = initialisation
-        return directory
 
     def train(self, on_epoch_end: EpochCallback | None = None) -> None:
         """Every remaining epoch: train, validate, keep the best adapter, checkpoint; then the epoch's callback
@@ -464,14 +385,9 @@ class LoraRecipe:
     def _choose_checkpointing(self) -> bool:
         """Gradient checkpointing as configured; `auto`: only when one batch's estimated activations would not
         fit in the free memory."""
-        settings, lengths = self.settings, self.prepared.train.lengths
-        checkpointing = settings.gradient_checkpointing
+        checkpointing = self.settings.gradient_checkpointing
         if checkpointing == "auto":
-            longest = int(lengths.max())
-            tokens = max(settings.batch_tokens, longest) if settings.batch_tokens else settings.batch_size * longest
-            text = self.model.config.get_text_config()
-            need = activation_bytes(text.hidden_size, text.num_attention_heads, text.num_hidden_layers, tokens,
-                                    longest, sixteen_bit=self.amp_dtype is not None, checkpointing=False)  # fmt: skip
+            need = batch_activation_bytes(self.model, self.prepared.train.lengths, self.settings, self.amp_dtype)
             checkpointing = need > 0.8 * free_memory_bytes(self.device)
         if checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
