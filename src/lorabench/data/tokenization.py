@@ -71,6 +71,26 @@ def encode(tokenizer, texts: list[str], labels: np.ndarray, max_length: int, des
     return Encoded(input_ids=input_ids, labels=np.asarray(labels, dtype=np.int64), truncated=truncated)
 
 
+def encode_windows(tokenizer, texts: list[str], max_length: int) -> tuple[Encoded, np.ndarray]:
+    """Each text as windows of at most `max_length` tokens, each overlapping the previous by half its text
+    tokens, with the special tokens in every window (the tokenizer's own overflow); and the text each belongs to."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise LorabenchError("data.long_texts windows needs a fast (Rust) tokenizer; this model's is a Python one")
+    room = max_length - tokenizer.num_special_tokens_to_add()
+    if room < 2:
+        raise LorabenchError(f"data.long_texts windows needs train.max_length above {max_length}: no room for text")
+    batch = tokenizer(texts, truncation=True, max_length=max_length, stride=room // 2, return_overflowing_tokens=True)
+    owners = np.asarray(batch["overflow_to_sample_mapping"], dtype=np.int64)
+    return Encoded(batch["input_ids"], np.full(len(owners), -1), truncated=0), owners
+
+
+def mean_by_owner(probabilities: np.ndarray, owners: np.ndarray, rows: int) -> np.ndarray:
+    """The mean of each text's window probabilities (rows in text order)."""
+    sums = np.zeros((rows, probabilities.shape[1]), dtype=np.float64)
+    np.add.at(sums, owners, probabilities)
+    return (sums / np.bincount(owners, minlength=rows)[:, None]).astype(probabilities.dtype)
+
+
 def _truncate(ids: list[int], max_length: int, tokenizer) -> list[int]:
     """Cut to max_length but keep a closing special token (e.g. [SEP], </s>) the model expects last."""
     last = ids[-1]

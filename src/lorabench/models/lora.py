@@ -22,7 +22,7 @@ from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.runtime import autocast_dtype, choose_device
 from lorabench.core.storage import RunDir, replace_dir
 from lorabench.data.batching import length_sorted_batches
-from lorabench.data.tokenization import Encoded, encode, load_tokenizer
+from lorabench.data.tokenization import Encoded, encode, encode_windows, load_tokenizer, mean_by_owner
 from lorabench.models.onnx import MODEL_FILE, OnnxSettings, export_onnx
 from lorabench.models.packing import batch_logits, own_pooling
 from lorabench.models.weights import load_base_model, resolve_source
@@ -149,6 +149,7 @@ class LoraClassifier:
     amp_dtype: torch.dtype | None
     packed: bool = False
     pooling: str | None = None  # resolved (packing.resolve_pooling); None: the head's own token (older runs)
+    long_texts: str = "truncate"  # data.long_texts: "windows" scores overlapping windows and averages them
 
     @classmethod
     def load(cls, run_dir: str | Path, batch_size: int | None = None) -> LoraClassifier:
@@ -179,16 +180,21 @@ class LoraClassifier:
         if device.type == "cpu":
             model.merge_adapter()  # for good: a loaded run only scores (adapter_merged_on_cpu says why)
         return cls(model, tokenizer, summary.label_names, summary.threshold, settings.max_length,
-                   batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling)  # fmt: skip
+                   batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling,
+                   long_texts=config.data.long_texts)  # fmt: skip
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities (n, k), tokenized and batched exactly as training scores its splits."""
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        encoded = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "predict")
+        if self.long_texts == "windows":
+            encoded, owners = encode_windows(self.tokenizer, texts, self.max_length)
+        else:
+            encoded, owners = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "predict"), None
         # A decoder tokenizer without BOS turns "" into no tokens at all; score it as a lone pad (= eos) token.
         encoded.input_ids = [ids or [self.tokenizer.pad_token_id] for ids in encoded.input_ids]
-        return self.score(encoded, "predict")
+        probabilities = self.score(encoded, "predict")
+        return probabilities if owners is None else mean_by_owner(probabilities, owners, len(texts))
 
     def score(self, encoded: Encoded, description: str) -> np.ndarray:
         """Probabilities of already tokenized rows (training scores its splits this way every epoch)."""

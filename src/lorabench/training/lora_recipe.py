@@ -188,7 +188,7 @@ class LoraRecipe:
         self.classifier = LoraClassifier(
             self.model, self.prepared.tokenizer, self.prepared.splits.label_names, None, settings.max_length,
             settings.eval_batch_size, self.device, autocast_dtype(settings.precision, self.device, training=False),
-            settings.packing, self.prepared.pooling,
+            settings.packing, self.prepared.pooling, self.prepared.config.data.long_texts,
         )  # fmt: skip
         if resume:
             self.load_checkpoint()
@@ -337,7 +337,9 @@ class LoraRecipe:
             "pooling": self.prepared.pooling,
         }
 
-        def score(split: str, _frame: pd.DataFrame) -> np.ndarray:
+        def score(split: str, frame: pd.DataFrame) -> np.ndarray:
+            if config.data.long_texts == "windows":  # each epoch's validation was truncated: score it again
+                return self.classifier.predict_proba(frame["text"].tolist())
             if split == "val" and self.best_validation is not None:
                 return self.best_validation  # scored by these very weights at the best epoch
             return self.classifier.score(self.prepared.encoded(split), f"score {split}")
