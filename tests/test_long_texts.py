@@ -3,6 +3,8 @@ text as overlapping windows whose probabilities are averaged (data.long_texts wi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from lorabench.api import resolve_config, train
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
-from lorabench.data.tokenization import Encoded, encode_windows, load_tokenizer
+from lorabench.data.tokenization import Encoded, encode_windows, load_tokenizer, truncation_note
 from lorabench.models.registry import load_classifier
 
 FOUR_CLASS = {"label_column": "topic", "text_template": "{headline}. {body}", "id_column": "doc_id"}
@@ -77,3 +79,27 @@ def test_a_window_with_no_room_for_text_is_refused(tiny_bert):
     tokenizer = load_tokenizer(str(tiny_bert))
     with pytest.raises(LorabenchError, match="no room for text"):
         encode_windows(tokenizer, ["a text"], 3)
+
+
+def test_data_reports_the_share_of_texts_longer_than_each_models_window(cli, tmp_path):
+    lengths = [10] * 12 + [200] * 4 + [600] * 4  # words; "word" is one minilm token, and [CLS] [SEP] add two
+    rows = pd.DataFrame({"text": [" ".join(["word"] * n) for n in lengths], "target": [i % 2 for i in range(20)]})
+    rows.to_csv(tmp_path / "long.csv", index=False)
+    done = cli("data", "-d", tmp_path / "long.csv", "--json", "-m", "minilm", "-m", "tfidf")
+    assert done.code == 0, done.stderr
+    minilm, tfidf = json.loads(done.stdout)["windows"]
+    assert minilm == {"model": "minilm", "window": 128, "texts": 20, "longer": 8, "share": 0.4, "longest": 602,
+                      "error": ""}  # fmt: skip
+    assert tfidf["window"] is None and tfidf["error"] == "no window: tfidf reads words, not tokens"
+
+
+def test_the_note_before_training_names_the_settings_only_when_most_texts_are_cut():
+    assert truncation_note(0, 100, 90, 128) is None
+    assert truncation_note(40, 100, 300, 128) == (
+        "40 of 100 texts are longer than train.max_length 128 tokens (longest 300): they are truncated"
+    )
+    assert truncation_note(60, 100, 300, 128) == (
+        "most texts will be cut: 60 of 100 texts are longer than train.max_length 128 tokens (longest 300); raise "
+        "the window (train --set train.max_length=300, or train.max_length in compare's --config; `lorabench plan` "
+        "prices the memory) or score them whole in overlapping windows (data.long_texts windows)"
+    )

@@ -197,18 +197,24 @@ def data(
         None, "--label-issues", help="a run: rank its held-out rows by how likely their label is wrong (cleanlab)"
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="CSV for --label-issues (default RUN/label_issues.csv)"),
+    models: list[str] | None = typer.Option(
+        None, "--model", "-m", help="count texts longer than this model's window (repeatable; default: every preset)"
+    ),
 ) -> None:
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
-    checks of the split: duplicates, conflicting labels, texts shared between splits; with --label-issues, the
-    rows a run's out-of-fold (or validation) probabilities say are likely mislabelled."""
-    from lorabench.data.sources import describe
+    checks of the split: duplicates, conflicting labels, texts shared between splits; the share of texts longer
+    than each model's window; with --label-issues, the rows a run's out-of-fold (or validation) probabilities say
+    are likely mislabelled."""
+    from lorabench.data.sources import all_texts, describe
     from lorabench.workflows.label_issues import find_label_issues
+    from lorabench.workflows.long_texts import window_fits
 
     if out is not None and label_issues is None:
         raise LorabenchError("--out names the CSV of --label-issues; give --label-issues RUN too")
     # validated as a run config is, so `data` and `train` refuse the same settings in the same words
     data_config = validate({"data": {key: value for key, value in overrides["data"].items() if value is not None}}).data
     stats = describe(data_config)
+    stats["windows"] = window_fits(all_texts(data_config), models)
     issues = find_label_issues(label_issues, data_config, out) if label_issues is not None else None
     if as_json:
         typer.echo(json.dumps({**stats, "label_issues": issues.model_dump(mode="json") if issues else None}, indent=2))
@@ -239,8 +245,22 @@ def _print_stats(stats: dict) -> None:
     weights = ", ".join(f"{n}: {w}" for n, w in stats["class_weights"].items())
     console.print(f"class weights n / (k * count): {weights}")
     _print_checks(console, stats)
+    _print_windows(console, stats["windows"])
     for note in stats["notes"]:
         console.print(f"note: {note}")
+
+
+def _print_windows(console: Console, windows: list[dict]) -> None:
+    table = Table(title="texts longer than each model's window (train.max_length, in its own tokens)")
+    for column in ("model", "window", "longer", "share", "longest"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in windows:
+        if row["longer"] is None:
+            table.add_row(row["model"], str(row["window"] or "-"), row["error"], "", "")
+        else:
+            table.add_row(row["model"], str(row["window"]), f"{row['longer']:,} of {row['texts']:,}",
+                          f"{row['share']:.0%}", str(row["longest"]))  # fmt: skip
+    console.print(table)
 
 
 def _print_checks(console: Console, stats: dict) -> None:

@@ -454,6 +454,13 @@ def describe(config: DataConfig) -> dict:
     return stats
 
 
+def all_texts(config: DataConfig) -> list[str]:
+    """Every text the data's splits hold (training, validation, test), as the models read them."""
+    splits = load_splits(config)
+    frames = [frame for frame in (splits.train, splits.validation, splits.test) if frame is not None]
+    return [text for frame in frames for text in frame["text"].tolist()]
+
+
 def split_checks(splits: TextSplits) -> DataChecks:
     """Duplicates, conflicting labels and overlaps of the split as it is trained and scored."""
     return check_texts(splits.train, splits.validation, splits.test, "text", "label")

@@ -24,6 +24,7 @@ class Encoded:
     input_ids: list[list[int]]
     labels: np.ndarray
     truncated: int
+    longest: int = 0  # tokens of the longest text before truncation
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -57,18 +58,33 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
 def encode(tokenizer, texts: list[str], labels: np.ndarray, max_length: int, description: str) -> Encoded:
     """Tokenize once, truncating at `max_length` and counting how many texts were cut."""
     input_ids: list[list[int]] = []
-    truncated = 0
+    truncated = longest = 0
     with progress_bar(f"tokenize {description}", len(texts)) as bar:
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             chunk = texts[start : start + TOKENIZE_CHUNK]
             full = tokenizer(chunk, truncation=False, padding=False)["input_ids"]
             for ids in full:
+                longest = max(longest, len(ids))
                 if len(ids) > max_length:
                     truncated += 1
                     ids = _truncate(ids, max_length, tokenizer)
                 input_ids.append(ids)
             bar.advance(len(chunk))
-    return Encoded(input_ids=input_ids, labels=np.asarray(labels, dtype=np.int64), truncated=truncated)
+    return Encoded(input_ids, np.asarray(labels, dtype=np.int64), truncated, longest)
+
+
+def truncation_note(truncated: int, texts: int, longest: int, max_length: int) -> str | None:
+    """One line on the texts the window cuts; when it cuts most of them, also the settings that would keep them."""
+    if not truncated:
+        return None
+    cut = f"{truncated:,} of {texts:,} texts are longer than train.max_length {max_length} tokens (longest {longest:,})"
+    if truncated * 2 <= texts:
+        return f"{cut}: they are truncated"
+    return (
+        f"most texts will be cut: {cut}; raise the window (train --set train.max_length={longest}, or "
+        "train.max_length in compare's --config; `lorabench plan` prices the memory) or score them whole in "
+        "overlapping windows (data.long_texts windows)"
+    )
 
 
 def encode_windows(tokenizer, texts: list[str], max_length: int) -> tuple[Encoded, np.ndarray]:

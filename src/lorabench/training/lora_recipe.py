@@ -37,7 +37,7 @@ from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import CHECKPOINT_DIR, RunDir, replace_dir
 from lorabench.data.batching import MIN_STEPS_PER_EPOCH, epoch_batches, step_budget
 from lorabench.data.sources import TextSplits, class_weights, load_splits
-from lorabench.data.tokenization import Encoded, encode, load_tokenizer
+from lorabench.data.tokenization import Encoded, encode, load_tokenizer, truncation_note
 from lorabench.models.lora import (
     ADAPTER_DIR,
     LoraClassifier,
@@ -102,8 +102,11 @@ def prepare(config: RunConfig) -> Prepared:
     )
     for note in splits.notes:
         say(f"note: {note}")
-    if prepared.truncated_texts:
-        say(f"note: {prepared.truncated_texts} texts longer than {config.train.max_length} tokens were truncated")
+    splits_encoded = [encoded for encoded in (prepared.train, prepared.validation, prepared.test) if encoded]
+    note = truncation_note(prepared.truncated_texts, sum(map(len, splits_encoded)),
+                           max(encoded.longest for encoded in splits_encoded), config.train.max_length)  # fmt: skip
+    if note:
+        say(f"note: {note}")
     return prepared
 
 
