@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from lorabench.api import resolve_config, train
+from lorabench.core.config import preset_names
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
@@ -91,6 +92,9 @@ def test_data_reports_the_share_of_texts_longer_than_each_models_window(cli, tmp
     assert minilm == {"model": "minilm", "window": 128, "texts": 20, "longer": 8, "share": 0.4, "longest": 602,
                       "error": ""}  # fmt: skip
     assert tfidf["window"] is None and tfidf["error"] == "no window: tfidf reads words, not tokens"
+    presets = json.loads(cli("data", "-d", tmp_path / "long.csv", "--json", "--windows").stdout)["windows"]
+    assert [row["model"] for row in presets] == preset_names() and minilm in presets
+    assert json.loads(cli("data", "-d", tmp_path / "long.csv", "--json").stdout)["windows"] == []  # not asked
 
 
 def test_the_note_before_training_names_the_settings_only_when_most_texts_are_cut():
