@@ -52,7 +52,8 @@ from lorabench.core import storage as record
 from lorabench.core.config import ModelConfig, RunConfig, TrainSettings, resolve_config
 from lorabench.core.console import quiet_libraries, set_progress
 from lorabench.core.metrics import classification_metrics, predicted_labels
-from lorabench.data.sources import TextSplits, class_weights
+from lorabench.data.sources import TextSplits
+from lorabench.data.statistics import class_weights
 from lorabench.data.tokenization import Encoded, pad_batch
 from lorabench.models.lora import add_lora
 from lorabench.models.lora import score_encoded as predict_proba

@@ -206,9 +206,9 @@ def data(
 ) -> None:
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
     checks of the split: duplicates, conflicting labels, texts shared between splits; with --model or --windows,
-    the share of texts longer than each model's window; with --label-issues, the rows a run's out-of-fold (or validation) probabilities say
-    are likely mislabelled."""
-    from lorabench.data.sources import all_texts, describe
+    the share of texts longer than each model's window; with --label-issues, the rows a run's out-of-fold (or
+    validation) probabilities say are likely mislabelled."""
+    from lorabench.data.statistics import all_texts, describe
     from lorabench.workflows.label_issues import find_label_issues
     from lorabench.workflows.long_texts import window_fits
 

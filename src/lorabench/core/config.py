@@ -74,7 +74,7 @@ class DataConfig(_Section):
     test: str | None = Field(None, description="a test file (labels optional)")
     text_column: str = Field("text", description="column holding the texts")
     # e.g. "{keyword}: {text}": the model then sees the keyword too; predict and serve build texts the same way
-    # from the run's config (lorabench.data.sources.template_texts).
+    # from the run's config (lorabench.data.texts.template_texts).
     text_template: str | None = Field(
         None, description="build each text from columns, e.g. '{keyword}: {text}' (missing values are empty)"
     )

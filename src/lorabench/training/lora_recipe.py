@@ -36,7 +36,8 @@ from lorabench.core.runtime import (
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import CHECKPOINT_DIR, RunDir, replace_dir
 from lorabench.data.batching import MIN_STEPS_PER_EPOCH, epoch_batches, step_budget
-from lorabench.data.sources import TextSplits, class_weights, load_splits
+from lorabench.data.sources import TextSplits, load_splits
+from lorabench.data.statistics import class_weights
 from lorabench.data.tokenization import Encoded, encode, load_tokenizer, truncation_note
 from lorabench.models.lora import (
     ADAPTER_DIR,

@@ -37,7 +37,8 @@ from lorabench.core.errors import LorabenchError, first_line, stage
 from lorabench.core.runtime import machine_info, package_versions
 from lorabench.core.schemas import CompareManifest, ModelStatus, SeedRun
 from lorabench.core.storage import MANIFEST_FILE, restored_on_failure, safe_dir_name, write_record
-from lorabench.data.sources import TextSplits, load_splits, split_checks
+from lorabench.data.sources import TextSplits, load_splits
+from lorabench.data.statistics import split_checks
 from lorabench.models.registry import classifier_type
 from lorabench.training.averaging import ensemble_of_runs
 from lorabench.training.distributed import World, on_main, world
