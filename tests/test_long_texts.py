@@ -107,3 +107,4 @@ def test_the_note_before_training_names_the_settings_only_when_most_texts_are_cu
         "the window (train --set train.max_length=300, or train.max_length in compare's --config; `lorabench plan` "
         "prices the memory) or score them whole in overlapping windows (data.long_texts windows)"
     )
+    assert "train --set train.max_length=512, the most this model reads, or" in truncation_note(60, 100, 900, 128, 512)

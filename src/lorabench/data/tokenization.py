@@ -73,15 +73,18 @@ def encode(tokenizer, texts: list[str], labels: np.ndarray, max_length: int, des
     return Encoded(input_ids, np.asarray(labels, dtype=np.int64), truncated, longest)
 
 
-def truncation_note(truncated: int, texts: int, longest: int, max_length: int) -> str | None:
-    """One line on the texts the window cuts; when it cuts most of them, also the settings that would keep them."""
+def truncation_note(truncated: int, texts: int, longest: int, max_length: int, limit: int | None = None) -> str | None:
+    """One line on the texts the window cuts; when it cuts most of them, also the settings that would keep them
+    (a window no wider than `limit`, the most tokens the model reads, when its tokenizer says)."""
     if not truncated:
         return None
     cut = f"{truncated:,} of {texts:,} texts are longer than train.max_length {max_length} tokens (longest {longest:,})"
     if truncated * 2 <= texts:
         return f"{cut}: they are truncated"
+    wider = longest if limit is None else min(longest, limit)
+    widest = "" if wider == longest else ", the most this model reads"
     return (
-        f"most texts will be cut: {cut}; raise the window (train --set train.max_length={longest}, or "
+        f"most texts will be cut: {cut}; raise the window (train --set train.max_length={wider}{widest}, or "
         "train.max_length in compare's --config; `lorabench plan` prices the memory) or score them whole in "
         "overlapping windows (data.long_texts windows)"
     )

@@ -104,8 +104,9 @@ def prepare(config: RunConfig) -> Prepared:
     for note in splits.notes:
         say(f"note: {note}")
     splits_encoded = [encoded for encoded in (prepared.train, prepared.validation, prepared.test) if encoded]
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # else: unset
     note = truncation_note(prepared.truncated_texts, sum(map(len, splits_encoded)),
-                           max(encoded.longest for encoded in splits_encoded), config.train.max_length)  # fmt: skip
+                           max(encoded.longest for encoded in splits_encoded), config.train.max_length, limit)  # fmt: skip
     if note:
         say(f"note: {note}")
     return prepared
