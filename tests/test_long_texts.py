@@ -92,9 +92,16 @@ def test_data_reports_the_share_of_texts_longer_than_each_models_window(cli, tmp
     assert minilm == {"model": "minilm", "window": 128, "texts": 20, "longer": 8, "share": 0.4, "longest": 602,
                       "error": ""}  # fmt: skip
     assert tfidf["window"] is None and tfidf["error"] == "no window: tfidf reads words, not tokens"
-    presets = json.loads(cli("data", "-d", tmp_path / "long.csv", "--json", "--windows").stdout)["windows"]
-    assert [row["model"] for row in presets] == preset_names() and minilm in presets
     assert json.loads(cli("data", "-d", tmp_path / "long.csv", "--json").stdout)["windows"] == []  # not asked
+
+
+@pytest.mark.slow  # loads every local preset's tokenizer: smollm2's alone takes 5 s
+def test_data_windows_counts_for_every_preset(cli, four_class_data):
+    flags = ["--label-column", "topic", "--text-template", "{headline}. {body}"]
+    presets = json.loads(cli("data", "-d", four_class_data, *flags, "--json", "--windows").stdout)["windows"]
+    assert [row["model"] for row in presets] == preset_names()
+    minilm = next(row for row in presets if row["model"] == "minilm")
+    assert (minilm["window"], minilm["texts"], minilm["longer"]) == (128, 368, 0)  # news items of 60-90 tokens
 
 
 def test_the_note_before_training_names_the_settings_only_when_most_texts_are_cut():
