@@ -60,7 +60,8 @@ def study_process(data: str, rows: int, epochs: int, out_dir: str) -> dict:
     )
 
     from lorabench.core.config import DataConfig, resolve_config
-    from lorabench.data.sources import class_weights, load_splits
+    from lorabench.data.sources import load_splits
+    from lorabench.data.statistics import class_weights
     from lorabench.models.weights import resolve_source
     from speedbench.recipe import warmup_arguments  # the warm-up argument as this transformers release spells it
 

@@ -22,7 +22,8 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from lorabench.core.config import DataConfig
-from lorabench.data.sources import class_weights, load_splits
+from lorabench.data.sources import load_splits
+from lorabench.data.statistics import class_weights
 from lorabench.models import tfidf
 
 MENTION = re.compile(r"@\w+")

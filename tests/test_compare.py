@@ -4,6 +4,7 @@ the data checks; report.html in a real headless browser (Debian's Chromium)."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -398,6 +399,89 @@ def test_three_string_classes_are_compared_with_macro_scores(tmp_path, in_proces
     assert (charts / "confusion_tfidf.png").stat().st_size > 5_000
 
 
+def chromium(tmp_path: Path, *arguments) -> str:
+    """Run headless Chromium on a page with `arguments` (--screenshot, --dump-dom...); returns its stdout."""
+    *flags, page = arguments
+    done = subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            *flags,
+            Path(page).as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.stdout
+
+
+# Appended to a copy of the report: once laid out, the page writes where each results header and per-class row
+# sits, so the test reads the browser's own layout from --dump-dom.
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const box = (element) => { const r = element.getBoundingClientRect(); return [element.textContent, r.left, r.right]; };
+  const layout = {
+    width: window.innerWidth,
+    headers: [...document.querySelectorAll("#results thead tr:last-child th")].map(box),
+    perClass: [...document.querySelectorAll("#per-class tbody tr")].map((row) => [...row.cells].map((c) => c.textContent)),
+    confusions: [...document.querySelectorAll("img[alt^='confusion matrix']")].map((img) => img.naturalWidth),
+  };
+  const out = document.createElement("pre");
+  out.id = "layout";
+  out.textContent = JSON.stringify(layout);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium: apt-get install -y chromium")
+def test_four_class_report_shows_macro_f1_per_class_scores_and_confusion_matrices(
+    tmp_path, tiny_models, four_class_data, cli, in_process
+):
+    llama = str(tiny_models["llama"])
+    out = tmp_path / "out"
+    done = cli("compare", "--models", f"tfidf,{llama}", "-d", four_class_data, "--label-column", "topic",
+               "--text-template", "{headline}. {body}", "--id-column", "doc_id", "--epochs", "1", "-o", out)  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert "Best by validation macro-F1" in done.stdout and "threshold" not in done.stdout
+    table = pd.read_csv(out / "results.csv")
+    assert table["status"].tolist() == ["ok", "ok"] and table["classes"].tolist() == [4, 4]
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert per_class["class"].tolist() == ["business", "politics", "sport", "tech"] * 2
+    # macro-F1 is the unweighted mean of the per-class F1 the table shows
+    means = per_class.groupby("model", sort=False)["f1"].mean().round(6)
+    assert means.tolist() == table["val_f1"].round(6).tolist()
+    assert per_class.groupby("model")["support"].sum().tolist() == [64, 64]  # 20% of 320 rows
+
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "threshold" not in report.lower()
+    page = tmp_path / "probed.html"
+    page.write_text(report.replace("</body>", LAYOUT_PROBE + "</body>"), encoding="utf-8")
+    dom = chromium(tmp_path, "--window-size=1300,2000", "--dump-dom", page)
+    layout = json.loads(html.unescape(re.search(r'<pre id="layout">(.*?)</pre>', dom, re.S).group(1)))
+    headers = {name: (left, right) for name, left, right in layout["headers"]}
+    assert {"macro f1", "macro f1 95% interval", "macro f1 tied with best (P worse)"} <= headers.keys()
+    cost = ["predict texts/s", "latency p50 ms", "latency p95 ms", "inference MB", "size MB"]
+    assert all(headers[name][1] <= 1300 for name in cost), {name: headers[name] for name in cost}
+    assert len(layout["perClass"]) == 8
+    tfidf_rows = [row[-5:] for row in layout["perClass"][:4]]
+    assert [row[0] for row in tfidf_rows] == ["business", "politics", "sport", "tech"]
+    assert [float(row[3]) for row in tfidf_rows] == per_class["f1"].head(4).round(4).tolist()
+    assert len(layout["confusions"]) == 2 and min(layout["confusions"]) > 200  # decoded images, one per model
+    interval = re.search(r"\[(0\.\d{4}), (0\.\d{4})\]", dom)
+    assert interval and float(interval.group(1)) <= table["val_f1"][0] <= float(interval.group(2))
+
+
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium: apt-get install -y chromium")
 def test_report_renders_in_headless_chromium(tmp_path, comparison):
     out, _, _ = comparison  # tfidf, a failed model and a tiny RoBERTa
@@ -409,25 +493,7 @@ def test_report_renders_in_headless_chromium(tmp_path, comparison):
     assert not re.search(r'(src|href)="(https?:)?//', html)  # self-contained: nothing fetched from elsewhere
 
     screenshot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={screenshot}",
-            f"--window-size={WIDTH},{HEIGHT}",
-            (out / "report.html").as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    chromium(tmp_path, f"--screenshot={screenshot}", f"--window-size={WIDTH},{HEIGHT}", out / "report.html")
     from PIL import Image
 
     with Image.open(screenshot) as image:

@@ -9,7 +9,8 @@ import pytest
 from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError
 from lorabench.data.checks import normalise_texts
-from lorabench.data.sources import class_weights, describe, load_splits
+from lorabench.data.sources import load_splits
+from lorabench.data.statistics import class_weights, describe
 
 
 def test_split_matches_datasets_train_test_split_and_the_study(tweets_dir):

@@ -18,7 +18,7 @@ from lorabench.data.checks import (
     normalise_texts,
     resolve_conflicts,
 )
-from lorabench.data.sources import split_indices
+from lorabench.data.splitting import split_indices
 
 FIRE = "Fire in the city http://t.co/abc"
 CAT = "Just a cat video"

@@ -64,7 +64,30 @@ def test_relative_speed_near_one_and_two_tied_models_that_are_not_the_best():
     sentences = decide([best, cheap, similar]).sentences
     assert sentences[-1] == (
         "similar: about as fast to predict as cheap; like cheap, not significantly worse than best "
-        "(val F1 0.7900 vs 0.7800)."
+        "(val F1 0.7900 vs 0.8000)."
+    )
+
+
+def test_each_sentence_quotes_the_figures_of_the_model_it_names():
+    # the reported case: smollm2 tied with the best (minilm) and priced against the cheapest (tfidf)
+    tfidf = Standing("tfidf", f1=0.7885, tied_with_best=True, texts_per_s=5960.0)
+    minilm = Standing("minilm", f1=0.7950, tied_with_best=True, texts_per_s=300.0)
+    smollm2 = Standing("smollm2", f1=0.7722, tied_with_best=True, texts_per_s=20.0)
+    sentences = decide([tfidf, minilm, smollm2]).sentences
+    assert sentences[-1] == (
+        "smollm2: 298x slower to predict than tfidf; like tfidf, not significantly worse than minilm "
+        "(val F1 0.7722 vs 0.7950)."
+    )
+    assert sentences[-2] == (
+        "minilm: 20x slower to predict than tfidf, not significantly more accurate (val F1 0.7950 vs 0.7885)."
+    )
+
+
+def test_more_than_two_classes_name_the_macro_average():
+    sentences = decide([TFIDF, MINILM], metric="macro-F1").sentences
+    assert sentences[0] == "Best by validation macro-F1: minilm (0.7988)."
+    assert sentences[-1] == (
+        "minilm: 25x slower to predict than tfidf, not significantly more accurate (val macro-F1 0.7988 vs 0.7875)."
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from lorabench.core.config import TrainSettings
-from lorabench.data.sources import class_weights
+from lorabench.data.statistics import class_weights
 from lorabench.data.tokenization import Encoded, pad_batch
 
 RECIPE_BATCH = 8

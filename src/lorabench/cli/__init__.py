@@ -123,18 +123,27 @@ def data(
         None, "--label-issues", help="a run: rank its held-out rows by how likely their label is wrong (cleanlab)"
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="CSV for --label-issues (default RUN/label_issues.csv)"),
+    models: list[str] | None = typer.Option(
+        None, "--model", "-m", help="count the texts longer than this model's window (repeatable)"
+    ),
+    windows: bool = typer.Option(
+        False, "--windows", help="count the texts longer than each preset's window (loads their tokenizers: seconds)"
+    ),
 ) -> None:
     """Show the data's statistics: rows per split, classes, missing values, text lengths, class weights, and
-    checks of the split: duplicates, conflicting labels, texts shared between splits; with --label-issues, the
-    rows a run's out-of-fold (or validation) probabilities say are likely mislabelled."""
-    from lorabench.data.sources import describe
+    checks of the split: duplicates, conflicting labels, texts shared between splits; with --model or --windows,
+    the share of texts longer than each model's window; with --label-issues, the rows a run's out-of-fold (or
+    validation) probabilities say are likely mislabelled."""
+    from lorabench.data.statistics import all_texts, describe
     from lorabench.workflows.label_issues import find_label_issues
+    from lorabench.workflows.long_texts import window_fits
 
     if out is not None and label_issues is None:
         raise LorabenchError("--out names the CSV of --label-issues; give --label-issues RUN too")
     # validated as a run config is, so `data` and `train` refuse the same settings in the same words
     data_config = validate({"data": {key: value for key, value in overrides["data"].items() if value is not None}}).data
     stats = describe(data_config)
+    stats["windows"] = window_fits(all_texts(data_config), models) if windows or models else []
     issues = find_label_issues(label_issues, data_config, out) if label_issues is not None else None
     if as_json:
         typer.echo(json.dumps({**stats, "label_issues": issues.model_dump(mode="json") if issues else None}, indent=2))

@@ -35,8 +35,23 @@ def print_stats(stats: dict) -> None:
     weights = ", ".join(f"{n}: {w}" for n, w in stats["class_weights"].items())
     console.print(f"class weights n / (k * count): {weights}")
     print_checks(console, stats)
+    if stats["windows"]:
+        print_windows(console, stats["windows"])
     for note in stats["notes"]:
         console.print(f"note: {note}")
+
+
+def print_windows(console: Console, windows: list[dict]) -> None:
+    table = Table(title="texts longer than each model's window (train.max_length, in its own tokens)")
+    for column in ("model", "window", "longer", "share", "longest"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in windows:
+        if row["longer"] is None:
+            table.add_row(row["model"], str(row["window"] or "-"), row["error"], "", "")
+        else:
+            table.add_row(row["model"], str(row["window"]), f"{row['longer']:,} of {row['texts']:,}",
+                          f"{row['share']:.0%}", str(row["longest"]))  # fmt: skip
+    console.print(table)
 
 
 def print_checks(console: Console, stats: dict) -> None:

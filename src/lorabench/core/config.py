@@ -95,7 +95,7 @@ class DataConfig(_Section):
     test: str | None = Field(None, description="a test file (labels optional)")
     text_column: str = Field("text", description="column holding the texts")
     # e.g. "{keyword}: {text}": the model then sees the keyword too; predict and serve build texts the same way
-    # from the run's config (lorabench.data.sources.template_texts).
+    # from the run's config (lorabench.data.texts.template_texts).
     text_template: str | None = Field(
         None, description="build each text from columns, e.g. '{keyword}: {text}' (missing values are empty)"
     )
@@ -121,6 +121,14 @@ class DataConfig(_Section):
         description="train K runs on stratified folds of all labelled rows and average them; None = one split",
     )
     fold: int | None = Field(None, ge=0, description="with folds: validate on this fold (0-based), train on the others")
+    # Scoring only: training still sees each text's first train.max_length tokens, and the per-epoch validation
+    # that picks the best epoch is truncated too; the final scores of validation and test, predict and serve use it.
+    long_texts: Literal["truncate", "windows"] = Field(
+        "truncate",
+        description="texts longer than train.max_length when scoring (lora kind): truncate keeps the first tokens; "
+        "windows scores overlapping windows (half a window apart) and averages their probabilities, costing about "
+        "2x the tokens beyond the first window",
+    )
 
     @model_validator(mode="after")
     def _fold_within_folds(self) -> DataConfig:

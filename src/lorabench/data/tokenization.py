@@ -24,6 +24,7 @@ class Encoded:
     input_ids: list[list[int]]
     labels: np.ndarray
     truncated: int
+    longest: int = 0  # tokens of the longest text before truncation
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -57,18 +58,56 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
 def encode(tokenizer, texts: list[str], labels: np.ndarray, max_length: int, description: str) -> Encoded:
     """Tokenize once, truncating at `max_length` and counting how many texts were cut."""
     input_ids: list[list[int]] = []
-    truncated = 0
+    truncated = longest = 0
     with progress_bar(f"tokenize {description}", len(texts)) as bar:
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             chunk = texts[start : start + TOKENIZE_CHUNK]
             full = tokenizer(chunk, truncation=False, padding=False)["input_ids"]
             for ids in full:
+                longest = max(longest, len(ids))
                 if len(ids) > max_length:
                     truncated += 1
                     ids = _truncate(ids, max_length, tokenizer)
                 input_ids.append(ids)
             bar.advance(len(chunk))
-    return Encoded(input_ids=input_ids, labels=np.asarray(labels, dtype=np.int64), truncated=truncated)
+    return Encoded(input_ids, np.asarray(labels, dtype=np.int64), truncated, longest)
+
+
+def truncation_note(truncated: int, texts: int, longest: int, max_length: int, limit: int | None = None) -> str | None:
+    """One line on the texts the window cuts; when it cuts most of them, also the settings that would keep them
+    (a window no wider than `limit`, the most tokens the model reads, when its tokenizer says)."""
+    if not truncated:
+        return None
+    cut = f"{truncated:,} of {texts:,} texts are longer than train.max_length {max_length} tokens (longest {longest:,})"
+    if truncated * 2 <= texts:
+        return f"{cut}: they are truncated"
+    wider = longest if limit is None else min(longest, limit)
+    widest = "" if wider == longest else ", the most this model reads"
+    return (
+        f"most texts will be cut: {cut}; raise the window (train --set train.max_length={wider}{widest}, or "
+        "train.max_length in compare's --config; `lorabench plan` prices the memory) or score them whole in "
+        "overlapping windows (data.long_texts windows)"
+    )
+
+
+def encode_windows(tokenizer, texts: list[str], max_length: int) -> tuple[Encoded, np.ndarray]:
+    """Each text as windows of at most `max_length` tokens, each overlapping the previous by half its text
+    tokens, with the special tokens in every window (the tokenizer's own overflow); and the text each belongs to."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise LorabenchError("data.long_texts windows needs a fast (Rust) tokenizer; this model's is a Python one")
+    room = max_length - tokenizer.num_special_tokens_to_add()
+    if room < 2:
+        raise LorabenchError(f"data.long_texts windows needs train.max_length above {max_length}: no room for text")
+    batch = tokenizer(texts, truncation=True, max_length=max_length, stride=room // 2, return_overflowing_tokens=True)
+    owners = np.asarray(batch["overflow_to_sample_mapping"], dtype=np.int64)
+    return Encoded(batch["input_ids"], np.full(len(owners), -1), truncated=0), owners
+
+
+def mean_by_owner(probabilities: np.ndarray, owners: np.ndarray, rows: int) -> np.ndarray:
+    """The mean of each text's window probabilities (rows in text order)."""
+    sums = np.zeros((rows, probabilities.shape[1]), dtype=np.float64)
+    np.add.at(sums, owners, probabilities)
+    return (sums / np.bincount(owners, minlength=rows)[:, None]).astype(probabilities.dtype)
 
 
 def _truncate(ids: list[int], max_length: int, tokenizer) -> list[int]:

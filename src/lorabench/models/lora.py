@@ -23,7 +23,7 @@ from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.runtime import autocast_dtype, choose_device
 from lorabench.core.storage import RunDir, replace_dir
 from lorabench.data.batching import length_sorted_batches
-from lorabench.data.tokenization import Encoded, encode, load_tokenizer
+from lorabench.data.tokenization import Encoded, encode, encode_windows, load_tokenizer, mean_by_owner
 from lorabench.models.onnx import MODEL_FILE, OnnxSettings, export_onnx
 from lorabench.models.packing import batch_logits, own_pooling
 from lorabench.models.weights import ResolvedModel, load_base_model, resolve_source
@@ -195,6 +195,7 @@ class LoraClassifier:
     packed: bool = False
     pooling: str | None = None  # resolved (packing.resolve_pooling); None: the head's own token (older runs)
     initial_adapter: Path | None = None  # PiSSA's untrained adapter: saving converts the trained one against it
+    long_texts: str = "truncate"  # data.long_texts: "windows" scores overlapping windows and averages them
 
     @classmethod
     def load(cls, run_dir: str | Path, batch_size: int | None = None) -> LoraClassifier:
@@ -211,7 +212,8 @@ class LoraClassifier:
         fp16_on_cpu = settings.precision == "fp16" and device.type != "cuda"
         amp_dtype = None if fp16_on_cpu else autocast_dtype(settings.precision, device, training=False)
         return cls(model, tokenizer, summary.label_names, summary.threshold, settings.max_length,
-                   batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling)  # fmt: skip
+                   batch_size or settings.eval_batch_size, device, amp_dtype, pooling=summary.pooling,
+                   long_texts=config.data.long_texts)  # fmt: skip
 
     @classmethod
     def _load_model(cls, adapter_dir: Path, config: RunConfig, label_names: list, pad_token_id: int):
@@ -251,10 +253,14 @@ class LoraClassifier:
         """Class probabilities (n, k), tokenized and batched exactly as training scores its splits."""
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        encoded = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "predict")
+        if self.long_texts == "windows":
+            encoded, owners = encode_windows(self.tokenizer, texts, self.max_length)
+        else:
+            encoded, owners = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "predict"), None
         # A decoder tokenizer without BOS turns "" into no tokens at all; score it as a lone pad (= eos) token.
         encoded.input_ids = [ids or [self.tokenizer.pad_token_id] for ids in encoded.input_ids]
-        return self.score(encoded, "predict")
+        probabilities = self.score(encoded, "predict")
+        return probabilities if owners is None else mean_by_owner(probabilities, owners, len(texts))
 
     def score(self, encoded: Encoded, description: str) -> np.ndarray:
         """Probabilities of already tokenized rows (training scores its splits this way every epoch)."""

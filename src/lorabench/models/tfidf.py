@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.storage import RunDir, load_arrays, replace_dir, save_arrays
-from lorabench.data.sources import class_weights
+from lorabench.data.statistics import class_weights
 
 KIND = "tfidf"
 MODEL_DIR = "tfidf"

@@ -35,7 +35,7 @@ from lorabench.core.runtime import (
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import CHECKPOINT_DIR, RunDir, replace_dir, write_atomic
 from lorabench.data.batching import MIN_STEPS_PER_EPOCH, epoch_batches, step_budget
-from lorabench.data.sources import class_weights
+from lorabench.data.statistics import class_weights
 from lorabench.models.lora import (
     FULL_KIND,
     PISSA_INITIAL_DIR,
@@ -144,7 +144,7 @@ class LoraRecipe:
         self.classifier = classifier_type(
             self.model, self.prepared.tokenizer, self.prepared.splits.label_names, None, settings.max_length,
             settings.eval_batch_size, self.device, autocast_dtype(settings.precision, self.device, training=False),
-            settings.packing, self.prepared.pooling, initial,
+            settings.packing, self.prepared.pooling, initial, self.prepared.config.data.long_texts,
         )  # fmt: skip
         if resume:
             self.load_checkpoint()
@@ -292,7 +292,9 @@ class LoraRecipe:
             "method": config.method,
         }
 
-        def score(split: str, _frame: pd.DataFrame) -> np.ndarray:
+        def score(split: str, frame: pd.DataFrame) -> np.ndarray:
+            if config.data.long_texts == "windows":  # each epoch's validation was truncated: score it again
+                return self.classifier.predict_proba(frame["text"].tolist())
             if split == "val" and self.best_validation is not None:
                 return self.best_validation  # scored by these very weights at the best epoch
             return self.classifier.score(self.prepared.encoded(split), f"score {split}")

@@ -13,7 +13,7 @@ from lorabench.core.config import RunConfig
 from lorabench.core.console import quiet_libraries, say
 from lorabench.core.errors import LorabenchError
 from lorabench.data.sources import TextSplits, load_splits
-from lorabench.data.tokenization import Encoded, encode, load_tokenizer
+from lorabench.data.tokenization import Encoded, encode, load_tokenizer, truncation_note
 from lorabench.models.lora import FULL_KIND, add_lora
 from lorabench.models.packing import can_pack, choose_attention, resolve_pooling
 from lorabench.models.weights import load_base_model, resolve_source, sentence_transformers_pooling
@@ -69,6 +69,10 @@ def prepare(config: RunConfig) -> Prepared:
     )
     for note in splits.notes:
         say(f"note: {note}")
-    if prepared.truncated_texts:
-        say(f"note: {prepared.truncated_texts} texts longer than {config.train.max_length} tokens were truncated")
+    splits_encoded = [encoded for encoded in (prepared.train, prepared.validation, prepared.test) if encoded]
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # else: unset
+    note = truncation_note(prepared.truncated_texts, sum(map(len, splits_encoded)),
+                           max(encoded.longest for encoded in splits_encoded), config.train.max_length, limit)  # fmt: skip
+    if note:
+        say(f"note: {note}")
     return prepared

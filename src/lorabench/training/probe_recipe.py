@@ -14,7 +14,8 @@ from lorabench.core.errors import stage
 from lorabench.core.runtime import package_versions, peak_memory_mb
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
-from lorabench.data.sources import class_weights, load_splits
+from lorabench.data.sources import load_splits
+from lorabench.data.statistics import class_weights
 from lorabench.models.probe import ProbeClassifier, embedding_cache, fit_head
 from lorabench.training.records import finish_one_pass, one_pass_trainer
 

@@ -21,7 +21,8 @@ from lorabench.core.errors import InternalError
 from lorabench.core.metrics import best_threshold, classification_metrics, predicted_labels
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir, write_atomic
-from lorabench.data.sources import TextSplits, class_weights
+from lorabench.data.sources import TextSplits
+from lorabench.data.statistics import class_weights
 from lorabench.models.registry import Classifier
 from lorabench.training import distributed
 from lorabench.training.tracking import make_tracker

@@ -39,7 +39,8 @@ from lorabench.core.storage import (
     write_record,
     writing,
 )
-from lorabench.data.sources import TextSplits, load_splits, split_checks
+from lorabench.data.sources import TextSplits, load_splits
+from lorabench.data.statistics import split_checks
 from lorabench.models.registry import classifier_type
 from lorabench.training.averaging import ensemble_of_runs
 from lorabench.training.distributed import World, on_main, world

@@ -19,7 +19,8 @@ from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.schemas import LabelIssues
 from lorabench.core.storage import CONFIG_FILE, RunDir, write_atomic
 from lorabench.data.checks import conflicting_texts
-from lorabench.data.sources import TextSplits, load_splits, read_table
+from lorabench.data.files import read_table
+from lorabench.data.sources import TextSplits, load_splits
 
 OOF_FILE = "oof_predictions.csv"
 VALIDATION_FILE = "val_predictions.csv"

@@ -57,13 +57,22 @@ def front_matter(config: RunConfig, summary: RunSummary, export_format: str) -> 
     meta["tags"] = ["lorabench", kind.kind, *(["peft"] if kind.adapts_a_base_model else []),
                     *(["onnx"] if export_format == "onnx" else []), "text-classification"]  # fmt: skip
     results = []
+
+    def averaged(key: str) -> str:  # precision, recall and F1 of more than two classes are means over the classes
+        return "macro " if len(summary.label_names) > 2 and key != "accuracy" else ""
+
     for split, metrics in _scored_splits(summary):
         results.append(
             {
                 "task": {"type": "text-classification", "name": "Text Classification"},
                 "dataset": {"name": config.data.source, "type": config.data.source, "split": split},
                 "metrics": [
-                    {"type": key, "value": value, "name": f"{METRIC_NAMES[key]} ({split})", "split": split}
+                    {
+                        "type": key,
+                        "value": value,
+                        "name": f"{averaged(key)}{METRIC_NAMES[key]} ({split})",
+                        "split": split,
+                    }
                     for key, value in metrics.model_dump().items()
                 ],
             }

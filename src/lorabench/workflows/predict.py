@@ -18,7 +18,8 @@ from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.metrics import check_threshold, decide
 from lorabench.core.storage import RunDir, atomic_file
-from lorabench.data.sources import csv_options, file_kind, require_column, template_columns, template_texts
+from lorabench.data.files import csv_options, file_kind
+from lorabench.data.texts import require_column, template_columns, template_texts
 from lorabench.models.registry import Classifier, load_classifier
 from lorabench.training.records import probability_columns
 
@@ -119,7 +120,7 @@ def _count_rows(path: Path, kind: str) -> int:
 
 
 def _csv_reader(path: Path, chunk_rows: int, usecols=None):
-    """The file in chunks, read by the same rules as whole training files (data.sources.csv_options)."""
+    """The file in chunks, read by the same rules as whole training files (data.files.csv_options)."""
     return pd.read_csv(path, encoding="utf-8-sig", chunksize=chunk_rows, usecols=usecols, **csv_options(path))
 
 

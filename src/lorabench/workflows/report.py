@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from jinja2 import Environment
+from sklearn.metrics import precision_recall_fscore_support
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import CompareManifest
@@ -45,6 +46,7 @@ COLUMNS = [
     "status",
     "rank",
     "seeds",
+    "classes",
     *split_columns("val"),
     *split_columns("test"),
     "best_epoch",
@@ -62,21 +64,22 @@ COLUMNS = [
 ]
 SUMMARY_COLUMNS = ("best_epoch", "epochs", "train_seconds", "peak_memory_mb", "trainable_params", "total_params",
                    "trainable_percent", "device")  # fmt: skip
-INTEGER_COLUMNS = ("rank", "seeds", "best_epoch", "epochs", "train_rows", "trainable_params", "total_params")
-# (column, header, digits) of the human table after the metrics; integers ignore digits
+INTEGER_COLUMNS = ("rank", "seeds", "classes", "best_epoch", "epochs", "train_rows", "trainable_params", "total_params")
+# (group, column, header, digits) of the human table after the metrics; integers ignore digits. Cost comes right
+# after the scores, so the two things a reader weighs against each other sit side by side.
 DISPLAYED_NUMBERS = [
-    ("best_epoch", "best epoch", 0),
-    ("train_rows", "train rows", 0),
-    ("train_seconds", "train s", 1),
-    ("wall_seconds", "total s", 1),
-    ("peak_memory_mb", "peak memory MB", 1),
-    ("predict_texts_per_s", "predict texts/s", 1),
-    ("latency_p50_ms", "latency p50 ms", 2),
-    ("latency_p95_ms", "latency p95 ms", 2),
-    ("inference_peak_mb", "inference MB", 1),
-    ("size_mb", "size MB", 2),
-    ("trainable_params", "trainable params", 0),
-    ("trainable_percent", "trainable %", 4),
+    ("inference", "predict_texts_per_s", "predict texts/s", 1),
+    ("inference", "latency_p50_ms", "latency p50 ms", 2),
+    ("inference", "latency_p95_ms", "latency p95 ms", 2),
+    ("inference", "inference_peak_mb", "inference MB", 1),
+    ("inference", "size_mb", "size MB", 2),
+    ("training", "best_epoch", "best epoch", 0),
+    ("training", "train_rows", "train rows", 0),
+    ("training", "train_seconds", "train s", 1),
+    ("training", "wall_seconds", "total s", 1),
+    ("training", "peak_memory_mb", "peak memory MB", 1),
+    ("training", "trainable_params", "trainable params", 0),
+    ("training", "trainable_percent", "trainable %", 4),
 ]
 
 
@@ -87,6 +90,7 @@ def _model_columns(result: ModelResult, statistics: dict[str, float | bool]) -> 
     row.update(summary.model_dump(include=set(SUMMARY_COLUMNS)))
     row["train_rows"] = summary.rows["train"]
     row["seeds"] = len(result.summaries)
+    row["classes"] = len(summary.label_names)
     row.update(statistics)
     if result.cost is not None:
         row.update(result.cost.model_dump(include=set(COST_COLUMNS)))
@@ -114,6 +118,11 @@ def results_table(results: list[ModelResult]) -> pd.DataFrame:
     return table.astype(types)
 
 
+def f1_name(table: pd.DataFrame) -> str:
+    """What the table's F1 is: the positive class's for two classes, the mean over classes (macro) for more."""
+    return "macro-F1" if (table["classes"].fillna(2) > 2).any() else "F1"
+
+
 def verdict_of(table: pd.DataFrame) -> Verdict:
     """The verdict on a results table: its trained models' mean val F1, paired test and throughput."""
     standings = [
@@ -125,7 +134,7 @@ def verdict_of(table: pd.DataFrame) -> Verdict:
         )
         for row in table[table["status"] == "ok"].to_dict("records")
     ]
-    return decide(standings)
+    return decide(standings, f1_name(table))
 
 
 def _number(value, digits: int = 4) -> str:
@@ -161,26 +170,65 @@ def _tied_cell(values: dict, split: str) -> str:
     return f"{'yes' if tied else 'no'} ({values[f'{split}_prob_worse']:.2f})"
 
 
-def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The human table of results.md and report.html: test columns only when some test split had labels, F1 as
-    mean ± sd when a model trained with several seeds."""
+def grouped_rows(table: pd.DataFrame) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """The human table as (group, header) pairs and rows of cells: test columns only when some test split had
+    labels, F1 as mean ± sd when a model trained with several seeds, 'macro' scores for more than two classes."""
     splits = ["val", "test"] if table["test_f1"].notna().any() else ["val"]
     several_seeds = bool((table["seeds"].fillna(1) > 1).any())
-    headers = ["model"]
+    macro = "macro " if f1_name(table) == "macro-F1" else ""
+    headers = [("", "model")]
     for split in splits:
-        headers += [f"{split} f1{' (mean ± sd)' if several_seeds else ''}", f"{split} f1 95% interval",
-                    f"{split} f1 tied with best (P worse)", *[f"{split} {m}" for m in METRICS[1:]]]  # fmt: skip
-    headers += [header for _, header, _ in DISPLAYED_NUMBERS] + ["status"]
+        headers += [(split, f"{macro}f1{' (mean ± sd)' if several_seeds else ''}"), (split, f"{macro}f1 95% interval"),
+                    (split, f"{macro}f1 tied with best (P worse)"),
+                    *[(split, f"{macro if m != 'accuracy' else ''}{m}") for m in METRICS[1:]]]  # fmt: skip
+    headers += [(group, header) for group, _, header, _ in DISPLAYED_NUMBERS] + [("", "status")]
     rows = []
     for values in table.to_dict("records"):
         cells = [str(values["model"])]
         for split in splits:
             cells += [_f1_cell(values, split, several_seeds), _interval_cell(values, f"{split}_f1"),
                       _tied_cell(values, split), *[_number(values[f"{split}_{m}"]) for m in METRICS[1:]]]  # fmt: skip
-        cells += [_number(values[key], digits) for key, _, digits in DISPLAYED_NUMBERS]
+        cells += [_number(values[key], digits) for _, key, _, digits in DISPLAYED_NUMBERS]
         cells.append(f"{values['status']}: {values['error']}" if values["error"] else str(values["status"]))
         rows.append(cells)
     return headers, rows
+
+
+def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The human table of results.md and the terminal, one header line: 'val f1', 'predict texts/s'."""
+    headers, rows = grouped_rows(table)
+    return [f"{group} {header}" if group in ("val", "test") else header for group, header in headers], rows
+
+
+GROUP_TITLES = {"val": "validation", "test": "test", "inference": "inference cost", "training": "training"}
+
+
+def header_groups(headers: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """The first header row of report.html: each run of equal groups as (group, columns spanned)."""
+    groups: list[tuple[str, int]] = []
+    for group, _ in headers:
+        if groups and groups[-1][0] == group:
+            groups[-1] = (group, groups[-1][1] + 1)
+        else:
+            groups.append((group, 1))
+    return groups
+
+
+def per_class_table(results: list[ModelResult]) -> pd.DataFrame:
+    """Precision, recall, F1 and support of every class on validation, per trained model (first seed, arg-max)."""
+    rows = []
+    for result in results:
+        if not result.ok:
+            continue
+        labels, decisions = result.decisions("val")
+        names = result.summary.label_names
+        precision, recall, f1, support = precision_recall_fscore_support(
+            labels, decisions, labels=list(range(len(names))), average=None, zero_division=0
+        )
+        for i, name in enumerate(names):
+            rows.append({"model": result.name, "class": name, "precision": float(precision[i]),
+                         "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])})  # fmt: skip
+    return pd.DataFrame(rows, columns=["model", "class", "precision", "recall", "f1", "support"])
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -222,7 +270,16 @@ PAGE = (
 """
     + BASE_CSS
     + """tr.failed td { background: #fdecec; color: #8a1f1f; } tr.best td { background: #eaf7ea; }
-td.status { text-align: left; } .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
+td.status { text-align: left; }
+.scroll { overflow-x: auto; max-width: 100%; }
+#results { font-size: 0.8em; } #results th, #results td { padding: 4px 5px; } #results td { white-space: nowrap; }
+#results tr.groups th { text-align: center; } #results td.status { white-space: normal; min-width: 12em; }
+#results td:first-child, #results th:first-child { position: sticky; left: 0; z-index: 1; background: #fff;
+  min-width: 7em; max-width: 14em; overflow-wrap: anywhere; white-space: normal; }
+#results th:first-child { background: #eef2f8; } #results tr.best td { background: #eaf7ea; }
+#results tr.failed td { background: #fdecec; }
+.per-class td:nth-child(n) { font-weight: normal; } .per-class td.model { font-weight: 600; text-align: left; }
+.per-class .class { text-align: left; } .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .charts img { max-width: 100%; border: 1px solid #e3e7ee; } .charts.pair img { width: calc(50% - 10px); box-sizing: border-box; }
 table.info td, table.info th { text-align: left; font-weight: normal; }
 .verdict { background: #f3f7fd; border-left: 4px solid #1f5fbf; padding: 6px 18px; margin: 16px 0; }
@@ -236,9 +293,11 @@ rows (split {{ (data.train_size * 100) | round | int }}/{{ 100 - (data.train_siz
 {% if seeds > 1 %}Each model trained {{ seeds }} times (train.seed + 0..{{ seeds - 1 }}). {% endif %}Created {{ created }}.</p>
 
 <h2>Results</h2>
-<table id="results"><thead><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+<div class="scroll"><table id="results"><thead>
+<tr class="groups">{% for group, span in groups %}<th colspan="{{ span }}">{{ GROUP_TITLES.get(group, group) }}</th>{% endfor %}</tr>
+<tr>{% for group, h in headers %}<th class="{{ group }}">{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for row, status in rows_and_status %}<tr class="{{ status }}">{% for cell in row %}<td{% if loop.last %} class="status"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>
+{% endfor %}</tbody></table></div>
 <p class="meta">F1, precision and recall are those of the positive class for two classes and macro averages
 for more, at the arg-max decision, for each model's best epoch (chosen by validation F1){% if seeds > 1 %}; F1 is
 the mean ± sd over seeds, every other figure the first seed's run{% endif %}. The 95% interval is a bootstrap over
@@ -252,6 +311,14 @@ calls after a few untimed ones; inference MB: peak resident memory of a fresh pr
 predicts (Python and torch included); size MB: the files <code>lorabench export</code> ships without --merge (a LoRA
 run's base model is loaded from its source). See each run's cost.json.{% if rows.test and not has_test %} The test split has no labels: its predictions are in each
 run's test_predictions.csv, unscored.{% endif %}</p>
+
+{% if per_class %}<h2>Per class (validation)</h2>
+<table class="per-class" id="per-class"><thead><tr><th>model</th><th class="class">class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead><tbody>
+{% for span, cells in per_class %}<tr>{% if span %}<td class="model" rowspan="{{ span }}">{{ cells[0] }}</td>{% endif %}<td class="class">{{ cells[1] }}</td>{% for cell in cells[2:] %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+<p class="meta">Each trained model's first seed, at the arg-max decision; support is the number of validation rows of
+the class. {{ f1_name }} averages the per-class F1 {% if f1_name == "F1" %}of the positive class only{% else %}with equal
+weight per class{% endif %}. Also in per_class.csv.</p>{% endif %}
 
 {% if charts %}<h2>Charts</h2>
 <div class="charts pair">
@@ -341,10 +408,25 @@ def label_issue_sections(results: list[ModelResult]) -> list[dict]:
     return sections
 
 
+def per_class_cells(per_class: pd.DataFrame) -> list[tuple[int, list[str]]]:
+    """The per-class table's rows as (rows the model's name spans, 0 after its first row; cells)."""
+    cells = []
+    for model, rows in per_class.groupby("model", sort=False):
+        for i, values in enumerate(rows.to_dict("records")):
+            numbers = [_number(values[m]) for m in ("precision", "recall", "f1")]
+            cells.append((len(rows) if i == 0 else 0, [str(model), str(values["class"]), *numbers,
+                                                        f"{values['support']:,}"]))  # fmt: skip
+    return cells
+
+
 def render_html(
-    manifest: CompareManifest, results: list[ModelResult], table: pd.DataFrame, charts: dict[str, bytes]
+    manifest: CompareManifest,
+    results: list[ModelResult],
+    table: pd.DataFrame,
+    charts: dict[str, bytes],
+    per_class: pd.DataFrame,
 ) -> str:
-    headers, rows = display_rows(table)
+    headers, rows = grouped_rows(table)
     statuses = [
         "best" if _is_best(rank) else ("failed" if status != "ok" else "")
         for rank, status in zip(table["rank"], table["status"], strict=True)
@@ -368,6 +450,10 @@ def render_html(
         split_check=split_check(results),
         verdict=verdict_of(table),
         headers=headers,
+        groups=header_groups(headers),
+        GROUP_TITLES=GROUP_TITLES,
+        f1_name=f1_name(table),
+        per_class=per_class_cells(per_class),
         rows_and_status=list(zip(rows, statuses, strict=True)),
         has_test=table["test_f1"].notna().any(),
         resamples=RESAMPLES,
@@ -398,5 +484,7 @@ def render(out_dir: str | Path) -> pd.DataFrame:
     replace_dir(write_charts, out_dir / CHARTS_DIR)
     write_atomic(out_dir / "results.csv", table.to_csv(index=False))
     write_atomic(out_dir / "results.md", markdown_table(*display_rows(table)))
-    write_atomic(out_dir / "report.html", render_html(manifest, results, table, charts))
+    per_class = per_class_table(results)
+    write_atomic(out_dir / "per_class.csv", per_class.to_csv(index=False))
+    write_atomic(out_dir / "report.html", render_html(manifest, results, table, charts, per_class))
     return table

@@ -46,8 +46,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return [i for i in range(len(points)) if not beaten(i)]
 
 
-def decide(standings: Sequence[Standing]) -> Verdict:
-    """The best model, those tied with it, the cheapest of them, and one sentence of cost per model."""
+def decide(standings: Sequence[Standing], metric: str = "F1") -> Verdict:
+    """The best model, those tied with it, the cheapest of them, and one sentence of cost per model; `metric`
+    names the score ('macro-F1' for more than two classes, where F1 is the mean over classes)."""
     if not standings:
         return Verdict(best=None, sentences=["No model finished training."])
     best = standings[best_index([s.f1 for s in standings])]
@@ -56,7 +57,7 @@ def decide(standings: Sequence[Standing]) -> Verdict:
     cheapest = max(measured, key=lambda s: s.texts_per_s) if measured else None
     timed = [s for s in standings if s.texts_per_s is not None]
     pareto = [timed[i].name for i in pareto_front([(s.f1, s.texts_per_s) for s in timed])]
-    sentences = [f"Best by validation F1: {best.name} ({best.f1:.4f})."]
+    sentences = [f"Best by validation {metric}: {best.name} ({best.f1:.4f})."]
     if tied:
         sentences.append(f"Not significantly worse (paired bootstrap, 95%): {', '.join(s.name for s in tied)}.")
     elif all(s.tied_with_best is False for s in standings if s is not best) and len(standings) > 1:
@@ -64,14 +65,14 @@ def decide(standings: Sequence[Standing]) -> Verdict:
     if cheapest is not None and tied:
         sentences.append(f"Cheapest of these: {cheapest.name} ({_speed(cheapest.texts_per_s)} texts/s).")
     if len(pareto) > 1:
-        sentences.append(f"Unbeaten on both val F1 and prediction speed: {', '.join(pareto)}.")
-    sentences += [_cost_sentence(s, best, cheapest) for s in standings]
+        sentences.append(f"Unbeaten on both val {metric} and prediction speed: {', '.join(pareto)}.")
+    sentences += [_cost_sentence(s, best, cheapest, metric) for s in standings]
     return Verdict(best.name, [s.name for s in tied], cheapest.name if cheapest else None, pareto, sentences)
 
 
-def _cost_sentence(model: Standing, best: Standing, cheapest: Standing | None) -> str:
+def _cost_sentence(model: Standing, best: Standing, cheapest: Standing | None, metric: str) -> str:
     """One model's cost next to the cheapest of the models tied with the best, and its accuracy next to them."""
-    scores = f"val F1 {model.f1:.4f}"
+    scores = f"val {metric} {model.f1:.4f}"
     if model.texts_per_s is None:
         return f"{model.name}: inference cost not measured; {scores}."
     if cheapest is None:
@@ -89,8 +90,8 @@ def _cost_sentence(model: Standing, best: Standing, cheapest: Standing | None) -
         accuracy = f", and significantly less accurate than {best.name} ({scores} vs {best.f1:.4f})"
     elif cheapest is best:
         accuracy = f", and not significantly less accurate {versus}"
-    else:
-        accuracy = f"; like {cheapest.name}, not significantly worse than {best.name} {versus}"
+    else:  # named with the best model, so quoted against the best model's figure
+        accuracy = f"; like {cheapest.name}, not significantly worse than {best.name} ({scores} vs {best.f1:.4f})"
     return f"{model.name}: {speed}{accuracy}."
 
 

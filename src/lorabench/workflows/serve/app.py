@@ -16,7 +16,7 @@ from lorabench.core.errors import LorabenchError
 from lorabench.core.metrics import check_threshold, decide
 from lorabench.core.schemas import RunSummary
 from lorabench.core.settings import DEFAULT_MAX_CHARS, ServeSettings
-from lorabench.data.sources import template_texts
+from lorabench.data.texts import template_texts
 from lorabench.models.registry import Classifier
 from lorabench.workflows.serve.batching import BatchingWorker, QueueFull
 from lorabench.workflows.serve.metrics import ServeMetrics
