@@ -296,7 +296,8 @@ def _copy_run(run: Path, target: Path) -> Path:
 def test_an_empty_or_cut_record_is_refused_by_name(name, damage, expected, tfidf_run, cli, tmp_path):
     run = _copy_run(tfidf_run, tmp_path / "run")
     text = (run / name).read_text()
-    (run / name).write_text(text[: len(text) // 2] if damage == "cut" else "")
+    lines = text.splitlines(keepends=True)
+    (run / name).write_text("".join(lines[: len(lines) // 2]) if damage == "cut" else "")  # cut at a line's end
     for command in (["predict", "--run", run, "--data", BINARY / "test.csv", "--out", tmp_path / "p.csv"],
                     ["train", "--out", run, "--resume"] if name == "config.yaml" else ["export", "--run", run,
                                                                                     "--out", tmp_path / "e"]):  # fmt: skip
