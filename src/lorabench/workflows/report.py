@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from jinja2 import Environment
+from markupsafe import Markup
 from sklearn.metrics import precision_recall_fscore_support
 
 from lorabench.core.errors import LorabenchError
@@ -24,6 +25,7 @@ from lorabench.workflows.scoring import RESAMPLES, uncertainty_columns
 from lorabench.workflows.verdict import Standing, Verdict, decide
 
 CHARTS_DIR = "charts"
+PAGE_TEMPLATE = Path(__file__).with_name("report.html.j2")  # the page's HTML, a Jinja template
 METRICS = ("f1", "precision", "recall", "accuracy")
 COST_COLUMNS = ("predict_texts_per_s", "latency_p50_ms", "latency_p95_ms", "inference_peak_mb", "gpu_peak_mb",
                 "size_mb", "merged_size_mb")  # fmt: skip
@@ -263,115 +265,6 @@ th, td { border: 1px solid #d5dae3; padding: 5px 9px; text-align: right; }
 th { background: #eef2f8; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
 """
 
-PAGE = (
-    """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>lorabench comparison</title>
-<style>
-"""
-    + BASE_CSS
-    + """tr.failed td { background: #fdecec; color: #8a1f1f; } tr.best td { background: #eaf7ea; }
-td.status { text-align: left; }
-.scroll { overflow-x: auto; max-width: 100%; }
-#results { font-size: 0.8em; } #results th, #results td { padding: 4px 5px; } #results td { white-space: nowrap; }
-#results tr.groups th { text-align: center; } #results td.status { white-space: normal; min-width: 12em; }
-#results td:first-child, #results th:first-child { position: sticky; left: 0; z-index: 1; background: #fff;
-  min-width: 7em; max-width: 14em; overflow-wrap: anywhere; white-space: normal; }
-#results th:first-child { background: #eef2f8; } #results tr.best td { background: #eaf7ea; }
-#results tr.failed td { background: #fdecec; }
-.per-class td:nth-child(n) { font-weight: normal; } .per-class td.model { font-weight: 600; text-align: left; }
-.per-class .class { text-align: left; } .charts { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
-.charts img { max-width: 100%; border: 1px solid #e3e7ee; } .charts.pair img { width: calc(50% - 10px); box-sizing: border-box; }
-table.info td, table.info th { text-align: left; font-weight: normal; }
-.verdict { background: #f3f7fd; border-left: 4px solid #1f5fbf; padding: 6px 18px; margin: 16px 0; }
-.verdict li { margin: 3px 0; }
-</style></head><body>
-<h1>lorabench comparison</h1>
-<div class="verdict" id="verdict"><ul>{% for sentence in verdict.sentences %}<li>{{ sentence }}</li>{% endfor %}</ul></div>
-<p class="meta">Data <code>{{ data.source }}</code>: {{ rows.train }} training rows, {{ rows.validation }} validation
-rows (split {{ (data.train_size * 100) | round | int }}/{{ 100 - (data.train_size * 100) | round | int }}, seed
-{{ data.split_seed }}){% if rows.test %}, {{ rows.test }} test rows{% endif %}. {{ split_check }}.
-{% if seeds > 1 %}Each model trained {{ seeds }} times (train.seed + 0..{{ seeds - 1 }}). {% endif %}Created {{ created }}.</p>
-
-<h2>Results</h2>
-<div class="scroll"><table id="results"><thead>
-<tr class="groups">{% for group, span in groups %}<th colspan="{{ span }}">{{ GROUP_TITLES.get(group, group) }}</th>{% endfor %}</tr>
-<tr>{% for group, h in headers %}<th class="{{ group }}">{{ h }}</th>{% endfor %}</tr></thead><tbody>
-{% for row, status in rows_and_status %}<tr class="{{ status }}">{% for cell in row %}<td{% if loop.last %} class="status"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table></div>
-<p class="meta">F1, precision and recall are those of the positive class for two classes and macro averages
-for more, at the arg-max decision, for each model's best epoch (chosen by validation F1){% if seeds > 1 %}; F1 is
-the mean ± sd over seeds, every other figure the first seed's run{% endif %}. The 95% interval is a bootstrap over
-the validation rows ({{ resamples }} resamples); "tied with best" means the 95% interval of the model's F1 minus the
-best model's F1, both scored on the same resampled rows (paired), holds 0; P worse is the share of resamples in
-which it scores below the best. The best model has the highest mean validation F1. Train s counts the training
-loop only; total s includes loading and scoring{% if seeds > 1 %}, of all seeds{% endif %}. Peak memory is GPU
-memory on CUDA, else the training process's peak resident memory. Predict texts/s: one call on all
-{{ rows.validation }} validation texts at the run's eval batch size, after an untimed batch; latency: single-text
-calls after a few untimed ones; inference MB: peak resident memory of a fresh process that loads the run and
-predicts (Python and torch included); size MB: the files <code>lorabench export</code> ships without --merge (a LoRA
-run's base model is loaded from its source). See each run's cost.json.{% if rows.test and not has_test %} The test split has no labels: its predictions are in each
-run's test_predictions.csv, unscored.{% endif %}</p>
-
-{% if per_class %}<h2>Per class (validation)</h2>
-<table class="per-class" id="per-class"><thead><tr><th>model</th><th class="class">class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead><tbody>
-{% for span, cells in per_class %}<tr>{% if span %}<td class="model" rowspan="{{ span }}">{{ cells[0] }}</td>{% endif %}<td class="class">{{ cells[1] }}</td>{% for cell in cells[2:] %}<td>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>
-<p class="meta">Each trained model's first seed, at the arg-max decision; support is the number of validation rows of
-the class. {{ f1_name }} averages the per-class F1 {% if f1_name == "F1" %}of the positive class only{% else %}with equal
-weight per class{% endif %}. Also in per_class.csv.</p>{% endif %}
-
-{% if charts %}<h2>Charts</h2>
-<div class="charts pair">
-<img alt="F1 per model" src="{{ charts['f1.png'] }}">
-<img alt="training time per model" src="{{ charts['train_time.png'] }}">
-</div>
-{% if 'cost.png' in charts %}<h2>Accuracy against cost</h2>
-<div class="charts"><img alt="val F1 against prediction throughput" src="{{ charts['cost.png'] }}"></div>
-<p class="meta">Error bars: the extent of the first seed's 95% bootstrap interval. Filled and joined: the models
-no other model beats on both F1 and throughput.</p>{% endif %}
-<h2>Confusion matrices (validation)</h2>
-<div class="charts">{% for name, key in confusions %}<img alt="confusion matrix of {{ name }}" src="{{ charts[key] }}">{% endfor %}</div>
-<h2>Precision-recall curves (validation)</h2>
-<div class="charts"><img alt="precision-recall curves" src="{{ charts['pr_curves.png'] }}"></div>{% endif %}
-
-<h2>Data checks</h2>
-{% if checks %}<p class="meta">The shared split's {{ checks.labelled_rows }} labelled rows (training and validation
-together) and its test rows; near duplicates are equal once lower-cased and stripped of links and @mentions. Split
-made with duplicates: {{ data.get("duplicates", "keep") }}, conflicts: {{ data.get("conflicts", "keep") }}.</p>
-<table class="info" id="data-checks"><thead><tr><th>check</th><th>texts</th><th>rows</th><th>examples</th></tr></thead><tbody>
-{% for label, groups in checks.labelled_groups() %}<tr><td>{{ label }}</td><td>{{ groups.texts }}</td><td>{{ groups.rows }}</td><td>{{ groups.examples | join(" · ") }}</td></tr>
-{% endfor %}</tbody></table>{% else %}<p class="meta">Not recorded: this comparison was made before compare checked
-the data.</p>{% endif %}
-
-{% if label_issues %}<h2>Likely label errors</h2>
-<p class="meta">Rows whose given label the run's held-out probabilities contradict most (<code>lorabench data
---label-issues RUN</code>, cleanlab's confident learning): the {{ top_rows }} likeliest of each run's
-label_issues.csv.</p>
-{% for issues in label_issues %}<h3>{{ issues.name }}: {{ issues.summary }}</h3>
-{% if issues.rows %}<table class="info label-issues"><thead><tr>{% for h in issues.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
-{% for row in issues.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>{% endif %}{% endfor %}{% endif %}
-
-<h2>Runs</h2>
-<table class="info"><thead><tr><th>model</th><th>run directory</th><th>device</th><th>precision</th><th>notes</th></tr></thead><tbody>
-{% for run in runs %}<tr><td>{{ run.name }}</td><td><code>{{ run.dir }}</code></td><td>{{ run.device }}</td><td>{{ run.precision }}</td><td>{{ run.notes }}</td></tr>
-{% endfor %}</tbody></table>
-
-<h2>Hardware and versions</h2>
-<table class="info"><tbody>
-<tr><th>CPU</th><td>{{ hardware.cpu }} ({{ hardware.cpu_cores }} cores)</td></tr>
-<tr><th>memory</th><td>{{ hardware.memory_gb }} GiB</td></tr>
-<tr><th>GPU</th><td>{{ hardware.gpus | join(", ") if hardware.gpus else "none" }}</td></tr>
-<tr><th>system</th><td>{{ hardware.os }}, Python {{ hardware.python }}</td></tr>
-{% if hardware.get("load_average") is not none %}<tr><th>CPU load at start</th><td>{{ hardware.load_average }}
-(1-minute load average; above {{ hardware.cpu_cores }}, other work competed for the cores and times are longer
-than on an idle machine)</td></tr>{% endif %}
-{% for package, number in versions.items() %}<tr><th>{{ package }}</th><td>{{ number }}</td></tr>
-{% endfor %}</tbody></table>
-</body></html>
-"""
-)
-
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -441,8 +334,9 @@ def render_html(
         }
         for result in results
     ]
-    page = Environment(autoescape=True).from_string(PAGE)
+    page = Environment(autoescape=True).from_string(PAGE_TEMPLATE.read_text(encoding="utf-8"))
     return page.render(
+        base_css=Markup(BASE_CSS),
         data=manifest.data,
         rows=manifest.rows,
         seeds=manifest.seeds,
