@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lorabench.core import storage
-from lorabench.training import lora_recipe, records
+from lorabench.training import lora_recipe, preparation, records
 
 TINY = ["--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--max-length", "48", "--max-train-rows", "64"]
 
@@ -23,7 +23,7 @@ def storage_full(*args, **kwargs):
 
 
 STAGES = {
-    "loading": (lora_recipe, "load_base_model", boom, "loading the data and the model failed (RuntimeError"),
+    "loading": (preparation, "load_base_model", boom, "loading the data and the model failed (RuntimeError"),
     "first epoch": (lora_recipe.LoraRecipe, "_step", boom, "epoch 1 failed (RuntimeError: injected failure)"),
     "scoring": (records, "write_predictions", storage_full, "scoring the best epoch and writing the summary failed"),
     "summary": (storage.RunDir, "write_summary", storage_full, "writing the summary failed (OSError"),
@@ -52,7 +52,7 @@ def test_a_run_that_held_a_finished_run_keeps_it_when_resume_fails(cli, tiny_mod
     args = ["-q", "train", "--model", tiny_models["roberta"], "--data", small_data, "--out", out, *TINY]
     assert cli(*args).code == 0
     before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    monkeypatch.setattr(lora_recipe, "load_base_model", boom)
+    monkeypatch.setattr(preparation, "load_base_model", boom)
     failed = cli(*args, "--resume")
     assert failed.code == 2 and "loading the data and the model failed" in failed.stderr
     after = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}

@@ -104,13 +104,14 @@ def _acquire(lock: Path) -> int:
 
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Hold `path`'s write lock while the block runs (the directory is created if needed, and removed again if it is
-    left empty). An flock, so a killed holder never leaves a stale lock; fcntl rather than filelock because the
+    """Hold `path`'s write lock while the block runs (the directory and its missing parents are created if needed,
+    and removed again if they are left empty). An flock, so a killed holder never leaves a stale lock; fcntl rather than filelock because the
     refusal names the holder's pid, and filelock truncates the lock file on every attempt."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise LorabenchError(f"output path exists and is not a directory: {path}")
-    created = not path.exists()
+    # the directory and the parents this creates, innermost first: each is removed again if it is left empty
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]
     lock = path / LOCK_FILE
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -122,8 +123,10 @@ def writing(path: Path) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)  # before the unlock: a process waiting on this file then opens a new one
         os.close(fd)
-        if created and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+        for folder in created:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def _umask() -> int:

@@ -1,4 +1,5 @@
-"""Stage 4: LoRA fine-tuning with class-weighted cross-entropy, evaluated every epoch, best epoch by F1.
+"""Stage 4: fine-tuning a pretrained transformer - a LoRA adapter of any variant (model.method), or every weight
+(`full`) - with class-weighted cross-entropy, evaluated every epoch, best epoch by F1.
 
 The loop is written out instead of using `transformers.Trainer` because the Trainer keeps the best model by a
 single metric of its own evaluation loop and its samplers; here batches come from (seed, epoch) so a resumed
