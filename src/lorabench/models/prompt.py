@@ -147,7 +147,7 @@ class PromptClassifier:
         """The prompt's tokens, cut from the left to leave room for the word (the text's end and the question
         stay), then the word's."""
         ids = self.tokenizer(self.prompt_for(text))["input_ids"]
-        return ids[-(self.max_length - len(word)) :] + word
+        return ids[-max(1, self.max_length - len(word)) :] + word
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Softmax over the classes' word log-probabilities, shape (len(texts), classes)."""
