@@ -1,5 +1,5 @@
 """Four string classes through the commands beyond a single run: `train --folds`, `data --label-issues`, the model
-card of an export and `compare --ensemble`, on the committed four_class set (its own column names). None of them
+card of an export and `compare --ensemble`, on the synthetic four_class set (its own column names). None of them
 may tune or show a decision threshold: with more than two classes the decision is the arg-max."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Writes the synthetic labelled text sets the fast test tier uses (committed beside this script; rerun to
-regenerate them byte for byte): no download and no ../shared needed.
+"""Writes the synthetic labelled text sets the fast test tier uses, beside this script, byte for byte the same on
+every run: tests/conftest.py calls `ensure()` before any test, so a clone needs no download and no ../shared, and
+no data file is committed.
 
 - `binary/`: tweet-like `id,keyword,location,text,target` rows (target 0/1), as the Kaggle disaster tweets are laid out.
 - `four_class/`: news-like `doc_id,headline,body,topic` rows in four topics with the user's own column names; bodies
@@ -11,6 +12,7 @@ learns something and no model is perfect. test.csv holds the unlabelled rows.
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
@@ -102,11 +104,14 @@ def noisy(rng: random.Random, label, labels: list):
 
 
 def write(path: Path, header: list[str], rows: list[list]) -> None:
+    """Written to a temporary name and renamed: test workers that start together may all write it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def binary(rng: random.Random, train_rows: int = 300, test_rows: int = 40) -> None:
@@ -135,6 +140,13 @@ def four_class(rng: random.Random, train_rows: int = 200, test_rows: int = 32) -
     header = ["doc_id", "headline", "body", "topic"]
     write(HERE / "four_class" / "train.csv", header, rows[:train_rows])
     write(HERE / "four_class" / "test.csv", header[:-1], [row[:-1] for row in rows[train_rows:]])
+
+
+def ensure() -> None:
+    """Write both sets unless they are there already."""
+    if not all((HERE / name / "train.csv").is_file() for name in ("binary", "four_class")):
+        binary(random.Random(0))
+        four_class(random.Random(1))
 
 
 if __name__ == "__main__":
