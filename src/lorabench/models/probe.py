@@ -29,7 +29,6 @@ from lorabench.data.batching import length_sorted_batches
 from lorabench.data.tokenization import encode, load_tokenizer
 from lorabench.models.packing import classifier, is_decoder_classifier, padded_inputs, resolve_pooling
 from lorabench.models.split_zip import cache_root
-from lorabench.models.tfidf import _regression, choose_c
 from lorabench.models.weights import ResolvedModel, load_base_model, resolve_source, sentence_transformers_pooling
 
 KIND = "probe"
@@ -174,13 +173,6 @@ class ProbeClassifier:
 
 def embedding_cache() -> Path:
     return cache_root() / "embeddings"
-
-
-def fit_head(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, seed: int):
-    """A class-weighted logistic regression with C chosen by cross-validation on the training rows (the tfidf
-    baseline's search); returns it and its settings."""
-    c, folds = choose_c(features, labels, weights, seed)
-    return _regression(c, weights, seed).fit(features, labels), {"C": c, "cv_folds": folds}
 
 
 def _read_head(directory: Path) -> tuple[LogisticRegression, dict]:

@@ -111,6 +111,13 @@ def choose_c(features, labels: np.ndarray, weights: np.ndarray, seed: int) -> tu
     return C_GRID[int(np.argmax(scores))], folds
 
 
+def fit_regression(features, labels: np.ndarray, weights: np.ndarray, seed: int) -> tuple[LogisticRegression, dict]:
+    """The class-weighted logistic regression fitted with the C `choose_c` picks, and {"C", "cv_folds"}; the probe
+    method fits its head the same way."""
+    c, folds = choose_c(features, labels, weights, seed)
+    return _regression(c, weights, seed).fit(features, labels), {"C": c, "cv_folds": folds}
+
+
 @dataclass
 class TfidfClassifier:
     """Fitted TF-IDF feature blocks + logistic regression, with the class names and the F1-maximising threshold."""
@@ -132,9 +139,8 @@ class TfidfClassifier:
         """Fit on the training texts with the weights n / (k * count) the LoRA runs use too."""
         vectorizers, features = _fit_features(texts)
         weights = class_weights(labels, len(label_names))
-        c, folds = choose_c(features, labels, weights, seed)
-        regression = _regression(c, weights, seed).fit(features, labels)
-        settings = {"features": FEATURE_SETTINGS, "regression": {"C": c, "C_grid": C_GRID, "cv_folds": folds}}
+        regression, chosen = fit_regression(features, labels, weights, seed)
+        settings = {"features": FEATURE_SETTINGS, "regression": {**chosen, "C_grid": C_GRID}}
         return cls(vectorizers, regression, json.loads(json.dumps(settings)), list(label_names))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:

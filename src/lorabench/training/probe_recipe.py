@@ -16,7 +16,8 @@ from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
 from lorabench.data.statistics import class_weights
-from lorabench.models.probe import ProbeClassifier, embedding_cache, fit_head
+from lorabench.models.probe import ProbeClassifier, embedding_cache
+from lorabench.models.tfidf import fit_regression
 from lorabench.training.records import finish_one_pass, one_pass_trainer
 
 VERSIONED_PACKAGES = ("torch", "transformers", "scikit-learn")
@@ -39,7 +40,7 @@ def train_probe(
         features = probe.embed(splits.train["text"].tolist())
     with stage("fitting", name):
         weights = class_weights(labels, splits.num_labels)
-        probe.regression, probe.settings = fit_head(features, labels, weights, config.train.seed)
+        probe.regression, probe.settings = fit_regression(features, labels, weights, config.train.seed)
         train_seconds = time.perf_counter() - started
         train_loss = log_loss(labels, probe.regression.predict_proba(features), labels=list(range(splits.num_labels)))
     splits.notes.append(f"probe: C={probe.settings['C']} chosen by {probe.settings['cv_folds']}-fold "
