@@ -17,19 +17,14 @@ RESULT_COLUMNS = ["model", "status", "val_f1", "val_accuracy", "val_f1_low", "va
 
 
 @pytest.fixture(scope="module")
-def ray_comparison(tiny_bert, tmp_path_factory):
+def ray_comparison(tiny_bert, tmp_path_factory, local_ray):
     """tfidf and a tiny BERT probe (both deterministic) compared on Ray, and the same comparison run sequentially."""
-    import ray
-
     from lorabench.api import compare
     from lorabench.core.settings import CompareBackend
 
     root = tmp_path_factory.mktemp("compare_ray")
     members = ["tfidf", f"{tiny_bert}:probe"]
-    try:
-        on_ray = compare(members, root / "ray", data=str(DATA), backend=CompareBackend(backend="ray"))
-    finally:
-        ray.shutdown()
+    on_ray = compare(members, root / "ray", data=str(DATA), backend=CompareBackend(backend="ray"))
     sequential = compare(members, root / "local", data=str(DATA))
     return root, on_ray, sequential
 
@@ -55,8 +50,6 @@ def test_ray_gives_the_sequential_results(ray_comparison):
 
 
 def test_a_rerun_on_ray_trains_only_the_unfinished_member(ray_comparison, tiny_bert, tmp_path):
-    import ray
-
     from lorabench.api import compare
     from lorabench.core.settings import CompareBackend
 
@@ -69,10 +62,7 @@ def test_a_rerun_on_ray_trains_only_the_unfinished_member(ray_comparison, tiny_b
     shutil.rmtree(out / probe["run_dir"])
     (out / "compare.json").write_text(json.dumps(record))
     before = _windows(out)
-    try:
-        again = compare(["tfidf", f"{tiny_bert}:probe"], out, data=str(DATA), backend=CompareBackend(backend="ray"))
-    finally:
-        ray.shutdown()
+    again = compare(["tfidf", f"{tiny_bert}:probe"], out, data=str(DATA), backend=CompareBackend(backend="ray"))
     after = _windows(out)
     assert after["tfidf"] == before["tfidf"]  # kept, not trained again
     assert after[probe["name"]][0] > before[probe["name"]][1]

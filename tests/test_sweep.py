@@ -417,7 +417,7 @@ def test_sweep_agent_outside_wandb_agent_says_so(cli, tiny_models, small_data, t
 # ---------------------------------------------------------------------------------------------- Ray
 
 
-def test_ray_runs_two_trials_in_parallel(tiny_models, small_data, tmp_path):
+def test_ray_runs_two_trials_in_parallel(tiny_models, small_data, tmp_path, local_ray):
     pytest.importorskip("ray.tune")
     out = tmp_path / "sweep"
     result = sweep(tiny_settings(tiny_models, small_data, out, trials=2, epochs=2, backend="ray", cpus_per_trial=1))
@@ -434,7 +434,7 @@ def test_ray_runs_two_trials_in_parallel(tiny_models, small_data, tmp_path):
     )
 
 
-def test_an_interrupted_ray_sweep_resumes_and_keeps_its_finished_trials(tiny_models, small_data, tmp_path):
+def test_an_interrupted_ray_sweep_resumes_and_keeps_its_finished_trials(tiny_models, small_data, tmp_path, local_ray):
     """Trial 1 is interrupted after its first epoch's checkpoint (Tune stops on SIGUSR1 as on Ctrl-C), and blocks
     in its next report at the latest; running the sweep again keeps trial 0 and continues trial 1 from its
     checkpoint, each epoch trained once."""

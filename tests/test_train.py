@@ -125,33 +125,35 @@ def test_labelled_test_file_is_scored(tiny_models, small_data, tmp_path):
 
 
 def test_minilm_beats_majority_class_on_real_tweets(tweets_dir, tmp_path):
+    data = tmp_path / "tweets.csv"
+    pd.read_csv(tweets_dir / "train.csv").head(1200).to_csv(data, index=False)
     config = resolve_config(
         "minilm",
-        # train.csv alone: scoring the 3263 test tweets would take longer than the training; one epoch of 800 rows
-        # takes the steps of two of 400 with one validation pass instead of two
+        # one epoch of 800 rows takes the steps of two of 400 with one validation pass instead of two; 400
+        # validation rows tell 0.7 from the majority class's accuracy by far more than their interval (+-0.045)
         overrides={
-            "data": {"source": str(tweets_dir / "train.csv"), "max_train_rows": 800},
+            "data": {"source": str(data), "train_size": 2 / 3},
             "train": {"epochs": 1, "eval_batch_size": 128},
         },
     )
     summary = train(config, tmp_path / "run")
-    # the majority class (0) has F1 0 on the positive class and accuracy 872/1523 = 0.5725 on validation
-    assert summary.val.accuracy > 0.7  # 0.796 on 2026-12-01 (bf16 training)
-    assert summary.val.f1 > 0.6  # 0.766
-    assert summary.rows == {"train": 800, "validation": 1523, "test": 0}
+    # the majority class (0) has F1 0 on the positive class and accuracy 0.57 on the study's validation split
+    assert summary.val.accuracy > 0.7
+    assert summary.val.f1 > 0.6
+    assert summary.rows == {"train": 800, "validation": 400, "test": 0}
 
 
 def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
     config = resolve_config(
         "smollm2",
-        overrides={"data": {"source": str(tweets_dir), "max_train_rows": 24}, "train": {"epochs": 1, "max_length": 32}},
+        overrides={"data": {"source": str(tweets_dir), "max_train_rows": 8}, "train": {"epochs": 1, "max_length": 32}},
     )
     from lorabench.training.preparation import prepare
 
     prepared = prepare(config)
-    prepared.validation.input_ids = prepared.validation.input_ids[:32]  # keep the test quick: 32 rows scored
-    prepared.validation.labels = prepared.validation.labels[:32]
-    prepared.splits.validation = prepared.splits.validation.head(32)
+    prepared.validation.input_ids = prepared.validation.input_ids[:16]  # keep the test quick: 16 rows scored
+    prepared.validation.labels = prepared.validation.labels[:16]
+    prepared.splits.validation = prepared.splits.validation.head(16)
     prepared.test = None
     prepared.splits.test = None
     from lorabench.training.lora_recipe import fit
@@ -162,10 +164,10 @@ def test_smollm2_loads_from_gguf_and_trains(tweets_dir, tmp_path):
     assert summary.model == "smollm2"
     assert summary.total_params > 130_000_000
     assert prepared.model.config.model_type == "llama"
-    assert summary.rows["train"] == 24
+    assert summary.rows["train"] == 8
     adapter = load_file(str(run.file("adapter") / "adapter_model.safetensors"))
     lora_b = [name for name in adapter if "lora_B" in name]
     assert lora_b and all(np.abs(adapter[name]).max() > 0 for name in lora_b)  # zero at start: the steps reached them
     scores = pd.read_csv(run.file("val_predictions.csv"))
-    assert len(scores) == 32
+    assert len(scores) == 16
     np.testing.assert_allclose(scores["prob_0"] + scores["prob_1"], 1.0, atol=1e-5)

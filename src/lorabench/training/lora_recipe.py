@@ -12,7 +12,6 @@ take seconds to import, and every command's module graph reaches this one.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import torch
 
 from lorabench.core.config import RunConfig
 from lorabench.core.console import progress_bar, say, set_progress
-from lorabench.core.errors import LorabenchError, first_line, stage
+from lorabench.core.errors import LorabenchError, stage
 from lorabench.core.metrics import classification_metrics, predicted_labels
 from lorabench.core.runtime import (
     autocast_dtype,
@@ -34,7 +33,7 @@ from lorabench.core.runtime import (
     precision_name,
 )
 from lorabench.core.schemas import RunSummary
-from lorabench.core.storage import CHECKPOINT_DIR, RunDir, replace_dir, write_atomic
+from lorabench.core.storage import CHECKPOINT_DIR, RunDir
 from lorabench.data.batching import MIN_STEPS_PER_EPOCH, epoch_batches, step_budget
 from lorabench.data.statistics import class_weights
 from lorabench.models.lora import (
@@ -53,7 +52,7 @@ from lorabench.models.packing import batch_logits, own_pooling
 from lorabench.training import distributed
 from lorabench.training.preparation import Prepared, prepare
 from lorabench.training.records import finish_run
-from lorabench.training.state import TrainState
+from lorabench.training.state import TrainState, read_checkpoint, write_checkpoint
 from lorabench.training.tracking import make_tracker
 
 EpochCallback = Callable[[int, dict], None]
@@ -310,37 +309,14 @@ class LoraRecipe:
         as one directory by rank 0. Called on every process."""
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         random_states = distributed.gather_all({"cpu": torch.get_rng_state(), "cuda": cuda}, self.world)
-        if not self.world.is_main:
-            return
-        tensors = {
-            "trainable": trainable_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": random_states,
-        }
-
-        def build(directory: Path) -> None:
-            buffer = io.BytesIO()  # serialised first: a full disk is then an OSError with the size it needed
-            torch.save(tensors, buffer)
-            write_atomic(directory / "state.pt", buffer.getvalue())
-            state.save(directory, self.world.size)
-
-        replace_dir(build, self.run.file(CHECKPOINT_DIR))
+        if self.world.is_main:
+            tensors = {"trainable": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+                       "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                       "rng": random_states}  # fmt: skip
+            write_checkpoint(self.run.file(CHECKPOINT_DIR), tensors, state, self.world.size)
 
     def load_checkpoint(self) -> None:
-        directory = self.run.file(CHECKPOINT_DIR)
-        try:
-            saved = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
-            state, processes = TrainState.load(directory)
-        except Exception as err:  # a damaged checkpoint: torch, pickle and JSON each raise their own types
-            raise LorabenchError(f"cannot resume from {directory}: {first_line(err)}") from err
-        if processes != self.world.size:
-            # the global batch is the per-process budget x the processes: another count would change every batch
-            plural = "es" if processes > 1 else ""
-            raise LorabenchError(
-                f"resume this run with the launch that trained it: {processes} process{plural}, not {self.world.size}"
-            )
+        saved, self.state = read_checkpoint(self.run.file(CHECKPOINT_DIR), self.world.size)
         load_trainable_state(self.model, saved["trainable"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -350,7 +326,6 @@ class LoraRecipe:
         torch.set_rng_state(mine["cpu"])
         if mine["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(mine["cuda"])
-        self.state = state
 
     def _place_model(self) -> None:
         quantized = self.prepared.config.model.quantize != "none"  # bitsandbytes already placed and typed it

@@ -17,7 +17,7 @@ import torch
 from lorabench.core.config import RunConfig
 from lorabench.core.console import say, set_progress
 from lorabench.core.schemas import ModelStatus, SeedRun
-from lorabench.workflows.cluster import start_ray
+from lorabench.workflows.cluster import ray_session
 from lorabench.workflows.members import reporting
 
 
@@ -44,17 +44,17 @@ def train_on_ray(
     `on_finished` is called after each (compare rewrites its record there)."""
     import ray  # optional dependency (lorabench[ray])
 
-    start_ray()
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_train_task)
-    waiting = {
-        task.remote(config, str(out_dir / run.run_dir), cpus, os.getcwd()): (entry, run)
-        for entry, run, config in pending
-    }
-    say(f"{len(waiting)} trainings submitted to Ray ({cpus} CPUs{f', {gpus} GPUs' if gpus else ''} each)")
-    while waiting:
-        done, _ = ray.wait(list(waiting), num_returns=1)
-        entry, run = waiting.pop(done[0])
-        run.status, run.error, run.started, run.ended = ray.get(done[0])
-        run.wall_seconds = round(run.ended - run.started, 1)
-        say(f"{entry.name}{f' seed {run.seed}' if len(entry.seeds) > 1 else ''}: {run.status} {run.error}".rstrip())
-        on_finished()
+    with ray_session():
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_train_task)
+        waiting = {
+            task.remote(config, str(out_dir / run.run_dir), cpus, os.getcwd()): (entry, run)
+            for entry, run, config in pending
+        }
+        say(f"{len(waiting)} trainings submitted to Ray ({cpus} CPUs{f', {gpus} GPUs' if gpus else ''} each)")
+        while waiting:
+            done, _ = ray.wait(list(waiting), num_returns=1)
+            entry, run = waiting.pop(done[0])
+            run.status, run.error, run.started, run.ended = ray.get(done[0])
+            run.wall_seconds = round(run.ended - run.started, 1)
+            say(f"{entry.name}{f' seed {run.seed}' if len(entry.seeds) > 1 else ''}: {run.status} {run.error}".rstrip())
+            on_finished()

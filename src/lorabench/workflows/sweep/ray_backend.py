@@ -27,7 +27,7 @@ from lorabench.core.console import say, set_progress
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import TrialRecord
 from lorabench.core.storage import RunDir, read_json, write_json
-from lorabench.workflows.cluster import start_ray
+from lorabench.workflows.cluster import ray_session
 from lorabench.workflows.sweep.objective import Objective
 from lorabench.workflows.sweep.optuna_backend import changed_settings
 
@@ -161,7 +161,6 @@ def _new_tuner(tune, settings, objective: Objective, trainable):
 
 def run(settings, objective: Objective) -> list[TrialRecord]:
     try:
-        import ray
         from ray import tune
     except ImportError as err:
         raise LorabenchError("--backend ray needs Ray Tune: pip install 'lorabench[ray]'") from err
@@ -175,8 +174,7 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
         tune.with_parameters(_trainable, objective=objective, threads=threads, cwd=os.getcwd()),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
-    start_ray(settings.address)
-    try:
+    with ray_session(settings.address):
         if resuming:  # finished trials are kept; running and failed ones run again
             tuner = tune.Tuner.restore(str(out / RAY_DIR), trainable, resume_unfinished=True, restart_errored=True)
         else:
@@ -186,8 +184,6 @@ def run(settings, objective: Objective) -> list[TrialRecord]:
             # A trial run again after a resume reports its recorded epochs again, which OptunaSearch has seen.
             warnings.filterwarnings("ignore", "The reported value is ignored because this `step", UserWarning)
             results = tuner.fit()
-    finally:
-        ray.shutdown()
     # Tune stops on Ctrl-C (SIGINT) or SIGUSR1, saves its state and returns; the trials it stopped then count as
     # terminated in its results, so what finished is what the clock saw end.
     windows = trial_times(out / TRIAL_TIMES_FILE)
