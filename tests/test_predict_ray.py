@@ -3,6 +3,7 @@ with the local path's output (ids in input order, labels, scores); a broken shar
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,18 @@ def test_a_broken_shard_is_named_in_one_line_and_nothing_is_written(ray_setup, t
     with pytest.raises(LorabenchError, match=r"c\.parquet"):
         predict_on_ray(root / "run", tmp_path / "shards", out, TWO)
     assert not out.exists()
+
+
+def test_a_run_the_replicas_cannot_load_is_named_not_retried(ray_setup, tmp_path):
+    """A replica's constructor that raises would make Ray restart it forever: the error comes with its first block."""
+    from lorabench.models.tfidf import TfidfClassifier
+
+    root, _ = ray_setup
+    shutil.copytree(root / "run", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / TfidfClassifier.model_dir)
+    with pytest.raises(LorabenchError, match="cannot load the tfidf model") as failure:
+        predict_on_ray(tmp_path / "run", root / "texts.csv", tmp_path / "scores.csv", TWO)
+    assert "\n" not in str(failure.value) and not (tmp_path / "scores.csv").exists()
 
 
 def test_local_backend_refuses_the_ray_settings(cli, tmp_path):

@@ -55,7 +55,7 @@ def predict_file(
     data, out = Path(data), Path(out)
     kind = file_kind(data)
     check_output(out, [data], submission, probabilities)
-    total = _count_rows(data, kind)
+    total = count_rows(data, kind)
     if total == 0:
         raise LorabenchError(f"{data} has no rows to predict")
     classifier = classifier or load_classifier(run_dir, batch_size)
@@ -64,7 +64,7 @@ def predict_file(
     scoring = Scoring.build(run_dir, given, threshold, classifier, probabilities, submission)
     tally = Tally(scoring, classifier.label_names)
     with atomic_file(out) as handle, console.progress_bar(f"predict {data.name}", total) as bar:
-        for chunk in _read_chunks(data, kind, scoring.read_columns, chunk_rows):
+        for chunk in read_chunks(data, kind, scoring.read_columns, chunk_rows):
             with console.progress_hidden():
                 table, empty = scoring.score(classifier, chunk, tally.rows, data.name)
             tally.write(handle, table, out, int(empty.sum()))
@@ -157,7 +157,7 @@ def _chunk_texts(chunk: pd.DataFrame, template: str | None, text_column: str, so
     return chunk[text_column].fillna("").astype(str)
 
 
-def _count_rows(path: Path, kind: str) -> int:
+def count_rows(path: Path, kind: str) -> int:
     """Rows in the file, for the progress bar: Parquet's metadata, else one cheap streaming pass."""
     try:
         if kind == "parquet":
@@ -177,7 +177,7 @@ def _csv_reader(path: Path, chunk_rows: int, usecols=None):
     return pd.read_csv(path, encoding="utf-8-sig", chunksize=chunk_rows, usecols=usecols, **csv_options(path))
 
 
-def _read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
     """Frames of at most `chunk_rows` rows holding those of `columns` the file has (pandas / pyarrow streaming)."""
     wanted = set(columns)
     try:

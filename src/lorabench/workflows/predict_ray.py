@@ -1,7 +1,7 @@
 """`predict --backend ray`: Ray Data reads the input (a file, a folder or a glob of CSV / Parquet / JSON Lines
 shards) and scores it on a pool of model replicas, each a Ray actor that loads the run once, on a local Ray or the
 cluster at $RAY_ADDRESS. The output is the local path's, row for row: the files are read by the same reader
-(`predict._read_chunks`: every CSV column as text, so an id like 007 stays 007 where Ray's own CSV reader would
+(`predict.read_chunks`: every CSV column as text, so an id like 007 stays 007 where Ray's own CSV reader would
 infer a number), each chunk is scored by the same `Scoring`, and the driver writes the scored blocks in input order
 into one file (so `--submission` works) through a temporary file renamed at the end. Every node needs lorabench,
 and the run and the data at the same paths (shared storage)."""
@@ -19,11 +19,11 @@ import pandas as pd
 from lorabench.core import console
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.settings import PredictBackend
-from lorabench.core.storage import RunDir, atomic_file
+from lorabench.core.storage import atomic_file
 from lorabench.data.files import FORMATS, file_kind
-from lorabench.models.registry import load_classifier
+from lorabench.models.registry import checked_run, load_classifier
 from lorabench.workflows.cluster import start_ray
-from lorabench.workflows.predict import READ_CHUNK_ROWS, Scoring, Tally, _count_rows, _read_chunks, check_output
+from lorabench.workflows.predict import READ_CHUNK_ROWS, Scoring, Tally, check_output, count_rows, read_chunks
 
 # Columns the pipeline carries beside the user's, dropped before writing: the input row number (the `row` of an
 # input without ids, and the order), the file's index (to name it), and whether the row's text was empty.
@@ -60,19 +60,24 @@ def predict_on_ray(
     batch_size: int | None = None,
     probabilities: bool = False,
     chunk_rows: int = READ_CHUNK_ROWS,
-    **given: str | None,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    text_template: str | None = None,
 ) -> dict:
     """`predict_file`'s output and answer for `data` (a file, folder or glob), scored on `backend.replicas` Ray
-    actors. The column settings `given` are predict_file's (text_column, id_column, label_column, text_template)."""
+    actors; the settings mean what they mean there."""
     import ray  # optional dependency (lorabench[ray])
 
     out, files = Path(out), input_files(data)
     check_output(out, files, submission, probabilities)
-    sizes = [_count_rows(path, file_kind(path)) for path in files]  # each file read once here: a broken one is named
+    sizes = [count_rows(path, file_kind(path)) for path in files]  # each file read once here: a broken one is named
     if sum(sizes) == 0:
         raise LorabenchError(f"{data} has no rows to predict")
-    run = RunDir(run_dir)
-    summary = load_summary(run)
+    run = checked_run(run_dir)  # named here in one line, not in every replica
+    summary = run.summary()  # its classes and threshold, without loading the model here
+    given = {"text_column": text_column, "id_column": id_column, "label_column": label_column,
+             "text_template": text_template}  # fmt: skip
     scoring = Scoring.build(run.path, given, threshold, summary, probabilities, submission)
     tally = Tally(scoring, summary.label_names)
     if not ray.is_initialized():  # a Python caller's own Ray (or an earlier call's) is used as it is
@@ -115,21 +120,12 @@ def predict_on_ray(
     return tally.result(out)
 
 
-def load_summary(run: RunDir):
-    """The run's summary (its classes and threshold), after the checks `load_classifier` makes, so that a run that
-    is not one is named here in one line rather than in every replica."""
-    if not run.path.is_dir():
-        raise LorabenchError(f"run directory not found: {run.path}")
-    run.config()
-    return run.summary()
-
-
 def _block_bytes(files: list[Path], scoring: Scoring, chunk_rows: int) -> int:
     """Ray Data's block size for about `chunk_rows` rows of this input: a reading task's chunks are joined into
     blocks of this many bytes, and a block goes to one replica, so blocks of a whole file would leave the other
     replicas idle."""
     for path in files:
-        for chunk in _read_chunks(path, file_kind(path), scoring.read_columns, chunk_rows):
+        for chunk in read_chunks(path, file_kind(path), scoring.read_columns, chunk_rows):
             if len(chunk):
                 per_row = chunk.memory_usage(deep=True, index=False).sum() / len(chunk)
                 return max(1, int(per_row * chunk_rows))
@@ -161,7 +157,7 @@ def _read_piece(batch: pd.DataFrame, columns: list[str], chunk_rows: int) -> Ite
     for path, file, first_row in zip(batch["path"], batch["file"], batch["first_row"], strict=True):
         path = Path(path)
         row = int(first_row)
-        for chunk in _read_chunks(path, file_kind(path), columns, chunk_rows):
+        for chunk in read_chunks(path, file_kind(path), columns, chunk_rows):
             chunk = chunk.reset_index(drop=True)
             chunk[ROW] = np.arange(row, row + len(chunk))
             chunk[FILE] = int(file)
@@ -177,10 +173,15 @@ class _Scorer:
 
         console.set_progress(False)  # replicas' bars would interleave; the driver shows one
         torch.set_num_threads(max(1, int(threads)))
-        self.classifier = load_classifier(run_dir, batch_size)
         self.scoring, self.sources = scoring, sources
+        try:
+            self.classifier, self.failure = load_classifier(run_dir, batch_size), None
+        except Exception as err:  # raised here, Ray would restart the replica forever: raised with the first block
+            self.classifier, self.failure = None, err
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if self.failure is not None:
+            raise self.failure
         tables = []
         for file, part in batch.groupby(FILE, sort=False):
             source, first_row = self.sources[int(file)], int(part[ROW].iloc[0])
