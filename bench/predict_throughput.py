@@ -94,7 +94,8 @@ def main() -> None:
         started = time.perf_counter()
         train(resolve_config("tfidf", overrides={"data": {"source": str(TWEETS)}}), run)
         print(f"trained tfidf in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    kind = RunDir(run).summary().kind
+    summary = RunDir(run).summary()
+    kind = summary.model or summary.kind
 
     started = time.perf_counter()
     predict_file(run, data, folder / "local.csv")
