@@ -9,6 +9,7 @@ and the run and the data at the same paths (shared storage)."""
 from __future__ import annotations
 
 import glob
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,8 +83,9 @@ def predict_on_ray(
     tally = Tally(scoring, summary.label_names)
     if not ray.is_initialized():  # a Python caller's own Ray (or an earlier call's) is used as it is
         start_ray()
+    starts = [0, *itertools.accumulate(sizes)]  # each file's first row in the whole input
     pieces = [
-        {"path": str(path.resolve()), "file": index, "first_row": sum(sizes[:index])}
+        {"path": str(path.resolve()), "file": index, "first_row": starts[index]}
         for index, path in enumerate(files)
         if sizes[index]
     ]
@@ -104,7 +106,7 @@ def predict_on_ray(
                 "scoring": scoring,
                 "sources": [path.name for path in files],
                 "threads": backend.cpus_per_replica,
-            },  # fmt: skip
+            },
             batch_size=chunk_rows if backend.gpus_per_replica else None,  # a block (~chunk_rows rows) per call
             batch_format="pandas",
             num_cpus=backend.cpus_per_replica,
