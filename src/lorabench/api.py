@@ -20,6 +20,7 @@ from lorabench.workflows.compare import compare
 from lorabench.workflows.export import export_run
 from lorabench.workflows.label_issues import find_label_issues
 from lorabench.workflows.predict import predict_file
+from lorabench.workflows.predict_ray import predict_on_ray
 from lorabench.workflows.report import render as render_report
 from lorabench.workflows.serve import ServeSettings, create_app, serve
 from lorabench.workflows.sweep import SweepSettings, load_space, sweep
@@ -45,6 +46,7 @@ __all__ = [
     "load_space",
     "load_splits",
     "predict_file",
+    "predict_on_ray",
     "render_report",
     "resolve_config",
     "serve",

@@ -41,7 +41,7 @@ from lorabench.core.config import (
 )
 from lorabench.core.console import set_progress
 from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.settings import CompareBackend, ServeSettings
+from lorabench.core.settings import CompareBackend, PredictBackend, ServeSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -248,11 +248,13 @@ BATCH_HELP = "texts per model call (default: the run's eval batch size)"
 
 
 @app.command()
-@schema_options(data_options())
+@schema_options({**data_options(), "backend": (PredictBackend, list(PredictBackend.model_fields))})
 def predict(
     overrides: dict,
     run: Path = typer.Option(..., "--run", "-r", help="a finished run directory"),
-    data: Path = typer.Option(..., "--data", "-d", help="CSV / Parquet / JSON Lines file of texts"),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="CSV / Parquet / JSON Lines file of texts; with --backend ray also a folder or a glob"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="output file: .csv or .jsonl"),
     threshold: float | None = typer.Option(None, help=THRESHOLD_HELP),
     submission: bool = typer.Option(False, "--submission", help="write exactly Kaggle's id,target"),
@@ -262,11 +264,21 @@ def predict(
     batch_size: int | None = typer.Option(None, min=1, help=BATCH_HELP),
 ) -> None:
     """Score a file of texts with a trained run: its id, the predicted label and score per row, named and built
-    from the run's columns (its config.yaml's data settings) unless the column flags say otherwise."""
+    from the run's columns (its config.yaml's data settings) unless the column flags say otherwise. With --backend
+    ray, Ray Data reads a file, folder or glob of shards and several model replicas score it (one output file)."""
     from lorabench import api
 
-    result = api.predict_file(run, data, out, threshold=threshold, submission=submission, batch_size=batch_size,
-                              probabilities=probabilities, **overrides["data"])  # fmt: skip
+    given = {key: value for key, value in overrides.pop("backend").items() if value is not None}
+    backend = validate_as(PredictBackend, given, "predict setting", "the command line")
+    if backend.backend == "local" and set(given) - {"backend"}:
+        flags = ", ".join("--" + key.replace("_", "-") for key in sorted(set(given) - {"backend"}))
+        raise LorabenchError(f"{flags} apply to --backend ray")
+    options = {"threshold": threshold, "submission": submission, "batch_size": batch_size,
+               "probabilities": probabilities, **overrides["data"]}  # fmt: skip
+    if backend.backend == "ray":
+        result = api.predict_on_ray(run, data, out, backend, **options)
+    else:
+        result = api.predict_file(run, data, out, **options)
     typer.echo(json.dumps(result))
 
 

@@ -73,3 +73,19 @@ class CompareBackend(BaseModel):
     )
     cpus_per_member: int = Field(1, ge=1, description="CPUs each member's Ray task asks for (and its torch threads)")
     gpus_per_member: float = Field(0, ge=0, description="GPUs each member's Ray task asks for")
+
+
+class PredictBackend(BaseModel):
+    """Where `lorabench predict` scores."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this process, one file chunk by chunk; ray: Ray Data reads the file, folder or glob of "
+        "shards and model replicas score it, on a local Ray or the cluster at $RAY_ADDRESS",
+    )
+    replicas: int = Field(
+        2, ge=1, description="model replicas (Ray actors, each loading the run once) with --backend ray"
+    )
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs each replica asks for (and its torch threads)")
+    gpus_per_replica: float = Field(0, ge=0, description="GPUs each replica asks for")

@@ -130,10 +130,16 @@ def _names_remote_code(path: Path) -> bool:
 def load_classifier(run_dir: str | Path, batch_size: int | None = None) -> Classifier:
     """The classifier of a finished run, of whatever kind it records (the one entry point: the run is checked
     here, before anything is loaded)."""
+    run = checked_run(run_dir)
+    return classifier_type(recorded_kind(run)).load(run.path, batch_size)
+
+
+def checked_run(run_dir: str | Path) -> RunDir:
+    """The run directory, refused in one line unless it is a lorabench run loaded only from its own files."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise LorabenchError(f"run directory not found: {run.path}")
     if not run.file(CONFIG_FILE).is_file():
         raise LorabenchError(f"{run.path} is not a lorabench run (no {CONFIG_FILE})")
     check_untrusted(run)
-    return classifier_type(recorded_kind(run)).load(run.path, batch_size)
+    return run

@@ -7,6 +7,7 @@ carries `label_names` and `threshold` (the validation-F1 threshold that `train` 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,47 +54,99 @@ def predict_file(
     """
     data, out = Path(data), Path(out)
     kind = file_kind(data)
+    check_output(out, [data], submission, probabilities)
+    total = count_rows(data, kind)
+    if total == 0:
+        raise LorabenchError(f"{data} has no rows to predict")
+    classifier = classifier or load_classifier(run_dir, batch_size)
+    given = {"text_column": text_column, "id_column": id_column, "label_column": label_column,
+             "text_template": text_template}  # fmt: skip
+    scoring = Scoring.build(run_dir, given, threshold, classifier, probabilities, submission)
+    tally = Tally(scoring, classifier.label_names)
+    with atomic_file(out) as handle, console.progress_bar(f"predict {data.name}", total) as bar:
+        for chunk in read_chunks(data, kind, scoring.read_columns, chunk_rows):
+            with console.progress_hidden():
+                table, empty = scoring.score(classifier, chunk, tally.rows, data.name)
+            tally.write(handle, table, out, int(empty.sum()))
+            bar.advance(len(chunk))
+    return tally.result(out)
+
+
+def check_output(out: Path, inputs: list[Path], submission: bool, probabilities: bool) -> None:
+    """Refuse, before anything is read, an output `predict` cannot write: its format, Kaggle's, or an input's path."""
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise LorabenchError(f"--out must end in .csv or .jsonl, not '{out.suffix or out.name}'")
     if submission and out.suffix.lower() != ".csv":
         raise LorabenchError("a Kaggle submission (--submission) is a CSV file; give --out a .csv name")
     if submission and probabilities:
         raise LorabenchError("--submission writes exactly Kaggle's id,target; leave out --probabilities")
-    if out.resolve() == data.resolve():
+    if any(out.resolve() == path.resolve() for path in inputs):
         raise LorabenchError("--out must differ from --data (the input would be overwritten)")
-    total = _count_rows(data, kind)
-    if total == 0:
-        raise LorabenchError(f"{data} has no rows to predict")
-    classifier = classifier or load_classifier(run_dir, batch_size)
-    given = {"text_column": text_column, "id_column": id_column, "label_column": label_column,
-             "text_template": text_template}  # fmt: skip
-    columns = _columns(run_dir, given)
-    template, text_column, id_column = columns.text_template, columns.text_column, columns.id_column
-    text_columns = template_columns(template) if template else [text_column]
-    check_threshold(threshold, classifier.label_names)
-    threshold = classifier.threshold if threshold is None else threshold
 
-    counts = {str(name): 0 for name in classifier.label_names}
-    rows = empty = 0
-    with atomic_file(out) as handle, console.progress_bar(f"predict {data.name}", total) as bar:
-        for chunk in _read_chunks(data, kind, [id_column, *text_columns], chunk_rows):
-            if submission and id_column not in chunk.columns:
-                raise LorabenchError(f"--submission needs an id column '{id_column}' in {data.name} (see --id-column)")
-            texts = _chunk_texts(chunk, template, text_column, data.name)
-            with console.progress_hidden():
-                scored = classifier.predict_proba(texts.tolist())
-            labels, scores = decide(scored, classifier.label_names, threshold)
-            extra = probability_columns(scored, classifier.label_names) if probabilities else {}
-            table = _output_table(chunk, columns, rows, labels, scores, extra, submission)
-            _write_chunk(handle, table, out.suffix.lower(), first=rows == 0)
-            for label in labels:
-                counts[str(label)] += 1
-            rows += len(chunk)
-            empty += int((texts.str.strip() == "").sum())
-            bar.advance(len(chunk))
-    if empty:
-        console.say(f"note: {empty} rows had an empty or missing text; they were scored as empty texts")
-    return {"rows": rows, "out": str(out), "threshold": threshold, "label_counts": counts, "empty_texts": empty}
+
+@dataclass(frozen=True)
+class Scoring:
+    """How every chunk is scored and laid out, whichever path reads it (this process, or Ray's replicas: it is
+    picklable, so they score by this same code)."""
+
+    columns: DataConfig
+    threshold: float | None
+    probabilities: bool
+    submission: bool
+
+    @classmethod
+    def build(cls, run_dir, given: dict, threshold: float | None, classifier, probabilities: bool,
+              submission: bool) -> Scoring:  # fmt: skip
+        """The run's columns (each given one in its place) and threshold (`classifier` answers `label_names` and
+        `threshold`: a loaded classifier, or the run's summary)."""
+        check_threshold(threshold, classifier.label_names)
+        threshold = classifier.threshold if threshold is None else threshold
+        return cls(_columns(run_dir, given), threshold, probabilities, submission)
+
+    @property
+    def read_columns(self) -> list[str]:
+        """The input columns the output is built from: the id and the texts (the template's columns, if any)."""
+        template = self.columns.text_template
+        return [self.columns.id_column, *(template_columns(template) if template else [self.columns.text_column])]
+
+    @property
+    def label_column(self) -> str:
+        return "target" if self.submission else self.columns.label_column
+
+    def score(self, classifier: Classifier, chunk: pd.DataFrame, first_row: int, source: str):
+        """(the output table, which rows had an empty text) for one chunk of `source` whose first row is the
+        input's `first_row` (the `row` column of an input without ids)."""
+        columns = self.columns
+        if self.submission and columns.id_column not in chunk.columns:
+            raise LorabenchError(f"--submission needs an id column '{columns.id_column}' in {source} (see --id-column)")
+        texts = _chunk_texts(chunk, columns.text_template, columns.text_column, source)
+        scored = classifier.predict_proba(texts.tolist())
+        labels, scores = decide(scored, classifier.label_names, self.threshold)
+        extra = probability_columns(scored, classifier.label_names) if self.probabilities else {}
+        table = _output_table(chunk, columns, first_row, labels, scores, extra, self.submission)
+        return table, (texts.str.strip() == "").to_numpy()
+
+
+class Tally:
+    """The output written chunk after chunk, and the counts `predict` reports."""
+
+    def __init__(self, scoring: Scoring, label_names: list):
+        self.scoring = scoring
+        self.counts = {str(name): 0 for name in label_names}
+        self.rows = self.empty = 0
+
+    def write(self, handle, table: pd.DataFrame, out: Path, empty: int) -> None:
+        _write_chunk(handle, table, out.suffix.lower(), first=self.rows == 0)
+        for label in table[self.scoring.label_column]:
+            self.counts[str(label)] += 1
+        self.rows += len(table)
+        self.empty += empty
+
+    def result(self, out: Path) -> dict:
+        if self.empty:
+            console.say(f"note: {self.empty} rows had an empty or missing text; they were scored as empty texts")
+        return {"rows": self.rows, "out": str(out), "threshold": self.scoring.threshold, "label_counts": self.counts,
+                "empty_texts": self.empty}  # fmt: skip
 
 
 def _chunk_texts(chunk: pd.DataFrame, template: str | None, text_column: str, source: str) -> pd.Series:
@@ -104,7 +157,7 @@ def _chunk_texts(chunk: pd.DataFrame, template: str | None, text_column: str, so
     return chunk[text_column].fillna("").astype(str)
 
 
-def _count_rows(path: Path, kind: str) -> int:
+def count_rows(path: Path, kind: str) -> int:
     """Rows in the file, for the progress bar: Parquet's metadata, else one cheap streaming pass."""
     try:
         if kind == "parquet":
@@ -124,7 +177,7 @@ def _csv_reader(path: Path, chunk_rows: int, usecols=None):
     return pd.read_csv(path, encoding="utf-8-sig", chunksize=chunk_rows, usecols=usecols, **csv_options(path))
 
 
-def _read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
     """Frames of at most `chunk_rows` rows holding those of `columns` the file has (pandas / pyarrow streaming)."""
     wanted = set(columns)
     try:
