@@ -24,6 +24,11 @@ def ray_comparison(tiny_bert, tmp_path_factory, local_ray):
 
     root = tmp_path_factory.mktemp("compare_ray")
     members = ["tfidf", f"{tiny_bert}:probe"]
+    # Two idle worker processes with the training stack imported, as a fresh Ray starts with (it prestarts one per
+    # CPU): after other tests used the session's Ray, the second member could wait for a new process to import
+    # torch while tfidf trains in a second. The tasks overlap (a second's sleep), so they take two processes.
+    warm_up = local_ray.remote(num_cpus=1)(lambda: __import__("lorabench.training.run") and __import__("time").sleep(1))
+    local_ray.get([warm_up.remote() for _ in range(2)])
     on_ray = compare(members, root / "ray", data=str(DATA), backend=CompareBackend(backend="ray"))
     sequential = compare(members, root / "local", data=str(DATA))
     return root, on_ray, sequential

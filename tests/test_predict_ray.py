@@ -21,12 +21,9 @@ TWO = PredictBackend(backend="ray", replicas=2)
 
 
 @pytest.fixture(scope="module")
-def ray_setup(binary_data, tmp_path_factory):
+def ray_setup(binary_data, tmp_path_factory, local_ray):
     """A tfidf run on the synthetic set, its texts as a 300-row file with zero-padded ids, and one local Ray."""
-    import ray
-
     from lorabench.api import resolve_config, train
-    from lorabench.workflows.cluster import start_ray
 
     root = tmp_path_factory.mktemp("predict_ray")
     train(resolve_config("tfidf", overrides={"data": {"source": str(binary_data)}}), root / "run")
@@ -34,9 +31,7 @@ def ray_setup(binary_data, tmp_path_factory):
     rows = rows.drop(columns="target").assign(id=[f"{i:05d}" for i in range(len(rows))])  # 00007 stays text
     rows.loc[3, "text"] = None  # an empty text, counted alike
     rows.to_csv(root / "texts.csv", index=False)
-    start_ray()
-    yield root, rows
-    ray.shutdown()
+    return root, rows
 
 
 def _same_output(ray_out: Path, local_out: Path, key: str) -> None:

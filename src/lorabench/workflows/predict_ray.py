@@ -23,7 +23,7 @@ from lorabench.core.settings import PredictBackend
 from lorabench.core.storage import atomic_file
 from lorabench.data.files import FORMATS, file_kind
 from lorabench.models.registry import checked_run, load_classifier
-from lorabench.workflows.cluster import start_ray
+from lorabench.workflows.cluster import ray_session
 from lorabench.workflows.predict import READ_CHUNK_ROWS, Scoring, Tally, check_output, count_rows, read_chunks
 
 # Columns the pipeline carries beside the user's, dropped before writing: the input row number (the `row` of an
@@ -81,15 +81,13 @@ def predict_on_ray(
              "text_template": text_template}  # fmt: skip
     scoring = Scoring.build(run.path, given, threshold, summary, probabilities, submission)
     tally = Tally(scoring, summary.label_names)
-    if not ray.is_initialized():  # a Python caller's own Ray (or an earlier call's) is used as it is
-        start_ray()
     starts = [0, *itertools.accumulate(sizes)]  # each file's first row in the whole input
     pieces = [
         {"path": str(path.resolve()), "file": index, "first_row": starts[index]}
         for index, path in enumerate(files)
         if sizes[index]
     ]
-    with _data_context(_block_bytes(files, scoring, chunk_rows)):
+    with ray_session(), _data_context(_block_bytes(files, scoring, chunk_rows)):
         read = ray.data.from_items(pieces).map_batches(
             _read_piece,
             fn_kwargs={"columns": scoring.read_columns, "chunk_rows": chunk_rows},
