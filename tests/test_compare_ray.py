@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +30,9 @@ def ray_comparison(tiny_bert, tmp_path_factory, local_ray):
     # torch while tfidf trains in a second. The tasks overlap (a second's sleep), so they take two processes.
     warm_up = local_ray.remote(num_cpus=1)(lambda: __import__("lorabench.training.run") and __import__("time").sleep(1))
     local_ray.get([warm_up.remote() for _ in range(2)])
+    deadline = time.monotonic() + 60  # and both CPUs free: earlier tests' actors hand theirs back asynchronously
+    while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     on_ray = compare(members, root / "ray", data=str(DATA), backend=CompareBackend(backend="ray"))
     sequential = compare(members, root / "local", data=str(DATA))
     return root, on_ray, sequential
