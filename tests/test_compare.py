@@ -104,6 +104,8 @@ def test_results_carry_the_run_records_numbers(comparison):
         "train_time.png",
         "pr_curves.png",
         "cost.png",
+        "cost_train_seconds.png",
+        "cost_train_memory.png",
         "confusion_tfidf.png",
         f"confusion_{run_dir_name(roberta)}.png",
     }
@@ -489,7 +491,9 @@ def test_report_renders_in_headless_chromium(tmp_path, comparison):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert '<table id="results">' in html and html.count("<tr") >= 3
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    assert len(images) == 6  # F1, training time, F1 against cost, two confusion matrices, precision-recall curves
+    # F1, training time, F1 against prediction throughput, training seconds and training peak memory, two
+    # confusion matrices, precision-recall curves
+    assert len(images) == 8
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(https?:)?//', html)  # self-contained: nothing fetched from elsewhere
 

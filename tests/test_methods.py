@@ -186,6 +186,17 @@ def test_compare_runs_the_grid_with_one_row_per_model_and_method(tiny_bert, cli,
     assert (table["status"] == "ok").all()
     methods = {RunDir(path.parent).summary().method for path in (tmp_path / "out" / "runs").glob("*/summary.json")}
     assert methods == {None, "probe", "lora"}
+    assert table["method"].fillna("").tolist() == [{"tfidf": ""}.get(m, m.rpartition(":")[2]) for m in table["model"]]
+    # the report's grid: the model's row with a cell per method, tfidf's under —
+    html = (tmp_path / "out" / "report.html").read_text()
+    grid = html[html.index('<table id="grid">') : html.index("</table>", html.index('<table id="grid">'))]
+    assert "<th>probe</th><th>lora</th><th>—</th>" in grid and f"<td>{tiny_bert}</td>" in grid
+    assert grid.count('class="best"') == 1 and "★ " in grid
+    assert "Models × methods: val macro-F1" in (tmp_path / "out" / "results.md").read_text()
+    assert "Models × methods: val macro-F1" in result.stdout
+    assert {"cost_train_seconds.png", "cost_train_memory.png"} <= {
+        p.name for p in (tmp_path / "out" / "charts").iterdir()
+    }
 
 
 @pytest.fixture(scope="module")

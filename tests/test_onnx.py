@@ -1,5 +1,6 @@
 """`export --format onnx [--quantize int8]`: the merged model with its pooling and softmax as an ONNX graph, which
-predict and serve run with onnxruntime (the `onnx` kind) exactly as the PyTorch run scores."""
+predict and serve run with onnxruntime (the `onnx` kind) exactly as the PyTorch run scores (a probe run's export:
+tests/test_round_trip.py)."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def test_onnx_is_refused_in_one_line_for_a_tfidf_run_and_quantize_needs_onnx(sma
     train(resolve_config("tfidf", overrides={"data": {"source": str(small_data)}}), tmp_path / "tfidf")
     result = cli("export", "--run", tmp_path / "tfidf", "--out", tmp_path / "out", "--format", "onnx")
     assert result.code == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: export --format onnx applies to LoRA runs")
+    assert result.stderr.startswith("error: export --format onnx applies to LoRA and probe runs")
     result = cli("export", "--run", bert_run, "--out", tmp_path / "out", "--quantize", "int8")
     assert result.code == 2 and "--quantize int8 applies to --format onnx, not --format run" in result.stderr
     result = cli("export", "--run", bert_run, "--out", tmp_path / "out", "--merge", "--format", "onnx")

@@ -2,8 +2,9 @@
 the run's own test predictions, `load_classifier`, `predict` through the CLI and `serve` agree to 1e-6.
 
 A new kind in lorabench.models.registry.CLASSIFIERS fails `test_every_kind_has_a_builder` until it is built here,
-so no kind escapes the check. The run's test predictions are the reference because training scores its splits
-with the saved copy (lorabench.training.records.saved_copy) or with weights read back from the saved adapter.
+so no kind escapes the check (the onnx kind is built from a LoRA run, and from a probe run as well). The run's test
+predictions are the reference because training scores its splits with the saved copy
+(lorabench.training.records.saved_copy) or with weights read back from the saved adapter.
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ def test_every_kind_has_a_builder():
 @pytest.mark.parametrize("kind", sorted(CLASSIFIERS))
 def test_a_saved_run_answers_as_it_did_when_trained(kind, dataset, runs, cli, tmp_path):
     assert_round_trip(runs(kind, dataset, cli), kind, dataset, cli, tmp_path)
+
+
+@pytest.mark.parametrize("dataset", sorted(DATA_FLAGS))
+def test_a_probe_runs_onnx_export_answers_as_the_probe_did(dataset, runs, cli, tmp_path):
+    """The `onnx` builder exports a LoRA run; a probe run exports its frozen encoder, pooling and head."""
+    probe = runs("probe", dataset, cli)
+    (tmp_path / "onnx-source").symlink_to(probe)  # _reference: the probabilities of the run it came from
+    result = cli("export", "--run", probe, "--out", tmp_path / "onnx", "--format", "onnx")
+    assert result.code == 0, result.stderr
+    assert RunDir(tmp_path / "onnx").summary().kind == "onnx"
+    assert_round_trip(tmp_path / "onnx", "onnx", dataset, cli, tmp_path)
 
 
 def assert_round_trip(run: Path, kind: str, dataset: str, cli, tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ def print_label_issues(issues: LabelIssues) -> None:
 
 def results_text(table, out: Path) -> str:
     """What compare and report print: the verdict, the results table, and where the report is."""
-    from lorabench.workflows.report import display_rows, markdown_table, verdict_of
+    from lorabench.workflows.report import results_markdown, verdict_of
 
     verdict = "\n".join(verdict_of(table).sentences)
-    return f"{verdict}\n\n{markdown_table(*display_rows(table))}report: {out / 'report.html'}"
+    return f"{verdict}\n\n{results_markdown(table)}report: {out / 'report.html'}"

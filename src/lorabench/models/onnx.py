@@ -1,6 +1,8 @@
-"""The `onnx` kind: a LoRA run's merged model, its pooling and the softmax as one ONNX graph, run by onnxruntime.
+"""The `onnx` kind: a LoRA run's merged model, its pooling and the softmax (or a probe run's frozen encoder, its
+pooling and the logistic-regression head) as one ONNX graph, run by onnxruntime.
 
-`lorabench export --format onnx` writes it (`export_onnx`, called by the lora kind after merging); the export
+`lorabench export --format onnx` writes it (`export_onnx`, called by the lora kind after merging and by the probe
+kind); the export
 directory holds the run's config and a summary naming this kind, so `predict` and `serve` load it like any run.
 Texts are tokenized with the `tokenizers` library from the exported tokenizer.json, cut and batched by length
 exactly as the lora kind does (tokenization.encode, batching.length_sorted_batches, tokenization.pad_batch):
@@ -36,7 +38,7 @@ SETTINGS_FILE = "settings.json"
 TOKENIZER_FILE = "tokenizer.json"
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
-NOT_AGAIN = "this is an ONNX export already; export the LoRA run it came from instead"
+NOT_AGAIN = "this is an ONNX export already; export the run it came from instead"
 
 
 class OnnxSettings(BaseModel):
@@ -71,14 +73,17 @@ def require(module: str):
         raise LorabenchError(f"ONNX exports need the {module} package: pip install 'lorabench[onnx]'") from err
 
 
-def export_onnx(model, tokenizer, settings: OnnxSettings, directory: Path) -> None:
-    """Trace `model` (merged, no adapter) with its pooling and softmax into directory/onnx, int8-quantized on
-    request, with the tokenizer and settings.json."""
+def export_onnx(
+    model, tokenizer, settings: OnnxSettings, directory: Path, probabilities: torch.nn.Module | None = None
+) -> None:
+    """Trace `model` (merged, no adapter) with its pooling and softmax, or `probabilities` (a module from input_ids
+    and attention_mask to class probabilities around `model`: a probe's encoder and head), into directory/onnx,
+    int8-quantized on request, with the tokenizer and settings.json."""
     require("onnx")  # torch.onnx.export writes through it
     quantization = require("onnxruntime.quantization") if settings.quantize == "int8" else None
     target = directory / MODEL_DIR
     target.mkdir()
-    wrapper = ProbabilityModel(model, settings.pooling).eval()
+    wrapper = (probabilities or ProbabilityModel(model, settings.pooling)).eval()
     # two rows of different lengths: the traced graph keeps the attention mask's padding branch
     rows = tokenizer(["an example to trace the graph with", "another"])["input_ids"]
     example = pad_batch(rows, settings.pad_id, settings.padding_side)

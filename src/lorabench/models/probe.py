@@ -3,6 +3,7 @@
 No gradient flows through the encoder, so training is one pass of scoring plus a linear fit: the cheapest neural
 approach, and the one a careful engineer tries first. The encoder is the run's base model loaded from its source
 again (as LoRA runs load theirs); the fitted head is stored as plain arrays (safetensors) and JSON, never pickle.
+`export --format onnx` traces the encoder, the pooling and the head into one graph (`ProbeProbabilities`).
 The training recipe caches embeddings on disk by model and texts (`embedding_cache`), so a comparison, a sweep or
 a rerun embeds each text set once.
 """
@@ -27,6 +28,8 @@ from lorabench.core.runtime import choose_device
 from lorabench.core.storage import RunDir, load_arrays, replace_dir, save_arrays, write_atomic
 from lorabench.data.batching import length_sorted_batches
 from lorabench.data.tokenization import encode, load_tokenizer
+from lorabench.models.onnx import MODEL_FILE as ONNX_FILE
+from lorabench.models.onnx import OnnxSettings, export_onnx
 from lorabench.models.packing import classifier, is_decoder_classifier, padded_inputs, resolve_pooling
 from lorabench.models.split_zip import cache_root
 from lorabench.models.weights import ResolvedModel, load_base_model, resolve_source, sentence_transformers_pooling
@@ -166,9 +169,39 @@ class ProbeClassifier:
         )
 
     def export_onnx(self, directory: Path, quantize: str) -> dict:
-        raise LorabenchError(
-            "export --format onnx does not cover probe runs yet; export without --format (predict and serve load it)"
-        )
+        """The frozen encoder, its pooling and the head as one ONNX graph (lorabench.models.onnx)."""
+        encoder = self.encoder.to("cpu")
+        settings = OnnxSettings(
+            pad_id=self.tokenizer.pad_token_id, padding_side=self.tokenizer.padding_side, max_length=self.max_length,
+            batch_size=self.batch_size, pooling=self.pooling, quantize=quantize,
+        )  # fmt: skip
+        head = ProbeProbabilities(encoder, self.pooling, self.regression.coef_, self.regression.intercept_)
+        export_onnx(encoder, self.tokenizer, settings, directory, head)
+        return {"max_length": self.max_length, "pooling": self.pooling, "quantize": quantize,
+                "usage": f"onnx/{ONNX_FILE} maps input_ids and attention_mask (int64, padded) to probabilities; "
+                "two classes: predict label_names[1] when P(label_names[1]) >= threshold; otherwise the arg-max "
+                "class"}  # fmt: skip
+
+
+class ProbeProbabilities(torch.nn.Module):
+    """(input_ids, attention_mask) -> class probabilities as a probe scores: the frozen encoder, `pooled`, and the
+    logistic regression as a linear layer and a softmax (two classes: scikit-learn's sigmoid of its one logit z is
+    the softmax of (0, z)). The module a probe's ONNX graph is traced from."""
+
+    def __init__(self, encoder, pooling: str, coef: np.ndarray, intercept: np.ndarray):
+        super().__init__()
+        self.encoder, self.pooling = encoder, pooling
+        if len(coef) == 1:
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+        self.head = torch.nn.Linear(coef.shape[1], coef.shape[0])
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
+            self.head.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        options = {"use_cache": False} if is_decoder_classifier(self.encoder) else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **options).last_hidden_state
+        return torch.softmax(self.head(pooled(hidden.float(), attention_mask, self.pooling)), dim=-1)
 
 
 def embedding_cache() -> Path:

@@ -223,6 +223,6 @@ class TfidfClassifier:
 
     def export_onnx(self, directory: Path, quantize: str) -> dict:
         raise LorabenchError(
-            "export --format onnx applies to LoRA runs; a TF-IDF run is a scikit-learn model (export it "
+            "export --format onnx applies to LoRA and probe runs; a TF-IDF run is a scikit-learn model (export it "
             "without --format onnx)"
         )

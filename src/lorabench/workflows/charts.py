@@ -1,12 +1,13 @@
-"""The comparison's charts as PNG bytes: F1 and training time per model, F1 against prediction cost, confusion
-matrices and precision-recall curves, drawn on matplotlib `Figure` objects (Agg canvas, no display and no pyplot
-state). A module of its own because matplotlib takes half a second to import, which the processes that only train,
+"""The comparison's charts as PNG bytes: F1 and training time per model, F1 against prediction and training cost
+(seconds, peak memory), confusion matrices and precision-recall curves, drawn on matplotlib `Figure` objects (Agg
+canvas, no display and no pyplot state). A module of its own because matplotlib takes half a second to import, which the processes that only train,
 predict or serve (compare's spawned members, torchrun's ranks, sweep workers) should not pay.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -85,33 +86,56 @@ def _pr_chart(results: list[ModelResult]) -> bytes:
     return _png(figure)
 
 
-def _cost_chart(table: pd.DataFrame) -> bytes | None:
-    """Val F1 (mean over seeds, with the 95% interval's extent) against prediction throughput (log scale); the
-    models no other beats on both are filled and joined. None when no model's cost was measured."""
-    rows = table[(table["status"] == "ok") & table["predict_texts_per_s"].notna()]
+@dataclass(frozen=True)
+class CostAxis:
+    """A cost that val F1 is plotted against: its results column, what it is, its axis label, and whether more of
+    it is cheaper (throughput) or dearer (seconds, memory)."""
+
+    column: str
+    title: str
+    label: str
+    more_is_cheaper: bool
+
+
+# chart file -> its cost: what using a model costs, then what training it cost
+COST_CHARTS = {
+    "cost.png": CostAxis("predict_texts_per_s", "prediction throughput",
+                         "texts per second, bulk prediction (log scale; right is cheaper)", True),
+    "cost_train_seconds.png": CostAxis("train_seconds", "training time",
+                                       "training seconds (log scale; left is cheaper)", False),
+    "cost_train_memory.png": CostAxis("peak_memory_mb", "training peak memory",
+                                      "peak memory while training, MB (log scale; left is cheaper)", False),
+}  # fmt: skip
+
+
+def _cost_chart(table: pd.DataFrame, cost: CostAxis) -> bytes | None:
+    """Val F1 (mean over seeds, with the 95% interval's extent) against a cost (log scale); the models no other
+    beats on both are filled and joined. None when no model's cost was measured."""
+    rows = table[(table["status"] == "ok") & (table[cost.column].astype(float) > 0)]
     if rows.empty:
         return None
-    f1, speed = rows["val_f1_mean"].to_numpy(float), rows["predict_texts_per_s"].to_numpy(float)
+    f1, amount = rows["val_f1_mean"].to_numpy(float), rows[cost.column].to_numpy(float)
     below = (rows["val_f1"] - rows["val_f1_low"]).to_numpy(float)
     above = (rows["val_f1_high"] - rows["val_f1"]).to_numpy(float)
-    front = pareto_front(list(zip(f1, speed, strict=True)))
+    cheapness = amount if cost.more_is_cheaper else -amount
+    front = pareto_front(list(zip(f1, cheapness, strict=True)))
     figure = Figure(figsize=(6.4, 4.4))
     axes = figure.subplots()
     for i, name in enumerate(rows["model"]):
         on_front = i in front
-        axes.errorbar(speed[i], f1[i], yerr=[[below[i]], [above[i]]], fmt="o", capsize=4,
+        axes.errorbar(amount[i], f1[i], yerr=[[below[i]], [above[i]]], fmt="o", capsize=4,
                       color="C0" if on_front else "0.55", markerfacecolor="C0" if on_front else "white")  # fmt: skip
-        axes.annotate(name, (speed[i], f1[i]), textcoords="offset points", xytext=(7, 5), fontsize=8)
-    ordered = sorted(front, key=lambda i: speed[i])
-    axes.plot(speed[ordered], f1[ordered], "--o", color="C0", linewidth=1, label="no other model beats it on both")
+        axes.annotate(name, (amount[i], f1[i]), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    ordered = sorted(front, key=lambda i: amount[i])
+    axes.plot(amount[ordered], f1[ordered], "--o", color="C0", linewidth=1, label="no other model beats it on both")
     axes.set_xscale("log")
-    if np.log10(speed.max() / speed.min()) < 2:  # a decade or two shows one or two powers of ten: add 2x and 5x
+    if np.log10(amount.max() / amount.min()) < 2:  # a decade or two shows one or two powers of ten: add 2x and 5x
         axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.6g}"))
     axes.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within a decade or two
     axes.margins(x=0.25, y=0.15)
-    axes.set_title("Val F1 against prediction throughput")
-    axes.set_xlabel("texts per second, bulk prediction (log scale; right is cheaper)")
+    axes.set_title(f"Val F1 against {cost.title}")
+    axes.set_xlabel(cost.label)
     axes.set_ylabel("val F1 (mean over seeds)")
     axes.legend(loc="lower left", fontsize=8)
     return _png(figure)
@@ -137,9 +161,10 @@ def draw_charts(results: list[ModelResult], table: pd.DataFrame) -> dict[str, by
         ),
         "pr_curves.png": _pr_chart(trained),
     }
-    cost = _cost_chart(table)
-    if cost is not None:
-        charts["cost.png"] = cost
+    for name, cost in COST_CHARTS.items():
+        png = _cost_chart(table, cost)
+        if png is not None:
+            charts[name] = png
     for result in trained:
         charts[f"confusion_{safe_dir_name(result.name)}.png"] = _confusion_chart(result)
     return charts

@@ -4,8 +4,9 @@ Three forms: the run's model files as they are (a directory that `lorabench pred
 model files beside the config and summary); for kinds built on a pretrained model, the model merged into one
 plain checkpoint (LoRA: peft's `merge_and_unload`, saved with its tokenizer and id2label) that
 `AutoModelForSequenceClassification.from_pretrained` loads without lorabench or peft; or that merged model with
-the run's pooling and a softmax as an ONNX graph (fp32 or int8), which `predict` and `serve` run with onnxruntime
-(the `onnx` kind: the export holds the run's config and a summary naming that kind). Each carries a README.md
+the run's pooling and a softmax (a probe run: its frozen encoder and head) as an ONNX graph (fp32 or int8), which
+`predict` and `serve` run with onnxruntime (the `onnx` kind: the export holds the run's config and a summary naming
+that kind). Each carries a README.md
 model card (workflows/model_card.py) built from the run's record.
 """
 

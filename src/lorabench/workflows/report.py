@@ -19,10 +19,11 @@ from sklearn.metrics import precision_recall_fscore_support
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import CompareManifest
 from lorabench.core.storage import replace_dir, safe_dir_name, write_atomic
+from lorabench.workflows.grid import build_grid, grid_markdown, member_method
 from lorabench.workflows.label_issues import TOP_ROWS, read_issues
 from lorabench.workflows.results import ModelResult, load_results, same_rows
 from lorabench.workflows.scoring import RESAMPLES, uncertainty_columns
-from lorabench.workflows.verdict import Standing, Verdict, decide
+from lorabench.workflows.verdict import f1_name, verdict_of
 
 CHARTS_DIR = "charts"
 PAGE_TEMPLATE = Path(__file__).with_name("report.html.j2")  # the page's HTML, a Jinja template
@@ -45,6 +46,7 @@ def split_columns(split: str) -> list[str]:
 
 COLUMNS = [
     "model",
+    "method",
     "status",
     "rank",
     "seeds",
@@ -106,6 +108,7 @@ def results_table(results: list[ModelResult]) -> pd.DataFrame:
     for result in results:
         row = {
             "model": result.name,
+            "method": member_method(result.name, result.summary.method if result.ok else None)[1],
             "status": result.status,
             "error": result.error,
             "wall_seconds": result.wall_seconds,
@@ -118,25 +121,6 @@ def results_table(results: list[ModelResult]) -> pd.DataFrame:
     types = {column: "Int64" for column in INTEGER_COLUMNS}  # failed rows leave gaps, not 1.0 floats
     types.update({f"{split}_tied_with_best": "boolean" for split in ("val", "test")})
     return table.astype(types)
-
-
-def f1_name(table: pd.DataFrame) -> str:
-    """What the table's F1 is: the positive class's for two classes, the mean over classes (macro) for more."""
-    return "macro-F1" if (table["classes"].fillna(2) > 2).any() else "F1"
-
-
-def verdict_of(table: pd.DataFrame) -> Verdict:
-    """The verdict on a results table: its trained models' mean val F1, paired test and throughput."""
-    standings = [
-        Standing(
-            name=row["model"],
-            f1=float(row["val_f1_mean"]),
-            tied_with_best=None if pd.isna(row["val_tied_with_best"]) else bool(row["val_tied_with_best"]),
-            texts_per_s=None if pd.isna(row["predict_texts_per_s"]) else float(row["predict_texts_per_s"]),
-        )
-        for row in table[table["status"] == "ok"].to_dict("records")
-    ]
-    return decide(standings, f1_name(table))
 
 
 def _number(value, digits: int = 4) -> str:
@@ -200,6 +184,11 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The human table of results.md and the terminal, one header line: 'val f1', 'predict texts/s'."""
     headers, rows = grouped_rows(table)
     return [f"{group} {header}" if group in ("val", "test") else header for group, header in headers], rows
+
+
+def results_markdown(table: pd.DataFrame) -> str:
+    """results.md, which compare and report also print: the results table, then the grid when there is one."""
+    return markdown_table(*display_rows(table)) + grid_markdown(build_grid(table), f1_name(table))
 
 
 GROUP_TITLES = {"val": "validation", "test": "test", "inference": "inference cost", "training": "training"}
@@ -318,7 +307,9 @@ def render_html(
     table: pd.DataFrame,
     charts: dict[str, bytes],
     per_class: pd.DataFrame,
+    cost_titles: dict[str, str],
 ) -> str:
+    """report.html; `cost_titles`: the accuracy-against-cost charts' files and what each cost is."""
     headers, rows = grouped_rows(table)
     statuses = [
         "best" if _is_best(rank) else ("failed" if status != "ok" else "")
@@ -343,6 +334,7 @@ def render_html(
         created=manifest.created,
         split_check=split_check(results),
         verdict=verdict_of(table),
+        grid=build_grid(table),
         headers=headers,
         groups=header_groups(headers),
         GROUP_TITLES=GROUP_TITLES,
@@ -352,6 +344,7 @@ def render_html(
         has_test=table["test_f1"].notna().any(),
         resamples=RESAMPLES,
         charts={name: _data_uri(png) for name, png in charts.items()},
+        cost_charts=[(name, title) for name, title in cost_titles.items() if name in charts],
         confusions=[(r.name, f"confusion_{safe_dir_name(r.name)}.png") for r in results if r.ok],
         checks=manifest.data_checks,
         label_issues=label_issue_sections(results),
@@ -367,9 +360,9 @@ def render(out_dir: str | Path) -> pd.DataFrame:
     out_dir = Path(out_dir)
     manifest, results = load_results(out_dir)
     table = results_table(results)
-    from lorabench.workflows.charts import draw_charts  # deferred: matplotlib's import (charts module docstring)
+    from lorabench.workflows import charts as plots  # deferred: matplotlib's import (charts module docstring)
 
-    charts = draw_charts(results, table)
+    charts = plots.draw_charts(results, table)
 
     def write_charts(directory: Path) -> None:
         for name, png in charts.items():
@@ -377,8 +370,13 @@ def render(out_dir: str | Path) -> pd.DataFrame:
 
     replace_dir(write_charts, out_dir / CHARTS_DIR)
     write_atomic(out_dir / "results.csv", table.to_csv(index=False))
-    write_atomic(out_dir / "results.md", markdown_table(*display_rows(table)))
+    write_atomic(out_dir / "results.md", results_markdown(table))
     per_class = per_class_table(results)
     write_atomic(out_dir / "per_class.csv", per_class.to_csv(index=False))
-    write_atomic(out_dir / "report.html", render_html(manifest, results, table, charts, per_class))
+    write_atomic(
+        out_dir / "report.html",
+        render_html(
+            manifest, results, table, charts, per_class, {name: cost.title for name, cost in plots.COST_CHARTS.items()}
+        ),
+    )
     return table

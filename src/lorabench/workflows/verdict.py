@@ -1,22 +1,27 @@
 """The comparison's answer in words: which model is best, which are as good, and what each costs next to the
-cheapest of those. Pure functions of the numbers, so the sentences are tested on hand-made results."""
+cheapest of those. Pure functions of the numbers (`decide`) or of the results table (`verdict_of`), so the
+sentences are tested on hand-made results."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 
 @dataclass(frozen=True)
 class Standing:
     """One trained model's numbers: val F1 (mean over seeds), whether a paired bootstrap finds it not significantly
-    worse than the best (None: not compared, its rows differ), and its bulk prediction throughput (None when not
-    measured)."""
+    worse than the best (None: not compared, its rows differ), its bulk prediction throughput (None when not
+    measured), the method it trained with (None: a kind without one, like tfidf) and its training seconds."""
 
     name: str
     f1: float
     tied_with_best: bool | None
     texts_per_s: float | None
+    method: str | None = None
+    train_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,13 @@ def decide(standings: Sequence[Standing], metric: str = "F1") -> Verdict:
         sentences.append(f"Not significantly worse (paired bootstrap, 95%): {', '.join(s.name for s in tied)}.")
     elif all(s.tied_with_best is False for s in standings if s is not best) and len(standings) > 1:
         sentences.append("Every other model is significantly worse (paired bootstrap, 95%).")
-    if cheapest is not None and tied:
+    if cheapest is not None and tied and len({s.method for s in standings if s.method is not None}) > 1:
+        sentences.append(  # a grid of models and methods: the cheapest approach (model:method) as good as the best
+            f"Cheapest approach not significantly worse than the best ({best.name}, val {metric} {best.f1:.4f}): "
+            f"{cheapest.name} ({_speed(cheapest.texts_per_s)} texts/s{_training(cheapest)}, val {metric} "
+            f"{cheapest.f1:.4f})."
+        )
+    elif cheapest is not None and tied:
         sentences.append(f"Cheapest of these: {cheapest.name} ({_speed(cheapest.texts_per_s)} texts/s).")
     if len(pareto) > 1:
         sentences.append(f"Unbeaten on both val {metric} and prediction speed: {', '.join(pareto)}.")
@@ -108,5 +119,33 @@ def _times(ratio: float) -> str:
     return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:,.0f}x"
 
 
+def _training(model: Standing) -> str:
+    if model.train_seconds is None:
+        return ""
+    seconds = model.train_seconds
+    return f", trains in {seconds:.1f} s" if seconds < 10 else f", trains in {seconds:,.0f} s"
+
+
 def _speed(texts_per_s: float) -> str:
     return f"{texts_per_s:,.0f}" if texts_per_s >= 100 else f"{texts_per_s:.1f}"
+
+
+def f1_name(table: pd.DataFrame) -> str:
+    """What the table's F1 is: the positive class's for two classes, the mean over classes (macro) for more."""
+    return "macro-F1" if (table["classes"].fillna(2) > 2).any() else "F1"
+
+
+def verdict_of(table: pd.DataFrame) -> Verdict:
+    """The verdict on a results table: its trained models' mean val F1, paired test and throughput."""
+    standings = [
+        Standing(
+            name=row["model"],
+            f1=float(row["val_f1_mean"]),
+            tied_with_best=None if pd.isna(row["val_tied_with_best"]) else bool(row["val_tied_with_best"]),
+            texts_per_s=None if pd.isna(row["predict_texts_per_s"]) else float(row["predict_texts_per_s"]),
+            method=None if pd.isna(row["method"]) else str(row["method"]),
+            train_seconds=None if pd.isna(row["train_seconds"]) else float(row["train_seconds"]),
+        )
+        for row in table[table["status"] == "ok"].to_dict("records")
+    ]
+    return decide(standings, f1_name(table))
