@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import failure_text, torchrun
+from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, RunDir, recover_dirs
 
 # 192 training rows in batches of 16 rows (batch_tokens 0: a known number of steps): 12 steps per epoch; with
@@ -182,7 +184,8 @@ def test_every_record_file_is_written_atomically(tmp_path, monkeypatch):
 
 def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_models, small_data, tmp_path):
     """Two processes each draw dropout for their own rows, so each needs its own random state back: a run killed
-    mid-epoch and resumed ends byte-identical to an uninterrupted two-process run; one process may not resume it."""
+        mid-epoch and resumed ends byte-identical to an uninterrupted two-process run (that one process may not resume it
+    is test_a_checkpoint_resumes_only_under_the_launch_that_wrote_it)."""
     # 8 rows per process: a global batch of 16, 12 steps per epoch, the step-5 checkpoint is mid-epoch
     command = [
         "train",
@@ -205,12 +208,20 @@ def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_model
     progress = json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())
     assert (progress["epoch"], progress["step"], progress["processes"]) == (0, 5, 2)
 
-    alone = lorabench("train", "--out", out, "--resume")
-    assert alone.returncode == 2
-    assert alone.stderr.strip().splitlines() == [
-        "error: resume this run with the launch that trained it: 2 processes, not 1"
-    ]
-
     resumed = lorabench("train", "--out", out, "--resume", processes=2)
     assert resumed.returncode == 0, failure_text(resumed)
     assert outcome(out) == outcome(tmp_path / "uninterrupted")
+
+
+def test_a_checkpoint_resumes_only_under_the_launch_that_wrote_it(tmp_path):
+    """The global batch is the per-process budget x the processes: another launch would change every batch."""
+    from lorabench.training.state import TrainState, read_checkpoint, write_checkpoint
+
+    write_checkpoint(tmp_path / "checkpoint", {"step": torch.tensor(5)}, TrainState(epoch=1, step=5), processes=2)
+    tensors, state = read_checkpoint(tmp_path / "checkpoint", processes=2)
+    assert int(tensors["step"]) == 5 and (state.epoch, state.step) == (1, 5)
+    with pytest.raises(LorabenchError, match="^resume this run with the launch that trained it: 2 processes, not 1$"):
+        read_checkpoint(tmp_path / "checkpoint", processes=1)
+    (tmp_path / "checkpoint" / "state.pt").write_bytes(b"cut")
+    with pytest.raises(LorabenchError, match="^cannot resume from .*checkpoint: "):
+        read_checkpoint(tmp_path / "checkpoint", processes=2)
