@@ -1,15 +1,12 @@
 """Sweeps on tiny random models: the space, Optuna resume after a finish and after a kill, pruning,
-best.json training again to the same F1, the W&B configuration and agent, and Ray running trials in parallel."""
+best.json training again to the same F1, and the W&B configuration and agent (sweeps on Ray: tests/test_ray.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -19,11 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from lorabench.core.errors import LorabenchError
-from lorabench.core.storage import CHECKPOINT_DIR, RunDir
-from lorabench.workflows.sweep import SweepSettings, load_space, make_objective, sweep
+from lorabench.workflows.sweep import SweepSettings, load_space, sweep
 from lorabench.workflows.sweep.optuna_backend import GRACE_INTERVALS, retried_trial
-from lorabench.workflows.sweep.ray_backend import RAY_DIR, SWEEP_FILE
 
 # A space the tiny models train on in seconds: short texts, few rows per batch.
 TINY_SPACE = """parameters:
@@ -412,89 +406,3 @@ def test_sweep_agent_outside_wandb_agent_says_so(cli, tiny_models, small_data, t
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda: FakeRun({})))
     result = cli("sweep-agent", "--model", tiny_models["roberta"], "--data", small_data, "--out", tmp_path / "s")
     assert result.code == 2 and "started by `wandb agent`" in result.stderr
-
-
-# ---------------------------------------------------------------------------------------------- Ray
-
-
-def test_ray_runs_two_trials_in_parallel(tiny_models, small_data, tmp_path, local_ray):
-    pytest.importorskip("ray.tune")
-    out = tmp_path / "sweep"
-    result = sweep(tiny_settings(tiny_models, small_data, out, trials=2, epochs=2, backend="ray", cpus_per_trial=1))
-    table = pd.read_csv(out / "trials.csv")
-    assert sorted(table["number"]) == [0, 1] and set(table["state"]) <= {"COMPLETE", "PRUNED"}
-    starts = pd.to_datetime(table["started"])
-    ends = pd.to_datetime(table["finished"])
-    assert starts.max() < ends.min(), table[["number", "started", "finished"]]  # the two trials overlapped
-    assert result["finished_trials"] == 2
-    assert (out / "best.json").is_file() and (out / "optimization_history.png").is_file()
-    best = json.loads((out / "best.json").read_text())
-    assert best["value"] == pytest.approx(
-        json.loads((out / "trials" / str(best["trial"]) / "summary.json").read_text())["val"]["f1"]
-    )
-
-
-def test_an_interrupted_ray_sweep_resumes_and_keeps_its_finished_trials(tiny_models, small_data, tmp_path, local_ray):
-    """Trial 1 is interrupted after its first epoch's checkpoint (Tune stops on SIGUSR1 as on Ctrl-C), and blocks
-    in its next report at the latest; running the sweep again keeps trial 0 and continues trial 1 from its
-    checkpoint, each epoch trained once."""
-    pytest.importorskip("ray.tune")
-    out = tmp_path / "sweep"
-    cpus = 0.75 * len(os.sched_getaffinity(0))  # over half the CPUs per trial: one at a time (on 2: one thread)
-    # 4 epochs: after trial 1's first checkpoint, 3 more keep it running while Tune acts on the signal
-    settings = tiny_settings(
-        tiny_models, small_data, out, trials=2, epochs=4, backend="ray", cpus_per_trial=cpus, prune=False
-    )
-    first, second = out / "trials" / "0", out / "trials" / "1"
-
-    def interrupt_after_the_second_trials_first_epoch():
-        deadline = time.monotonic() + 300
-        while not (second / CHECKPOINT_DIR).is_dir():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    threading.Thread(target=interrupt_after_the_second_trials_first_epoch, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        sweep(settings)
-    assert (first / "summary.json").is_file() and not (second / "summary.json").exists()
-    assert not (out / "trials.csv").exists()  # no report of a sweep half done
-    first_finished = (first / "summary.json").stat().st_mtime_ns
-    rows_before = RunDir(second).metrics()
-    assert rows_before[0]["epoch"] == 1
-
-    result = sweep(settings)
-    table = pd.read_csv(out / "trials.csv")
-    assert table["number"].tolist() == [0, 1] and table["state"].tolist() == ["COMPLETE", "COMPLETE"]
-    assert result["finished_trials"] == 2 and (out / "best.json").is_file() and (out / "index.html").is_file()
-    assert (first / "summary.json").stat().st_mtime_ns == first_finished  # kept, not trained again
-    rows = RunDir(second).metrics()
-    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
-    assert rows[: len(rows_before)] == rows_before  # continued from its checkpoint, not trained again (times)
-    summary = json.loads((second / "summary.json").read_text())
-    assert table["value"].tolist()[1] == pytest.approx(max(row["val_f1"] for row in rows))
-    assert summary["val"]["f1"] == pytest.approx(max(row["val_f1"] for row in rows))
-    assert table["epochs_run"].tolist() == [4, 4] and table["seconds"].notna().all()  # times of both sessions
-
-
-@pytest.mark.parametrize(
-    ("stored", "message"),
-    [
-        ({"epochs": 3}, "holds a Ray sweep with other settings (train.epochs, trials)"),
-        (None, "holds a Ray sweep that cannot be resumed"),
-    ],
-)
-def test_a_ray_sweep_is_resumed_only_with_its_own_settings(tiny_models, small_data, tmp_path, stored, message):
-    pytest.importorskip("ray.tune")
-    out = tmp_path / "sweep"
-    settings = tiny_settings(tiny_models, small_data, out, trials=2, backend="ray")
-    (out / RAY_DIR).mkdir(parents=True)
-    (out / RAY_DIR / "tuner.pkl").write_bytes(b"")  # what Tune checks before restoring
-    if stored is not None:
-        other = make_objective(settings.model_copy(update=stored))
-        (out / SWEEP_FILE).write_text(json.dumps({**other.identity(), "trials": 3, "prune": True}))
-    with pytest.raises(LorabenchError, match=re.escape(message)):
-        sweep(settings)
-    written_before = {RAY_DIR, SWEEP_FILE} if stored else {RAY_DIR}
-    assert {path.name for path in out.iterdir()} == written_before and (out / RAY_DIR / "tuner.pkl").stat().st_size == 0
