@@ -58,11 +58,25 @@ def failure_text(done: subprocess.CompletedProcess) -> str:
     return text if len(text) <= 4000 else f"{text[:2500]}\n[...]\n{text[-1500:]}"
 
 
+# The modules that take longest, started first (pytest-xdist hands out whole files in collection order): a long
+# module handed out last would run alone at the end while the other workers sit idle.
+LONGEST_FIRST = (
+    "test_ray.py",
+    "test_distributed.py",
+    "test_resume.py",
+    "test_plan.py",
+    "test_sweep.py",
+    "test_train.py",
+)
+
+
 def pytest_collection_modifyitems(items) -> None:
-    """Tests that read the real tweets belong to the slow tier."""
+    """Tests that read the real tweets belong to the slow tier; the longest modules go first."""
     for item in items:
         if "tweets_dir" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its own order
 
 
 @pytest.fixture(scope="session")
