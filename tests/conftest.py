@@ -227,6 +227,9 @@ def local_ray():
     """One local Ray for a worker's whole session: commands use a Ray their process already started
     (workflows.cluster.ray_session), so each test that needs one skips its start-up (15-20 s on 2 cores)."""
     ray = pytest.importorskip("ray")
+    # Ray runs its workers at niceness 15; beside the suite's other workers (niceness 0) they would get the cores'
+    # leftovers, and this module would end long after the rest.
+    os.environ["RAY_worker_niceness"] = "0"
     ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
