@@ -229,7 +229,7 @@ def local_ray():
     ray = pytest.importorskip("ray")
     # Ray runs its workers at niceness 15; beside the suite's other workers (niceness 0) they would get the cores'
     # leftovers, and this module would end long after the rest.
-    os.environ["RAY_worker_niceness"] = "0"
+    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112 - Ray reads its settings by this exact name
     ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
