@@ -79,13 +79,15 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, help="held-back test labels: the id and label columns")
     parser.add_argument("--epochs", default="1")
     parser.add_argument("--record", type=Path, help="write the figures as a bench/results record")
+    parser.add_argument("--compare-out", type=Path, help="an earlier comparison of this script to check again")
     args = parser.parse_args()
     columns = ["--id-column", args.id_column, "--text-column", args.text_column, "--label-column", args.label_column]
-    out = Path(tempfile.mkdtemp(prefix="reload-agreement-")) / "compare"
-    started = time.perf_counter()
-    cli("compare", "--models", args.models, "--data", str(args.data), "--epochs", args.epochs, "--ensemble",
-        "--out", str(out), *columns)  # fmt: skip
-    print(f"compare: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    out = args.compare_out or Path(tempfile.mkdtemp(prefix="reload-agreement-")) / "compare"
+    if args.compare_out is None:
+        started = time.perf_counter()
+        cli("compare", "--models", args.models, "--data", str(args.data), "--epochs", args.epochs, "--ensemble",
+            "--out", str(out), *columns)  # fmt: skip
+        print(f"compare: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     test = pd.read_csv(args.data / "test.csv", dtype={args.id_column: str})
     truth = None
     if args.labels:
@@ -93,21 +95,26 @@ def main() -> None:
         truth = test[[args.id_column]].merge(held, on=args.id_column, how="left")[args.label_column].astype(str)
     rows = []
     for run in sorted(path for path in (out / "runs").iterdir() if (path / "summary.json").is_file()):
-        trained = pd.read_csv(run / "test_predictions.csv", dtype={args.id_column: str})
-        predicted_file = run.parent.parent / f"predict_{run.name}.csv"
-        cli("predict", "--run", str(run), "--data", str(args.data / "test.csv"), "--out", str(predicted_file))
+        # the run's own file: its ids as `id`, its labels as `prediction`, a prob_<class> column per class
+        trained = pd.read_csv(run / "test_predictions.csv", dtype={"id": str})
+        predicted_file = out / f"predict_{run.name}.csv"
+        cli("predict", "--run", str(run), "--data", str(args.data / "test.csv"), "--out", str(predicted_file),
+            "--probabilities")  # fmt: skip
         predicted = pd.read_csv(predicted_file, dtype={args.id_column: str})
         answered = served(run, test[args.text_column].fillna("").astype(str).tolist())
-        same_ids = predicted[args.id_column].tolist() == trained[args.id_column].tolist()
-        at_training = trained[args.label_column].astype(str)
+        same_ids = predicted[args.id_column].tolist() == trained["id"].tolist()
+        at_training = trained["prediction"].astype(str)
+        probabilities = [name for name in trained.columns if name.startswith("prob_")]
         row = {
             "run": run.name,
             "test rows": len(trained),
             "predict = training-time labels": f"{(predicted[args.label_column].astype(str) == at_training).sum()}"
             f"/{len(trained)}" + ("" if same_ids else " (ids differ)"),
-            "max |score difference|": float((predicted["score"] - trained["score"]).abs().max()),
+            "max |probability difference|": float(
+                (predicted[probabilities] - trained[probabilities]).abs().max().max()
+            ),
             "serve = training-time labels": f"{(pd.Series(answered) == at_training).sum()}/{len(trained)}",
-            "labels predicted": int(at_training.nunique()),
+            "classes predicted": int(at_training.nunique()),
         }
         if truth is not None:
             row["test accuracy (held-back labels)"] = round(float((at_training == truth).mean()), 4)
