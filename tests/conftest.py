@@ -58,25 +58,11 @@ def failure_text(done: subprocess.CompletedProcess) -> str:
     return text if len(text) <= 4000 else f"{text[:2500]}\n[...]\n{text[-1500:]}"
 
 
-# The modules that take longest, started first (pytest-xdist hands out whole files in collection order): a long
-# module handed out last would run alone at the end while the other workers sit idle.
-LONGEST_FIRST = (
-    "test_ray.py",
-    "test_distributed.py",
-    "test_resume.py",
-    "test_plan.py",
-    "test_sweep.py",
-    "test_train.py",
-)
-
-
 def pytest_collection_modifyitems(items) -> None:
-    """Tests that read the real tweets belong to the slow tier; the longest modules go first."""
+    """Tests that read the real tweets belong to the slow tier."""
     for item in items:
         if "tweets_dir" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
-    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its own order
 
 
 @pytest.fixture(scope="session")
@@ -227,9 +213,6 @@ def local_ray():
     """One local Ray for a worker's whole session: commands use a Ray their process already started
     (workflows.cluster.ray_session), so each test that needs one skips its start-up (15-20 s on 2 cores)."""
     ray = pytest.importorskip("ray")
-    # Ray runs its workers at niceness 15; beside the suite's other workers (niceness 0) they would get the cores'
-    # leftovers, and this module would end long after the rest.
-    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112 - Ray reads its settings by this exact name
     ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
