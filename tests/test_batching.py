@@ -82,6 +82,17 @@ def test_small_data_sets_keep_enough_steps_per_epoch():
     assert sorted(np.concatenate(batches).tolist()) == list(range(400))
 
 
+def test_a_launch_with_a_larger_nominal_budget_trains_the_same_batches_where_the_floor_binds():
+    """Two processes with one process's per-process budget ask for twice the global budget; when small data
+    lowers both to the same floor, the batches, and hence lr, are those of the single process."""
+    from lorabench.data.batching import step_budget
+
+    lengths = _tweet_like_lengths(192)
+    assert step_budget(lengths, 2 * 512) == step_budget(lengths, 512) < 512
+    one, two = (epoch_batches(lengths, 8, 3, 1, step_budget(lengths, budget)) for budget in (512, 2 * 512))
+    assert [b.tolist() for b in one] == [b.tolist() for b in two]
+
+
 def test_empty_split_gives_no_batches():
     assert epoch_batches(np.zeros(0, dtype=np.int64), 8, 0, 1, 2048) == []
 

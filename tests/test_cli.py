@@ -42,6 +42,19 @@ def test_flags_and_set_reach_the_run_config(cli, small_data, tmp_path):
     assert config["lora"]["target_modules"] == ["query", "value"] and config["model"]["kind"] == "tfidf"
 
 
+def test_model_flag_keeps_a_files_model_settings_unless_the_file_names_another_model(tmp_path):
+    from lorabench.core.config import resolve_config
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("model:\n  pooling: cls\n  config_overrides: {hidden_dropout_prob: 0.0}\n")
+    kept = resolve_config("minilm", settings).model
+    assert (kept.name, kept.pooling, kept.config_overrides) == ("minilm", "cls", {"hidden_dropout_prob": 0.0})
+    other = tmp_path / "other.yaml"
+    other.write_text("model:\n  name: mpnet\n  pooling: cls\n")
+    replaced = resolve_config("minilm", other).model
+    assert (replaced.name, replaced.pooling) == ("minilm", resolve_config("minilm").model.pooling)
+
+
 def test_a_literal_setting_refuses_other_values_and_set_needs_a_key(cli, small_data, tmp_path):
     refused = cli("train", "--model", "tfidf", "--data", small_data, "--out", tmp_path / "a", "--scheduler", "steep")
     assert refused.code == 2 and "steep" in refused.stderr

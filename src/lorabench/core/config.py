@@ -359,8 +359,10 @@ def resolve_config(
     model_name = model or file_model.get("name") or ModelConfig().name
     preset = preset_dict(model_name) or {}
     raw = merge(preset, file_values)
-    if model and model != file_model.get("name"):
-        # An explicit --model replaces the file's model section (its source would point elsewhere).
+    names_a_model = file_model.get("name") or file_model.get("source")
+    if model and names_a_model and model != file_model.get("name"):
+        # An explicit --model replaces a file's model section written for another model (its source, targets and
+        # pooling are that model's); a section naming no model holds settings for whichever model is given.
         raw["model"] = dict(preset.get("model", {"source": model}))
     raw.setdefault("model", {})["name"] = model_name
     if not raw["model"].get("source"):
