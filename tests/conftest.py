@@ -209,16 +209,6 @@ def tiny_bert(tiny_models, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray for a worker's whole session: commands use a Ray their process already started
-    (workflows.cluster.ray_session), so each test that needs one skips its start-up (15-20 s on 2 cores)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def llama_run(tiny_models, small_data, tmp_path_factory) -> Path:
     """A finished tiny Llama run for predict / serve (its scores vary from text to text, unlike a tiny RoBERTa's).
     Shared: tests read it and write elsewhere."""

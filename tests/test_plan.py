@@ -65,7 +65,9 @@ def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_
         pytest.skip("the CPU check: on CUDA the run reports GPU memory")
     cli = str(Path(sys.executable).parent / "lorabench")
     data = tmp_path / "tweets.csv"
-    pd.read_csv(tweets_dir / "train.csv").head(300).to_csv(data, index=False)  # the peak is a batch's, not the rows'
+    # 120 training rows, about 4,000 tokens: 64-token batches stay under the 50-steps-an-epoch floor, so the run
+    # trains the batches the plan is asked about (the peak is a batch's, not the rows')
+    pd.read_csv(tweets_dir / "train.csv").head(150).to_csv(data, index=False)
     subprocess.run(
         [
             cli,
@@ -78,7 +80,7 @@ def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_
             "--epochs",
             "1",
             "--batch-tokens",
-            "256",
+            "64",
             "--precision",
             "fp32",
             "--out",
@@ -89,7 +91,7 @@ def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_
     )
     measured = json.loads((tmp_path / "run" / "summary.json").read_text())["peak_memory_mb"]
     planned = subprocess.run(
-        [cli, "plan", "--model", "minilm", "--batch-tokens", "256", "--json"],
+        [cli, "plan", "--model", "minilm", "--batch-tokens", "64", "--json"],
         check=True,
         capture_output=True,
         text=True,
@@ -97,4 +99,4 @@ def test_plan_is_within_a_quarter_of_the_measured_peak_for_minilm_on_cpu(tweets_
     )
     fp32 = json.loads(planned.stdout)["estimates"][0]
     assert (fp32["precision"], fp32["gradient_checkpointing"]) == ("fp32", False)
-    assert fp32["total_mb"] == pytest.approx(measured, rel=0.25)
+    assert fp32["total_mb"] == pytest.approx(measured, rel=0.25), (fp32, measured)

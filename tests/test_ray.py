@@ -30,6 +30,17 @@ from test_sweep import tiny_settings
 
 pytestmark = pytest.mark.slow  # a local Ray and its worker processes
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module: commands use a Ray their process already started (workflows.cluster.ray_session),
+    so each test skips its start-up (15-20 s on 2 cores); stopped after the module, as its idle processes take CPU
+    from the tests that follow on this worker."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
 # ------------------------------------------------------------------------------------------------------- compare
 
 DATA = Path(__file__).parent / "data" / "binary"
@@ -187,6 +198,7 @@ def test_a_ray_sweep_is_resumed_only_with_its_own_settings(tiny_models, small_da
 
 
 TWO = PredictBackend(backend="ray", replicas=2)
+ONE = PredictBackend(backend="ray", replicas=1)  # where the number of replicas is not the point: one fewer to start
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +273,7 @@ def test_a_broken_shard_is_named_in_one_line_and_nothing_is_written(ray_setup, t
     rows.head(100).drop(columns="text").to_csv(tmp_path / "shards" / "b.csv", index=False)  # read, not scored
     out = tmp_path / "scores.csv"
     with pytest.raises(LorabenchError) as failure:
-        predict_on_ray(root / "run", tmp_path / "shards", out, TWO)
+        predict_on_ray(root / "run", tmp_path / "shards", out, ONE)
     message = str(failure.value)
     assert "b.csv" in message and "text" in message and "\n" not in message
     assert not out.exists() and not list(tmp_path.glob(".scores.csv.*"))
@@ -269,7 +281,7 @@ def test_a_broken_shard_is_named_in_one_line_and_nothing_is_written(ray_setup, t
     (tmp_path / "shards" / "b.csv").unlink()
     (tmp_path / "shards" / "c.parquet").write_bytes(b"PAR1 not parquet")  # refused before Ray starts work
     with pytest.raises(LorabenchError, match=r"c\.parquet"):
-        predict_on_ray(root / "run", tmp_path / "shards", out, TWO)
+        predict_on_ray(root / "run", tmp_path / "shards", out, ONE)
     assert not out.exists()
 
 
@@ -281,7 +293,7 @@ def test_a_run_the_replicas_cannot_load_is_named_not_retried(ray_setup, tmp_path
     shutil.copytree(root / "run", tmp_path / "run")
     shutil.rmtree(tmp_path / "run" / TfidfClassifier.model_dir)
     with pytest.raises(LorabenchError, match="cannot load the tfidf model") as failure:
-        predict_on_ray(tmp_path / "run", root / "texts.csv", tmp_path / "scores.csv", TWO)
+        predict_on_ray(tmp_path / "run", root / "texts.csv", tmp_path / "scores.csv", ONE)
     assert "\n" not in str(failure.value) and not (tmp_path / "scores.csv").exists()
 
 

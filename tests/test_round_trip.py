@@ -22,7 +22,7 @@ from lorabench.core.metrics import decide
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
 from lorabench.models import tfidf
-from lorabench.models.registry import CLASSIFIERS, load_classifier
+from lorabench.models.registry import CLASSIFIERS, classifier_type, load_classifier
 from lorabench.workflows.serve import ServeSettings, create_app
 
 TOLERANCE = 1e-6
@@ -109,6 +109,7 @@ def _tolerance(kind: str) -> float:
 
 def test_every_kind_has_a_builder():
     assert set(BUILDERS) == set(CLASSIFIERS)
+    assert {kind: classifier_type(kind).kind for kind in CLASSIFIERS} == {kind: kind for kind in CLASSIFIERS}
 
 
 @pytest.mark.parametrize("dataset", sorted(DATA_FLAGS))

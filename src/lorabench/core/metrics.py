@@ -58,3 +58,9 @@ def check_threshold(threshold: float | None, label_names: list) -> None:
         raise LorabenchError(f"--threshold applies to two-class runs; this run has {len(label_names)} classes")
     if not 0.0 <= threshold <= 1.0:
         raise LorabenchError(f"--threshold must lie between 0 and 1, not {threshold}")
+
+
+def probability_columns(probabilities: np.ndarray, label_names: list) -> dict[str, np.ndarray]:
+    """`prob_<class name>` per class in label_names order, to 6 decimals: a run's predictions files and
+    `predict --probabilities` name and round them alike, so their columns compare one to one."""
+    return {f"prob_{name}": probabilities[:, class_id].round(6) for class_id, name in enumerate(label_names)}

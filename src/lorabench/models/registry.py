@@ -7,6 +7,7 @@ lorabench.training.run.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, CONFIG_FILE, TRACKER_DIRS, RunDir
-from lorabench.models import ensemble, lora, onnx, probe, prompt, tfidf
+from lorabench.models import ensemble
 
 
 class Classifier(Protocol):
@@ -51,24 +52,27 @@ class AveragingClassifier(ensemble.AveragingClassifier):
         return cls.load_with(run_dir, batch_size, load_classifier)
 
 
-CLASSIFIERS: dict[str, type[Classifier]] = {
-    lora.KIND: lora.LoraClassifier,
-    lora.FULL_KIND: lora.FullClassifier,
-    probe.KIND: probe.ProbeClassifier,
-    prompt.KIND: prompt.PromptClassifier,
-    tfidf.KIND: tfidf.TfidfClassifier,
-    ensemble.KIND: AveragingClassifier,
-    onnx.KIND: onnx.OnnxClassifier,
+# Each kind's class as module:name, imported when a run of that kind is trained or loaded: loading a tfidf run
+# never imports torch, transformers and peft (seconds of a process's start). test_round_trip checks the kinds.
+CLASSIFIERS: dict[str, str] = {
+    "lora": "lorabench.models.lora:LoraClassifier",
+    "full": "lorabench.models.lora:FullClassifier",
+    "probe": "lorabench.models.probe:ProbeClassifier",
+    "prompt": "lorabench.models.prompt:PromptClassifier",
+    "tfidf": "lorabench.models.tfidf:TfidfClassifier",
+    "ensemble": "lorabench.models.registry:AveragingClassifier",
+    "onnx": "lorabench.models.onnx:OnnxClassifier",
 }
 
 
-DEFAULT_KIND = lora.KIND  # what runs written before kinds were recorded hold, unless their files say otherwise
+DEFAULT_KIND = "lora"  # what runs written before kinds were recorded hold, unless their files say otherwise
 
 
 def classifier_type(kind: str) -> type[Classifier]:
     if kind not in CLASSIFIERS:
         raise LorabenchError(f"unknown model kind '{kind}'; lorabench has {', '.join(sorted(CLASSIFIERS))}")
-    return CLASSIFIERS[kind]
+    module, name = CLASSIFIERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def recorded_kind(run: RunDir) -> str:
@@ -76,8 +80,8 @@ def recorded_kind(run: RunDir) -> str:
     kind = run.summary().kind
     if kind is not None:
         return kind
-    for candidate, classifier in CLASSIFIERS.items():
-        if run.file(classifier.model_dir).is_dir():
+    for candidate in CLASSIFIERS:
+        if run.file(classifier_type(candidate).model_dir).is_dir():
             return candidate
     raise LorabenchError(f"{run.path} holds no model files of any kind ({', '.join(sorted(CLASSIFIERS))})")
 

@@ -18,7 +18,7 @@ import pandas as pd
 from lorabench.core.config import RunConfig
 from lorabench.core.console import say
 from lorabench.core.errors import InternalError
-from lorabench.core.metrics import best_threshold, classification_metrics, predicted_labels
+from lorabench.core.metrics import best_threshold, classification_metrics, predicted_labels, probability_columns
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir, write_atomic
 from lorabench.data.sources import TextSplits
@@ -30,12 +30,6 @@ from lorabench.training.tracking import make_tracker
 SPLITS = (("val", "validation"), ("test", "test"))
 EpochCallback = Callable[[int, dict], None]
 RELOAD_TOLERANCE = 1e-6  # a saved model's probabilities against the same model's in memory
-
-
-def probability_columns(probabilities: np.ndarray, label_names: list) -> dict[str, np.ndarray]:
-    """`prob_<class name>` per class in label_names order, to 6 decimals: a run's predictions files and
-    `predict --probabilities` name and round them alike, so their columns compare one to one."""
-    return {f"prob_{name}": probabilities[:, class_id].round(6) for class_id, name in enumerate(label_names)}
 
 
 def write_predictions(

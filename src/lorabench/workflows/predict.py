@@ -17,12 +17,11 @@ import pyarrow.parquet as pq
 from lorabench.core import console
 from lorabench.core.config import DataConfig
 from lorabench.core.errors import LorabenchError, first_line
-from lorabench.core.metrics import check_threshold, decide
+from lorabench.core.metrics import check_threshold, decide, probability_columns
 from lorabench.core.storage import RunDir, atomic_file
 from lorabench.data.files import csv_options, file_kind
 from lorabench.data.texts import require_column, template_columns, template_texts
 from lorabench.models.registry import Classifier, load_classifier
-from lorabench.training.records import probability_columns
 
 READ_CHUNK_ROWS = 2048
 OUTPUT_FORMATS = (".csv", ".jsonl")
