@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import forked
 from conftest import SYNTHETIC
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, LOCK_FILE, METRICS_FILE, DiskFull, RunDir, writing
@@ -59,15 +60,15 @@ def _env(**extra) -> dict:
 
 
 def lorabench(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "lorabench.cli", "-q", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=_env())
+    """`lorabench -q ARGS` in a fresh process (forked: tests/forked.py)."""
+    return forked.run([sys.executable, "-m", "lorabench.cli", "-q", *map(str, args)], _env())
 
 
-def held_lorabench(marker: Path, hold_at_loss: int, *args) -> subprocess.Popen:
+def held_lorabench(marker: Path, hold_at_loss: int, *args) -> forked.Forked:
     """`lorabench -q ARGS` started in the background; returns once it holds at the loss call (or has ended)."""
     env = _env(HOLD_AT_LOSS=str(hold_at_loss), HOLD_MARKER=str(marker))
     command = [sys.executable, "-c", HOLD_AT_LOSS, "-q", *map(str, args)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = forked.Forked(command, env)
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

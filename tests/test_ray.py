@@ -30,6 +30,7 @@ from test_sweep import tiny_settings
 
 pytestmark = pytest.mark.slow  # a local Ray and its worker processes
 
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module: commands use a Ray their process already started (workflows.cluster.ray_session),

@@ -1,8 +1,8 @@
 """A killed `train` resumes where its last checkpoint left it and ends exactly where an uninterrupted run ends.
 
-Every run is a `python -m lorabench.cli` subprocess with the same environment, so thread counts (and hence
-float summation order) match. The kill is a real SIGKILL that the process sends itself at a fixed training
-step (counted through the loss function), which makes the kill point deterministic without a sleep.
+Every run is `python -m lorabench.cli` in a fresh process (forked: tests/forked.py) with the same environment, so
+thread counts (and hence float summation order) match. The kill is a real SIGKILL that the process sends itself at
+a fixed training step (counted through the loss function), which makes the kill point deterministic without a sleep.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import forked
 from conftest import failure_text, torchrun
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, RunDir, recover_dirs
@@ -62,14 +63,19 @@ def _env(**extra) -> dict:
 
 
 def lorabench(*args, kill_at_loss: int | None = None, processes: int = 1) -> subprocess.CompletedProcess:
-    """`lorabench -q ARGS` in a fresh process (`processes` > 1: under torchrun), optionally killed at a loss call."""
+    """`lorabench -q ARGS` in a fresh process (forked; `processes` > 1: under torchrun), optionally killed at a loss
+    call."""
     if kill_at_loss is None:
         command, env = [sys.executable, "-m", "lorabench.cli"], _env()
     else:
         command, env = [sys.executable, "-c", KILL_AFTER_LOSS], _env(KILL_AT_LOSS=str(kill_at_loss))
-    if processes > 1:  # torchrun starts the same command line once per process
-        command = [*torchrun(processes), "--no-python", *command]
-    return subprocess.run([*command, "-q", *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+    command = [*command, "-q", *map(str, args)]
+    if processes == 1:
+        return forked.run(command, env)
+    # torchrun starts the same command line once per process
+    return subprocess.run(
+        [*torchrun(processes), "--no-python", *command], capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def outcome(run_dir: Path) -> dict:

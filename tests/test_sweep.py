@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 import types
@@ -16,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import forked
 from lorabench.workflows.sweep import SweepSettings, load_space, sweep
 from lorabench.workflows.sweep.optuna_backend import GRACE_INTERVALS, retried_trial
 
@@ -213,19 +213,19 @@ def test_best_json_trains_again_to_the_same_f1(resumed_sweep, cli, tmp_path):
 
 
 def sweep_command(settings: SweepSettings, *extra) -> list[str]:
-    """`lorabench sweep` with `settings` as flags, for a worker in its own process."""
+    """`lorabench sweep` with `settings` as flags, for a worker in its own process (forked: tests/forked.py)."""
     flags = ["--model", settings.model, "--data", settings.data, "--out", settings.out, "--space", settings.space]
     flags += ["--trials", settings.trials, "--epochs", settings.epochs, *extra]
     return [sys.executable, "-m", "lorabench.cli", "-q", "sweep", *map(str, flags)]
 
 
-def kill_once_started(process: subprocess.Popen, started: Path, seconds: float, trial: str) -> None:
+def kill_once_started(process: forked.Forked, started: Path, seconds: float, trial: str) -> None:
     """SIGKILL the sweep process as soon as `started` exists (that trial has started training), as a machine
     dies mid-trial."""
     try:
         deadline = time.monotonic() + seconds
         while not started.is_file():
-            assert process.poll() is None, process.stderr.read().decode()
+            assert process.poll() is None, process.communicate()[1]
             assert time.monotonic() < deadline, f"{trial} never started"
             time.sleep(0.1)
         process.send_signal(signal.SIGKILL)
@@ -238,7 +238,7 @@ def test_killed_sweep_resumes_with_the_same_number_of_trials(tiny_models, small_
     out = tmp_path / "sweep"
     settings = tiny_settings(tiny_models, small_data, out, trials=4, epochs=2)
     command = sweep_command(settings)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = forked.Forked(command)
     kill_once_started(process, out / "trials" / "2" / "config.yaml", 300, "trial 3")  # of 4
     killed = snapshot(load_study(out))
     assert [killed[n][0] for n in (0, 1, 2)] == ["COMPLETE", "COMPLETE", "RUNNING"]
@@ -268,7 +268,7 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_retried_by_another_
         for machine in ("a", "b")
     )
     shared = ("--storage", storage, "--heartbeat-seconds", heartbeat)
-    dying = subprocess.Popen(sweep_command(first, *shared), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dying = forked.Forked(sweep_command(first, *shared))
     kill_once_started(dying, first.out / "trials" / "0" / "config.yaml", 60, "trial 0")
     study = optuna.load_study(study_name="sweep", storage=storage)
     [killed] = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
@@ -276,7 +276,7 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_retried_by_another_
     study._storage.set_trial_user_attr(killed._trial_id, "worker", "another-machine:1")
     time.sleep(GRACE_INTERVALS * heartbeat + 1)
 
-    done = subprocess.run(sweep_command(second, *shared), capture_output=True, text=True, timeout=120)
+    done = forked.run(sweep_command(second, *shared), timeout=120)
     assert done.returncode == 0, done.stderr
     trials = optuna.load_study(study_name="sweep", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
