@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +22,7 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from prometheus_client.parser import text_string_to_metric_families
 
+import forked
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir
 from lorabench.models.registry import load_classifier
@@ -170,7 +171,8 @@ def test_threshold_override_is_checked(llama_classifier, llama_run):
 
 
 def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
-    """The `lorabench serve` command itself, in a subprocess, answers like `predict`."""
+    """The `lorabench serve` command itself, in a process of its own (forked: tests/forked.py), answers like
+    `predict`."""
     texts, labels, _ = expected
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -188,11 +190,11 @@ def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
         "--threshold",
         "0.5",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = forked.Forked(command)
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert process.poll() is None, process.stderr.read().decode()
+            assert process.poll() is None, process.communicate()[1]
             assert time.monotonic() < deadline, "lorabench serve did not start"
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
@@ -204,7 +206,7 @@ def test_cli_serves_on_loopback(llama_run, llama_classifier, expected):
         probabilities = llama_classifier.predict_proba(texts[:5])
         assert [p["label"] for p in answer["predictions"]] == (probabilities[:, 1] >= 0.5).astype(int).tolist()
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
 
 
