@@ -34,7 +34,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.bytecode: $(VENV)/.dev-installed
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import lorabench.api, lorabench.training.run, peft, onnxruntime; \
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import lorabench.api, peft, onnxruntime; \
 		from transformers import BertModel, LlamaModel, MistralModel, MPNetModel, RobertaModel"
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest --collect-only -q -p no:cacheprovider > /dev/null
 	touch $@

@@ -8,7 +8,6 @@ memory (test_plan) and torchrun's workers (test_distributed, test_resume)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import runpy
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lorabench.workflows.compare import PRELOADED
+from lorabench.workflows.compare import fresh_process_context
 
 
 def _child(command: list[str], env: dict, cwd: str, stdout: str, stderr: str) -> None:
@@ -48,8 +47,7 @@ class Forked:
     """The running process, answering as much of subprocess.Popen as the tests use."""
 
     def __init__(self, command: list[str], env: dict | None = None):
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOADED)
+        context = fresh_process_context()
         self._files = tempfile.TemporaryDirectory(prefix="forked-")
         self._out, self._err = (str(Path(self._files.name) / name) for name in ("stdout", "stderr"))
         child_env = dict(os.environ if env is None else env)

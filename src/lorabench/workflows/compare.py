@@ -80,7 +80,7 @@ def _report_in_child(function: Callable[..., object], args: tuple, progress: boo
         conn.close()
 
 
-def _fresh_process_context() -> multiprocessing.context.BaseContext:
+def fresh_process_context() -> multiprocessing.context.BaseContext:
     """forkserver where the platform has it (Linux, macOS), else spawn; never a fork of this process."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -92,7 +92,7 @@ def _fresh_process_context() -> multiprocessing.context.BaseContext:
 def run_isolated(what: str, function: Callable[..., object], *args: object) -> tuple[str, str]:
     """Call `function(*args)` in a fresh process; (status, reason), also when the process dies without a word.
     `what` names the work in that reason."""
-    context = _fresh_process_context()
+    context = fresh_process_context()
     receive, send = context.Pipe(duplex=False)
     progress = console.progress_enabled()  # the child starts with fresh module state: hand on --quiet
     child_args = (function, args, progress, os.getcwd(), dict(os.environ), send)
