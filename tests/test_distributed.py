@@ -20,10 +20,8 @@ pytestmark = pytest.mark.slow  # torchrun processes
 CLI = str(Path(sys.executable).parent / "lorabench")
 
 
-def _train(
-    tmp: Path, data: Path, model: str, out: str, processes: int, batch_tokens: int, extra: list[str], threads: int = 1
-) -> dict:
-    """`lorabench train` in `processes` processes of `threads` threads each; its summary."""
+def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_tokens: int, extra: list[str]) -> dict:
+    """`lorabench train` in `processes` processes of one thread each; its summary."""
     command = [
         CLI,
         "-q",
@@ -42,7 +40,7 @@ def _train(
     ]
     if processes > 1:
         command = [*torchrun(processes), *command]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, failure_text(done)
     return json.loads((tmp / out / "summary.json").read_text())
