@@ -3,16 +3,20 @@ training stack once: the forkserver `compare` itself trains members in (workflow
 process of its own (its pid takes signals, it dies alone, its exit status is a subprocess's), without importing
 torch, transformers and peft again (about 5 s of CPU per process on 2 cores).
 
-Not for what a fork cannot stand for: the installed entry point (test_bad_input, test_cli), a process's peak
-memory (test_plan) and torchrun's workers (test_distributed, test_resume)."""
+`launch` starts a command as torchrun's workers would run it (its process-group variables, the others stopped when
+one fails) in such processes. Not for what a fork cannot stand for: the installed entry point (test_bad_input,
+test_cli), a process's peak memory (test_plan), torchrun itself and a worker's interpreter shutdown
+(test_distributed keeps a real torchrun launch for both)."""
 
 from __future__ import annotations
 
 import os
 import runpy
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from lorabench.workflows.compare import fresh_process_context
@@ -89,3 +93,39 @@ def run(command: list[str], env: dict | None = None, timeout: float = 600) -> su
         process.kill()
         raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def launch(
+    command: list[str], env: dict | None = None, processes: int = 2, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node PROCESSES --no-python COMMAND` in forked processes: each gets the
+    variables torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT), and when one fails the others are
+    killed, as torchrun's agent does, rather than left waiting in a collective. Exit status: the first failure's,
+    else 0; output: every rank's, in rank order."""
+    with socket.socket() as probe:  # a free port for rank 0's store, as --standalone picks one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shared = {"WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(port)}  # fmt: skip
+    ranks = [
+        Forked(command, {**(os.environ if env is None else env), **shared, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+        for rank in range(processes)
+    ]
+    deadline = time.monotonic() + timeout
+    while (failed := next((rank for rank in ranks if rank.poll()), None)) is None:
+        if all(rank.poll() == 0 for rank in ranks):
+            break
+        if time.monotonic() > deadline:
+            for rank in ranks:
+                rank.kill()
+            raise subprocess.TimeoutExpired(command, timeout)
+        time.sleep(0.05)
+    for rank in ranks:
+        rank.kill()  # the others of a failed launch (a finished process is left alone)
+    outputs = [rank.communicate() for rank in ranks]
+    return subprocess.CompletedProcess(
+        command,
+        failed.returncode if failed else 0,
+        "".join(out for out, _ in outputs),
+        "".join(err for _, err in outputs),
+    )

@@ -1,5 +1,6 @@
-"""Data parallelism: `torchrun --nproc_per_node 2` (gloo on CPU) takes the same steps as one process with twice
-the batch, writes one record from rank 0 and scores the whole validation set."""
+"""Data parallelism: two processes (gloo on CPU) take the same steps as one process with twice the batch, write one
+record from rank 0 and score the whole validation set. The equivalence runs are launched as torchrun's workers
+(tests/forked.py: forked, with torchrun's variables); `compare` and a worker's shutdown run under torchrun itself."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import forked
 from conftest import failure_text, torchrun
 
-pytestmark = pytest.mark.slow  # torchrun processes
+pytestmark = pytest.mark.slow  # processes of their own, torchrun
 
 CLI = str(Path(sys.executable).parent / "lorabench")
 
@@ -23,7 +25,9 @@ CLI = str(Path(sys.executable).parent / "lorabench")
 def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_tokens: int, extra: list[str]) -> dict:
     """`lorabench train` in `processes` processes of one thread each; its summary."""
     command = [
-        CLI,
+        sys.executable,
+        "-m",
+        "lorabench.cli",
         "-q",
         "train",
         "--model",
@@ -38,10 +42,8 @@ def _train(tmp: Path, data: Path, model: str, out: str, processes: int, batch_to
         "fp32",
         *extra,
     ]
-    if processes > 1:
-        command = [*torchrun(processes), *command]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    done = forked.launch(command, env, processes) if processes > 1 else forked.run(command, env)
     assert done.returncode == 0, failure_text(done)
     return json.loads((tmp / out / "summary.json").read_text())
 

@@ -203,7 +203,7 @@ def test_a_ray_sweep_is_resumed_only_with_its_own_settings(tiny_models, small_da
 
 
 TWO = PredictBackend(backend="ray", replicas=2)
-ONE = PredictBackend(backend="ray", replicas=1)  # where the number of replicas is not the point: one fewer to start
+ONE = PredictBackend(backend="ray", replicas=1)  # where the number of replicas is not the point: one process fewer
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_a_folder_of_parquet_shards_without_ids_is_numbered_as_one_file(ray_setu
         texts.iloc[start : start + 110].to_parquet(tmp_path / "shards" / f"part-{index:05d}.parquet", index=False)
     (tmp_path / "shards" / "_SUCCESS").touch()  # what Spark leaves beside its shards
     texts.to_parquet(tmp_path / "whole.parquet", index=False)
-    predict_on_ray(root / "run", tmp_path / "shards", tmp_path / "ray.jsonl", TWO, chunk_rows=40)
+    predict_on_ray(root / "run", tmp_path / "shards", tmp_path / "ray.jsonl", ONE, chunk_rows=40)
     predict_file(root / "run", tmp_path / "whole.parquet", tmp_path / "local.jsonl")
     on_ray = pd.read_json(tmp_path / "ray.jsonl", lines=True)
     local = pd.read_json(tmp_path / "local.jsonl", lines=True)
@@ -265,7 +265,7 @@ def test_cli_submission_from_a_glob_of_csv_shards_is_one_file(ray_setup, cli, tm
         rows.iloc[start : start + 150].to_csv(tmp_path / f"shard-{index}.csv", index=False)
     on_ray = tmp_path / "out" / "sub.csv"
     result = cli("predict", "--run", root / "run", "--data", tmp_path / "shard-*.csv", "--out", on_ray,
-                 "--submission", "--backend", "ray", "--replicas", "2")  # fmt: skip
+                 "--submission", "--backend", "ray", "--replicas", "1")  # fmt: skip
     assert result.code == 0, result.stderr
     predict_file(root / "run", root / "texts.csv", tmp_path / "local.csv", submission=True)
     assert on_ray.read_text() == (tmp_path / "local.csv").read_text()  # exactly Kaggle's id,target, in order

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import forked
-from conftest import failure_text, torchrun
+from conftest import failure_text
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import CHECKPOINT_DIR, RunDir, recover_dirs
 
@@ -63,8 +63,8 @@ def _env(**extra) -> dict:
 
 
 def lorabench(*args, kill_at_loss: int | None = None, processes: int = 1) -> subprocess.CompletedProcess:
-    """`lorabench -q ARGS` in a fresh process (forked; `processes` > 1: under torchrun), optionally killed at a loss
-    call."""
+    """`lorabench -q ARGS` in a fresh process (forked; `processes` > 1: as torchrun's workers), optionally killed at
+    a loss call."""
     if kill_at_loss is None:
         command, env = [sys.executable, "-m", "lorabench.cli"], _env()
     else:
@@ -72,10 +72,7 @@ def lorabench(*args, kill_at_loss: int | None = None, processes: int = 1) -> sub
     command = [*command, "-q", *map(str, args)]
     if processes == 1:
         return forked.run(command, env)
-    # torchrun starts the same command line once per process
-    return subprocess.run(
-        [*torchrun(processes), "--no-python", *command], capture_output=True, text=True, timeout=600, env=env
-    )
+    return forked.launch(command, env, processes)
 
 
 def outcome(run_dir: Path) -> dict:
@@ -188,7 +185,7 @@ def test_every_record_file_is_written_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
-def test_killed_run_under_torchrun_resumes_to_the_same_result(recipe, tiny_models, small_data, tmp_path):
+def test_killed_two_process_run_resumes_to_the_same_result(recipe, tiny_models, small_data, tmp_path):
     """Two processes each draw dropout for their own rows, so each needs its own random state back: a run killed
         mid-epoch and resumed ends byte-identical to an uninterrupted two-process run (that one process may not resume it
     is test_a_checkpoint_resumes_only_under_the_launch_that_wrote_it)."""
