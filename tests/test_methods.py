@@ -213,27 +213,68 @@ def prompt_run(tiny_causal_lm, tmp_path_factory) -> Path:
     return out
 
 
+def _by_hand(classifier, prompt: list[int]) -> list[float]:
+    """One forward pass of the whole prompt + word per class (no cache), summing log P(word token | before)."""
+    row = []
+    for word in classifier.words:
+        ids = classifier.tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = classifier.model(input_ids=torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+        row.append(sum(logits[len(prompt) - 1 + j, token].item() for j, token in enumerate(ids)))
+    return row
+
+
 def test_prompt_scores_are_the_label_words_log_probabilities(prompt_run):
-    """A hand computation: one forward pass of prompt + word per class, summing log P(word token | before)."""
+    """The scores against a hand computation; the prompt is the shots tokenized once, then the text's own."""
+    from dataclasses import replace
+
     from lorabench.models.registry import load_classifier
 
     classifier = load_classifier(prompt_run)
-    assert classifier.words == ["calm", "fire"]
+    assert classifier.words == ["calm", "fire"] and len(classifier.shots) == 4
     texts = ["A storm near the city tonight.", "Coffee and music this weekend."]
-    expected = []
+    tokenizer, expected = classifier.tokenizer, []
     for text in texts:
-        prompt = classifier.tokenizer(classifier.prompt_for(text))["input_ids"]
-        row = []
-        for word in classifier.words:
-            ids = classifier.tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
-            with torch.no_grad():
-                logits = classifier.model(input_ids=torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
-            row.append(sum(logits[len(prompt) - 1 + j, token].item() for j, token in enumerate(ids)))
-        expected.append(row)
+        prompt = tokenizer(classifier.shots_text())["input_ids"]
+        prompt += tokenizer(classifier.template.format(text=text), add_special_tokens=False)["input_ids"]
+        assert classifier.prompt_ids(text) == prompt
+        expected.append(_by_hand(classifier, prompt))
     np.testing.assert_allclose(classifier.word_log_probabilities(texts), expected, atol=1e-4)
     scores = np.array(expected)
     softmax = np.exp(scores - scores.max(1, keepdims=True))
     np.testing.assert_allclose(classifier.predict_proba(texts), softmax / softmax.sum(1, keepdims=True), atol=1e-4)
+    # words of one token each: one pass per text reads both classes
+    one_token = [
+        w
+        for w in ("the", "a", "and", "of", "to", "in")
+        if len(tokenizer(f" {w}", add_special_tokens=False)["input_ids"]) == 1
+    ]
+    short = replace(classifier, words=one_token[:2])
+    np.testing.assert_allclose(
+        short.word_log_probabilities(texts), [_by_hand(short, short.prompt_ids(text)) for text in texts], atol=1e-4
+    )
+
+
+def test_prompt_shots_stay_whole_and_a_window_too_small_for_them_is_refused(prompt_run):
+    """A long text is cut from the left after the shots, never the shots; a window the shots alone fill is refused
+    in one line instead of scoring prompts whose examples were cut away."""
+    from dataclasses import replace
+
+    from lorabench.core.errors import LorabenchError
+    from lorabench.models.registry import load_classifier
+
+    classifier = load_classifier(prompt_run)
+    tokenizer = classifier.tokenizer
+    shots = tokenizer(classifier.shots_text())["input_ids"]
+    longest_word = max(len(tokenizer(f" {w}", add_special_tokens=False)["input_ids"]) for w in classifier.words)
+    long_text = "storm " * 400
+    own = tokenizer(classifier.template.format(text=long_text), add_special_tokens=False)["input_ids"]
+    room = 20
+    narrow = replace(classifier, max_length=len(shots) + room + longest_word)
+    expected = _by_hand(classifier, shots + own[-room:])  # the text's end and the question stay
+    np.testing.assert_allclose(narrow.word_log_probabilities([long_text])[0], expected, atol=1e-4)
+    with pytest.raises(LorabenchError, match=r"^the 4 shots take \d+ tokens, train.max_length is 10: raise"):
+        replace(classifier, max_length=10).word_log_probabilities(["a text"])
 
 
 def test_prompt_shots_are_training_rows_per_class_and_recorded(prompt_run):

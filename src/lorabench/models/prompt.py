@@ -9,6 +9,7 @@ prompt, shots and words (JSON); the decoder loads from the model's source as LoR
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -116,38 +117,78 @@ class PromptClassifier:
         return cls(load_decoder(resolved, config), tokenizer, prompt.template, words, shots, list(label_names),
                    config.train.max_length, batch_size or config.train.eval_batch_size)  # fmt: skip
 
+    def shots_text(self) -> str:
+        """The shots, each answered with its class's word: the part of the prompt every text shares."""
+        return "".join(f"{self.template.format(text=shot)} {self.words[label]}\n\n" for shot, label in self.shots)
+
     def prompt_for(self, text: str) -> str:
-        """The shots, each answered with its class's word, then the text's own prompt."""
-        shown = "".join(f"{self.template.format(text=shot)} {self.words[label]}\n\n" for shot, label in self.shots)
-        return shown + self.template.format(text=text)
+        """The shots, then the text's own prompt."""
+        return self.shots_text() + self.template.format(text=text)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The prompt's tokens: the shots tokenized once (with the tokenizer's special tokens), then the text's."""
+        shots_ids = self._shots_ids()
+        return shots_ids + self._own_ids(text, first=not shots_ids)
+
+    def _shots_ids(self) -> list[int]:
+        return self.tokenizer(self.shots_text())["input_ids"] if self.shots else []
+
+    def _own_ids(self, text: str, first: bool, room: int | None = None) -> list[int]:
+        """The text's prompt, with the special tokens when nothing comes before it, cut from the left to `room`
+        tokens when given (the text's end and the question stay)."""
+        ids = self.tokenizer(self.template.format(text=text), add_special_tokens=first)["input_ids"]
+        return ids[-room:] if room else ids
 
     def word_log_probabilities(self, texts: list[str]) -> np.ndarray:
-        """log P(word of class c | prompt of text), summed over the word's tokens: shape (len(texts), classes)."""
+        """log P(word of class c | prompt of text), summed over the word's tokens: shape (len(texts), classes).
+
+        The shots are the same before every text, so the decoder reads them once and each batch continues from
+        their cached keys and values; when every word is one token, one pass per text reads all the classes."""
         words = [self.tokenizer(f" {word}", add_special_tokens=False)["input_ids"] for word in self.words]
+        shots_ids = self._shots_ids()
+        room = self.max_length - len(shots_ids) - max(map(len, words))
+        if room < 1:
+            raise LorabenchError(
+                f"the {len(self.shots)} shots take {len(shots_ids)} tokens, train.max_length is {self.max_length}: "
+                f"raise train.max_length or lower prompt.shots"
+            )
+        one_pass = all(len(word) == 1 for word in words)
+        pairs = [(row, None) for row in range(len(texts))] if one_pass else [
+            (row, c) for row in range(len(texts)) for c in range(len(words))]  # fmt: skip
         scores = np.zeros((len(texts), len(words)), dtype=np.float64)
-        pairs = [(row, c) for row in range(len(texts)) for c in range(len(words))]
         device = next(self.model.parameters()).device
         with progress_bar("prompt", len(pairs)) as bar, torch.inference_mode():
+            shots_cache = (
+                self.model(torch.tensor([shots_ids], device=device), use_cache=True).past_key_values
+                if shots_ids
+                else None
+            )
             for start in range(0, len(pairs), self.batch_size):
                 batch = pairs[start : start + self.batch_size]
-                sequences = [self._sequence(texts[row], words[c]) for row, c in batch]
-                inputs = {
-                    k: v.to(device) for k, v in pad_batch(sequences, self.tokenizer.pad_token_id, "right").items()
-                }
-                logits = self.model(**inputs).logits.float().log_softmax(dim=-1)
+                sequences = [self._own_ids(texts[row], not shots_ids, room) + (words[c] if c is not None else [])
+                             for row, c in batch]  # fmt: skip
+                logits = self._log_softmax(sequences, shots_cache, device)
                 for i, (row, c) in enumerate(batch):
+                    if c is None:  # the next token after the prompt, for every class's word
+                        scores[row] = logits[i, len(sequences[i]) - 1, [word[0] for word in words]].cpu().numpy()
+                        continue
                     first = len(sequences[i]) - len(words[c])  # the word's first position
                     positions = torch.arange(first, len(sequences[i]), device=device)
-                    targets = torch.tensor(words[c], device=device)
-                    scores[row, c] = logits[i, positions - 1, targets].sum().item()
+                    scores[row, c] = logits[i, positions - 1, torch.tensor(words[c], device=device)].sum().item()
                 bar.advance(len(batch))
         return scores
 
-    def _sequence(self, text: str, word: list[int]) -> list[int]:
-        """The prompt's tokens, cut from the left to leave room for the word (the text's end and the question
-        stay), then the word's."""
-        ids = self.tokenizer(self.prompt_for(text))["input_ids"]
-        return ids[-max(1, self.max_length - len(word)) :] + word
+    def _log_softmax(self, sequences: list[list[int]], shots_cache, device) -> torch.Tensor:
+        """Log-probabilities over the vocabulary at every position of the sequences (right-padded), each read after
+        the shots' cached keys and values when there are shots."""
+        inputs = {k: v.to(device) for k, v in pad_batch(sequences, self.tokenizer.pad_token_id, "right").items()}
+        if shots_cache is not None:
+            cache = copy.deepcopy(shots_cache)  # the forward pass appends to the cache it is given
+            cache.batch_repeat_interleave(len(sequences))
+            mask = inputs["attention_mask"]
+            before = torch.ones(len(sequences), cache.get_seq_length(), dtype=mask.dtype, device=device)
+            inputs |= {"past_key_values": cache, "attention_mask": torch.cat([before, mask], dim=1)}
+        return self.model(**inputs).logits.float().log_softmax(dim=-1)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Softmax over the classes' word log-probabilities, shape (len(texts), classes)."""
