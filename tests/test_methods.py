@@ -69,6 +69,21 @@ def test_full_changes_the_base_weights_and_lora_methods_do_not(method_runs, cli,
     assert all("lora_" in key or "classifier" in key for key in lora)  # the adapter and head, no base weight
 
 
+def test_setfit_tunes_the_encoder_and_keeps_it_in_the_run_without_pickle(tiny_bert, cli, tmp_path):
+    from test_round_trip import _setfit
+
+    run = _setfit(cli, tmp_path / "run", Path(__file__).parent / "data" / "binary", "binary", {"encoder": tiny_bert})
+    summary = RunDir(run).summary()
+    assert (summary.method, summary.kind, summary.trainable_percent, summary.lr) == ("setfit", "setfit", 100.0, 1e-3)
+    base = load_file(tiny_bert / "model.safetensors")
+    name = next(key for key in base if key.endswith("encoder.layer.0.attention.self.query.weight"))
+    tuned = load_file(run / "setfit" / "encoder" / "model.safetensors")
+    trained = next(value for key, value in tuned.items() if key.endswith(name.split("bert.")[-1]))
+    assert (trained - base[name]).abs().max() > 1e-4  # the pairs moved the encoder; a probe's stays as loaded
+    assert (run / "setfit" / "head.safetensors").is_file()
+    assert not [path for path in run.rglob("*") if path.suffix in {".pkl", ".pickle", ".bin", ".pt", ".joblib"}]
+
+
 def test_loraplus_trains_b_at_a_higher_lr(tiny_bert):
     from lorabench.api import resolve_config
     from lorabench.models.lora import LORAPLUS_LR_RATIO, optimizer_for

@@ -40,10 +40,11 @@ COMMA_SEPARATED = BeforeValidator(_split_commas)
 Trackers = Annotated[list[TrackerName], COMMA_SEPARATED, AfterValidator(_distinct_trackers)]
 
 
-Method = Literal["lora", "dora", "rslora", "pissa", "loraplus", "full", "probe", "prompt"]
+Method = Literal["lora", "dora", "rslora", "pissa", "loraplus", "full", "probe", "setfit", "prompt"]
 # The classifier kind (lorabench.models.registry) each method trains: the LoRA variants all save a peft adapter.
 METHOD_KINDS: dict[str, str] = {"lora": "lora", "dora": "lora", "rslora": "lora", "pissa": "lora",
-                                "loraplus": "lora", "full": "full", "probe": "probe", "prompt": "prompt"}  # fmt: skip
+                                "loraplus": "lora", "full": "full", "probe": "probe", "setfit": "setfit",
+                                "prompt": "prompt"}  # fmt: skip
 
 
 class _Section(BaseModel):
@@ -63,8 +64,8 @@ class ModelConfig(_Section):
     method: Method | None = Field(
         None,
         description="lora (default for a pretrained model), dora, rslora, pissa, loraplus (LoRA variants), full "
-        "(every weight trains), probe (frozen embeddings + logistic regression) or prompt (a decoder answers a "
-        "prompt, no training; see the prompt section)",
+        "(every weight trains), probe (frozen embeddings + logistic regression), setfit (the encoder tuned on "
+        "pairs of texts first, SetFit) or prompt (a decoder answers a prompt, no training; see the prompt section)",
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside the model directory")
     trust_remote_code: bool = Field(False, description="allow a model's own Python code")
@@ -196,7 +197,8 @@ class TrainSettings(_Section):
     packing: bool = Field(False, description="padding-free batches; pays only with a varlen attention kernel")
     lr: float = Field(1e-4, gt=0, description="peak learning rate")
     # Every weight moving at LoRA's lr forgets the pretrained model; 2e-5 is BERT's and RoBERTa's fine-tuning lr.
-    full_lr: float = Field(2e-5, gt=0, description="peak learning rate when model.method is full (every weight trains)")
+    full_lr: float = Field(2e-5, gt=0, description="peak lr when model.method is full or setfit (every weight trains)")
+    setfit_pairs: int = Field(5, gt=0, description="setfit: text pairs drawn per training text and epoch")
     # lr is tuned for batches of `lr_batch_tokens`; when the batch actually trained is smaller (small data lowers
     # the budget to keep 50 steps an epoch, or a smaller batch_tokens), lr is multiplied by
     # sqrt(trained / lr_batch_tokens), Adam's square-root rule: the preset minilm lr on 5-tweet batches collapsed to

@@ -61,6 +61,7 @@ class ProbeClassifier:
     trains_in_epochs: ClassVar[bool] = False  # one fit, recorded as epoch 1
     adapts_a_base_model: ClassVar[bool] = False
     library_name: ClassVar[str] = "scikit-learn"
+    tunes_encoder: ClassVar[bool] = False  # the encoder's weights train too (setfit): they count as trainable
 
     encoder: Any  # the base model under the classification head transformers built
     tokenizer: Any
@@ -135,20 +136,16 @@ class ProbeClassifier:
     def parameter_count(self) -> int:
         return int(self.regression.coef_.size + self.regression.intercept_.size)
 
+    def tune(self, texts: list[str], labels: np.ndarray, config: RunConfig) -> None:
+        """Nothing: a probe's encoder stays frozen (lorabench.models.setfit tunes its own first)."""
+
     def save(self, run_dir: str | Path) -> None:
         """The head's arrays, its settings and the tokenizer into the run's probe/ directory, swapped in whole."""
-
-        def build(directory: Path) -> None:
-            save_arrays(directory / HEAD_FILE, {"coef": self.regression.coef_, "intercept": self.regression.intercept_})
-            settings = {**(self.settings or {}), "pooling": self.pooling, "label_names": self.label_names}
-            (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
-            self.tokenizer.save_pretrained(directory)
-
-        replace_dir(build, Path(run_dir) / MODEL_DIR)
+        replace_dir(lambda directory: save_head(self, directory), Path(run_dir) / MODEL_DIR)
 
     def read_saved(self, run_dir: str | Path) -> ProbeClassifier:
         """This encoder with the head read back from the run's files (records.saved_copy checks the two agree)."""
-        regression, settings = _read_head(RunDir(run_dir).file(MODEL_DIR))
+        regression, settings = read_head(RunDir(run_dir).file(MODEL_DIR))
         return replace(self, regression=regression, settings=settings)
 
     @classmethod
@@ -157,7 +154,7 @@ class ProbeClassifier:
         run = RunDir(run_dir)
         config, summary = run.config(), run.summary()
         directory = run.file(MODEL_DIR)
-        regression, settings = _read_head(directory)
+        regression, settings = read_head(directory)
         tokenizer = load_tokenizer(str(directory), trust_remote_code=config.model.trust_remote_code)
         probe = cls._with_encoder(config, resolve_source(config.model), tokenizer, summary.label_names, batch_size)
         return replace(probe, regression=regression, settings=settings, threshold=summary.threshold)
@@ -208,7 +205,15 @@ def embedding_cache() -> Path:
     return cache_root() / "embeddings"
 
 
-def _read_head(directory: Path) -> tuple[LogisticRegression, dict]:
+def save_head(probe: ProbeClassifier, directory: Path) -> None:
+    """The head's arrays (safetensors), its settings and pooling (JSON) and the tokenizer into `directory`."""
+    save_arrays(directory / HEAD_FILE, {"coef": probe.regression.coef_, "intercept": probe.regression.intercept_})
+    settings = {**(probe.settings or {}), "pooling": probe.pooling, "label_names": probe.label_names}
+    (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    probe.tokenizer.save_pretrained(directory)
+
+
+def read_head(directory: Path) -> tuple[LogisticRegression, dict]:
     try:
         arrays = load_arrays(directory / HEAD_FILE)
         settings = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))

@@ -58,6 +58,7 @@ CLASSIFIERS: dict[str, str] = {
     "lora": "lorabench.models.lora:LoraClassifier",
     "full": "lorabench.models.lora:FullClassifier",
     "probe": "lorabench.models.probe:ProbeClassifier",
+    "setfit": "lorabench.models.setfit:SetFitClassifier",
     "prompt": "lorabench.models.prompt:PromptClassifier",
     "tfidf": "lorabench.models.tfidf:TfidfClassifier",
     "ensemble": "lorabench.models.registry:AveragingClassifier",

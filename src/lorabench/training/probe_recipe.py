@@ -1,5 +1,6 @@
 """Training a probe (`model.method: probe`): embed every split once with the frozen model, fit the head, record
-the run as one epoch. Under torchrun one process fits it and the others wait for its summary (as tfidf's)."""
+the run as one epoch; SetFit (`setfit`) is the same with the encoder tuned on pairs of texts first. Under torchrun
+one process fits it and the others wait for its summary (as tfidf's)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import RunDir
 from lorabench.data.sources import load_splits
 from lorabench.data.statistics import class_weights
-from lorabench.models.probe import ProbeClassifier, embedding_cache
+from lorabench.models.probe import embedding_cache
+from lorabench.models.registry import classifier_type
 from lorabench.models.tfidf import fit_regression
 from lorabench.training.records import finish_one_pass, one_pass_trainer
 
@@ -32,12 +34,14 @@ def train_probe(
     run.check(config, resume)  # refuses another run's directory before any work
     with stage("loading the data and the model", name):
         splits = load_splits(config.data)
-        probe = ProbeClassifier.frozen(config, splits.label_names)
+        probe = classifier_type(config.kind).frozen(config, splits.label_names)
     probe.cache = embedding_cache()
-    labels = splits.train["label"].to_numpy()
+    texts, labels = splits.train["text"].tolist(), splits.train["label"].to_numpy()
     started = time.perf_counter()
+    with stage("tuning the encoder on pairs of training texts", name):
+        probe.tune(texts, labels, config)
     with stage("embedding the training texts", name):
-        features = probe.embed(splits.train["text"].tolist())
+        features = probe.embed(texts)
     with stage("fitting", name):
         weights = class_weights(labels, splits.num_labels)
         probe.regression, probe.settings = fit_regression(features, labels, weights, config.train.seed)
@@ -51,11 +55,14 @@ def train_probe(
     with stage("scoring and writing the record", name):
         probe.save(run.path)
         params, frozen = probe.parameter_count, sum(p.numel() for p in probe.encoder.parameters())
+        params, frozen, lr = (
+            (params + frozen, 0, config.train.full_lr) if probe.tunes_encoder else (params, frozen, None)
+        )
         details = {
             "best_epoch": 1, "epochs": 1, "train_seconds": round(train_seconds, 2), "peak_memory_mb": peak_memory_mb(),
             "trainable_params": params, "total_params": params + frozen,
             "trainable_percent": round(100.0 * params / (params + frozen), 4), "device": probe.encoder.device.type,
-            "processes": 1, "effective_batch": {"rows": len(labels)}, "lr": None, "precision": "fp32",
+            "processes": 1, "effective_batch": {"rows": len(labels)}, "lr": lr, "precision": "fp32",
             "versions": package_versions(VERSIONED_PACKAGES), "pooling": probe.pooling, "method": config.method,
         }  # fmt: skip
         return finish_one_pass(probe, config, splits, run, details, train_loss, on_epoch_end)

@@ -13,7 +13,7 @@ from lorabench.core.config import RunConfig
 from lorabench.core.errors import LorabenchError
 from lorabench.core.schemas import RunSummary
 from lorabench.core.storage import restored_on_failure, writing
-from lorabench.models import lora, probe, prompt, tfidf
+from lorabench.models import lora, probe, prompt, setfit, tfidf
 from lorabench.models.registry import classifier_type
 from lorabench.training.distributed import world
 from lorabench.training.folds import train_folds
@@ -27,6 +27,7 @@ TRAINERS: dict[str, Trainer] = {
     lora.KIND: train_lora,
     lora.FULL_KIND: train_lora,
     probe.KIND: train_probe,
+    setfit.KIND: train_probe,
     prompt.KIND: train_prompt,
     tfidf.KIND: train_tfidf,
 }

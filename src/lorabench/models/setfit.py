@@ -1,0 +1,113 @@
+"""The `setfit` kind (`model.method: setfit`): SetFit, the few-label answer many users know. The `setfit` package's
+trainer first tunes every weight of the encoder on pairs of training texts (same class: close, other classes:
+apart; cosine-similarity loss), then a probe's head is fitted on the tuned encoder's pooled embeddings
+(lorabench.models.probe: a logistic regression, C by cross-validation on the training split).
+
+Unlike a probe's, the encoder changes, so the run stores it (`setfit/encoder/`, safetensors, never pickle) and
+loads it from there; head, pooling and tokenizer are stored as a probe stores them, and `export --format onnx`
+traces encoder, pooling and head as for a probe. `setfit` is an optional dependency: `pip install
+'lorabench[setfit]'`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from lorabench.core.config import RunConfig
+from lorabench.core.console import progress_enabled
+from lorabench.core.errors import LorabenchError
+from lorabench.core.storage import RunDir, replace_dir
+from lorabench.data.tokenization import load_tokenizer
+from lorabench.models.probe import SETTINGS_FILE, ProbeClassifier, read_head, save_head
+from lorabench.models.weights import ResolvedModel, resolve_source
+
+KIND = "setfit"
+MODEL_DIR = "setfit"
+ENCODER_DIR = "encoder"
+# lorabench's pooling names as sentence-transformers' Pooling modes
+POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
+
+
+@dataclass
+class SetFitClassifier(ProbeClassifier):
+    """A probe whose encoder SetFit tuned first; the run holds the tuned encoder."""
+
+    kind: ClassVar[str] = KIND
+    model_dir: ClassVar[str] = MODEL_DIR
+    library_name: ClassVar[str] = "sentence-transformers"
+    tunes_encoder: ClassVar[bool] = True
+
+    def tune(self, texts: list[str], labels: np.ndarray, config: RunConfig) -> None:
+        """SetFit's embedding phase on this encoder: `train.setfit_pairs` pairs per text and epoch, batches of
+        `train.batch_size` pairs, every weight at `train.full_lr`. The pooled vectors change with it, so the
+        embedding cache (keyed by the model's source) no longer applies."""
+        try:
+            from sentence_transformers import SentenceTransformer
+            from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+            from setfit import SetFitModel, Trainer, TrainingArguments
+        except ImportError as err:
+            raise LorabenchError(
+                f"model.method setfit needs the setfit package ({err.name} is missing): pip install 'lorabench[setfit]'"
+            ) from err
+        resolved = resolve_source(config.model)
+        if resolved.gguf_file:
+            raise LorabenchError("model.method setfit needs a model sentence-transformers loads, not a GGUF file")
+        device = next(self.encoder.parameters()).device
+        transformer = Transformer(resolved.source, max_seq_length=self.max_length)
+        transformer.model = self.encoder.requires_grad_(True).train()  # the encoder loaded (and configured) already
+        pooling = Pooling(self.encoder.config.hidden_size, POOLING_MODES[self.pooling])
+        body = SentenceTransformer(modules=[transformer, pooling], device=str(device))
+        with tempfile.TemporaryDirectory(prefix="lorabench-setfit-") as scratch:  # the trainer's output_dir
+            arguments = TrainingArguments(
+                output_dir=scratch, batch_size=config.train.batch_size, num_epochs=config.train.epochs,
+                num_iterations=config.train.setfit_pairs, body_learning_rate=config.train.full_lr,
+                seed=config.train.seed, report_to="none", save_strategy="no", logging_strategy="no",
+                show_progress_bar=progress_enabled(),
+            )  # fmt: skip
+            trainer = Trainer(model=SetFitModel(model_body=body, model_head=LogisticRegression()), args=arguments)
+            trainer.train_embeddings([str(text) for text in texts], [int(label) for label in labels])
+        self.encoder = transformer.model.eval().requires_grad_(False)
+        self.cache = None
+
+    def save(self, run_dir: str | Path) -> None:
+        """Head, settings and tokenizer as a probe's, and the tuned encoder, into the run's setfit/ directory."""
+
+        def build(directory: Path) -> None:
+            save_head(self, directory)
+            self.encoder.save_pretrained(directory / ENCODER_DIR)
+
+        replace_dir(build, Path(run_dir) / MODEL_DIR)
+
+    def read_saved(self, run_dir: str | Path) -> SetFitClassifier:
+        """The classifier read back from the run's files, the encoder included (records.saved_copy)."""
+        return self._read(RunDir(run_dir), self.label_names, self.batch_size)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, batch_size: int | None = None) -> SetFitClassifier:
+        run = RunDir(run_dir)
+        summary = run.summary()
+        return replace(cls._read(run, summary.label_names, batch_size), threshold=summary.threshold)
+
+    @classmethod
+    def _read(cls, run: RunDir, label_names: list, batch_size: int | None) -> SetFitClassifier:
+        """The tuned encoder, tokenizer, pooling and head from the run's files."""
+        config, directory = run.config(), run.file(MODEL_DIR)
+        regression, settings = read_head(directory)
+        tokenizer = load_tokenizer(str(directory), trust_remote_code=config.model.trust_remote_code)
+        resolved = ResolvedModel(str(directory / ENCODER_DIR), None, True)
+        classifier = cls._with_encoder(config, resolved, tokenizer, label_names, batch_size)
+        pooling = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))["pooling"]
+        return replace(classifier, pooling=pooling, regression=regression, settings=settings)
+
+    def export_merged(self, directory: Path) -> dict:
+        raise LorabenchError(
+            "export --merge merges an adapter into its base model; a setfit run holds its whole tuned encoder "
+            "(export it without --merge)"
+        )
