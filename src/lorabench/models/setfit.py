@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -72,7 +73,9 @@ class SetFitClassifier(ProbeClassifier):
                 show_progress_bar=progress_enabled(),
             )  # fmt: skip
             trainer = Trainer(model=SetFitModel(model_body=body, model_head=LogisticRegression()), args=arguments)
-            trainer.train_embeddings([str(text) for text in texts], [int(label) for label in labels])
+            with warnings.catch_warnings():  # its data loader asks for pinned memory whatever the device
+                warnings.filterwarnings("ignore", message=".*pin_memory.*")
+                trainer.train_embeddings([str(text) for text in texts], [int(label) for label in labels])
         self.encoder = transformer.model.eval().requires_grad_(False)
         self.cache = None
 
