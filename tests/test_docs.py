@@ -95,3 +95,12 @@ def test_presets_point_to_records_that_exist():
     for preset in (ROOT / "src" / "lorabench" / "presets").glob("*.yaml"):
         for pointer in re.findall(r"bench/results/[\w.-]+\.json", preset.read_text(encoding="utf-8")):
             assert (ROOT / pointer).is_file(), f"{preset.name} points to {pointer}, which does not exist"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_example_config_is_a_valid_comparison_config(path):
+    from lorabench.workflows.members import load_compare_config
+
+    settings = load_compare_config(path)
+    for name, entry in settings.models.items():  # each member's entry holds only what it sets
+        assert entry.model_fields_set, name
