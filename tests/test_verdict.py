@@ -167,6 +167,9 @@ def test_no_grid_without_two_methods_and_a_member_sharing_a_cell_keeps_its_name(
     assert grid_markdown(None, "F1") == ""
     both = pd.concat([GRID_TABLE, pd.DataFrame([_row("mpnet:lora", "lora", 0.79, 0.77, 0.81, rank=5)])])
     assert [model for model, _ in build_grid(both).rows] == ["tfidf", "minilm", "mpnet", "mpnet:lora"]
+    # an interrupted comparison's member that has not trained yet is pending, not failed
+    waiting = pd.concat([GRID_TABLE, pd.DataFrame([_row("minilm:full", "full", status="pending", texts_per_s=None)])])
+    assert build_grid(waiting).rows[1][1][2] == GridCell("pending", "")
     assert member_method("/models/tiny:probe") == ("/models/tiny", "probe")
     assert member_method("C:/models/tiny") == ("C:/models/tiny", None)
     assert member_method("mpnet", "lora") == ("mpnet", "lora")

@@ -24,7 +24,7 @@ BEST_MARK = "★"
 class GridCell:
     """One member's cell: its text and its standing, the CSS class report.html gives it: 'best' (rank 1),
     'tied' (the paired test finds it not significantly worse than the best), 'failed', 'empty' (no such member),
-    or '' (trained, significantly worse or not compared)."""
+    or '' (trained, significantly worse or not compared; or pending, its text then says so)."""
 
     text: str
     state: str
@@ -50,8 +50,8 @@ def _missing(value) -> bool:
 
 
 def _cell(values: dict) -> GridCell:
-    if values["status"] != "ok":
-        return GridCell("failed", "failed")
+    if values["status"] != "ok":  # failed, or still pending in an interrupted comparison
+        return GridCell(str(values["status"]), "failed" if values["status"] == "failed" else "")
     f1, low, high = values["val_f1"], values["val_f1_low"], values["val_f1_high"]
     text = f"{f1:.4f}" + ("" if _missing(low) else f" [{low:.4f}, {high:.4f}]")
     if not _missing(values["rank"]) and values["rank"] == 1:
