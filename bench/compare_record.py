@@ -36,7 +36,7 @@ def member_rows(results: pd.DataFrame) -> list[dict]:
         )
         rows.append({
             "member": values["model"],
-            "status": values["status"] if values["status"] == "ok" else f"{values['status']}: {values['error']}",
+            "status": f"{values['status']}: {values['error']}" if values["status"] == "failed" else values["status"],
             "val F1 [95% interval]": "" if math.isnan(values["val_f1"]) else f"{values['val_f1']:.4f}{interval}",
             "train s": _number(values["train_seconds"]),
             "train peak MB": _number(values["peak_memory_mb"]),
