@@ -121,10 +121,6 @@ class PromptClassifier:
         """The shots, each answered with its class's word: the part of the prompt every text shares."""
         return "".join(f"{self.template.format(text=shot)} {self.words[label]}\n\n" for shot, label in self.shots)
 
-    def prompt_for(self, text: str) -> str:
-        """The shots, then the text's own prompt."""
-        return self.shots_text() + self.template.format(text=text)
-
     def prompt_ids(self, text: str) -> list[int]:
         """The prompt's tokens: the shots tokenized once (with the tokenizer's special tokens), then the text's."""
         shots_ids = self._shots_ids()
