@@ -255,7 +255,7 @@ def test_prompt_scores_are_the_label_words_log_probabilities(prompt_run):
         assert classifier.prompt_ids(text) == prompt
         expected.append(_by_hand(classifier, prompt))
     np.testing.assert_allclose(classifier.word_log_probabilities(texts), expected, atol=1e-4)
-    scores = np.array(expected)
+    scores = np.array(expected) + np.array(classifier.offsets)
     softmax = np.exp(scores - scores.max(1, keepdims=True))
     np.testing.assert_allclose(classifier.predict_proba(texts), softmax / softmax.sum(1, keepdims=True), atol=1e-4)
     # words of one token each: one pass per text reads both classes
@@ -290,6 +290,42 @@ def test_prompt_shots_stay_whole_and_a_window_too_small_for_them_is_refused(prom
     np.testing.assert_allclose(narrow.word_log_probabilities([long_text])[0], expected, atol=1e-4)
     with pytest.raises(LorabenchError, match=r"^the 4 shots take \d+ tokens, train.max_length is 10: raise"):
         replace(classifier, max_length=10).word_log_probabilities(["a text"])
+
+
+def test_prompt_offsets_minimise_the_class_weighted_cross_entropy():
+    """A decoder that prefers the word of class 0 by 3 nats for every text: offsets that cancel the preference
+    when the classes weigh the same (balanced weights, or balanced rows), and the rows' odds when they do not."""
+    from lorabench.models.prompt import fit_offsets
+
+    scores = np.tile([0.0, -3.0], (400, 1))
+    labels = np.array([0, 1] * 200)
+    np.testing.assert_allclose(fit_offsets(scores, labels, np.ones(2)), [0.0, 3.0], atol=1e-4)
+    labels = np.array([0, 0, 0, 1] * 100)
+    np.testing.assert_allclose(fit_offsets(scores, labels, np.ones(2)), [0.0, 3.0 + np.log(1 / 3)], atol=1e-4)
+    np.testing.assert_allclose(fit_offsets(scores, labels, np.array([400 / 600, 400 / 200])), [0.0, 3.0], atol=1e-4)
+    three = fit_offsets(np.tile([0.0, -1.0, -2.0], (300, 1)), np.repeat([0, 1, 2], 100), np.ones(3))
+    np.testing.assert_allclose(three, [0.0, 1.0, 2.0], atol=1e-4)
+
+
+def test_prompt_offsets_are_fitted_on_training_rows_that_are_not_shots(prompt_run):
+    """The offsets come from training rows other than the shots (never validation), are recorded, and reload."""
+    from lorabench.data.sources import load_splits
+    from lorabench.models import prompt
+    from lorabench.models.registry import load_classifier
+
+    config = RunDir(prompt_run).config()
+    splits = load_splits(config.data)
+    saved = json.loads((prompt_run / "prompt" / "prompt.json").read_text())
+    shots = [(shot["text"], shot["label"]) for shot in saved["shots"]]
+    rows = prompt.choose_calibration_rows(splits.train, shots, config.prompt.calibration_rows, config.train.seed)
+    assert len(rows) == min(config.prompt.calibration_rows, len(splits.train) - len(shots)) > 0
+    assert not set(rows["text"]) & ({text for text, _ in shots} | set(splits.validation["text"]))
+    classifier = load_classifier(prompt_run)
+    assert classifier.offsets == saved["offsets"] and saved["offsets"][0] == 0.0 and saved["offsets"][1] != 0.0
+    scores = classifier.word_log_probabilities(rows["text"].tolist())
+    weights = RunDir(prompt_run).summary().class_weights
+    np.testing.assert_allclose(classifier.offsets, prompt.fit_offsets(scores, rows["label"].to_numpy(), weights),
+                               atol=1e-4)  # fmt: skip
 
 
 def test_prompt_shots_are_training_rows_per_class_and_recorded(prompt_run):

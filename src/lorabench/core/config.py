@@ -164,7 +164,7 @@ def _names_as_text(words: Any) -> Any:
 
 class PromptSettings(_Section):
     """`model.method: prompt`: a decoder scores each class by the log-probability of its label word after the
-    prompt; nothing trains."""
+    prompt; the decoder never trains, only an offset per class that evens out its taste for some words."""
 
     template: str = Field(
         "Text: {text}\nAnswer:", description="the prompt for one text; {text} stands for it; the label word follows"
@@ -174,6 +174,9 @@ class PromptSettings(_Section):
     )
     shots: int = Field(
         0, ge=0, description="labelled training examples per class put before each text (seeded; training rows only)"
+    )
+    calibration_rows: int = Field(
+        512, ge=0, description="training rows (not shots) that fit one offset per class to the scores; 0 = none"
     )
 
     @model_validator(mode="after")

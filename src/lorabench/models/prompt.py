@@ -2,9 +2,11 @@
 of its label word after it. Nothing trains: "do I need to train at all?" answered on the user's own data.
 
 With `prompt.shots: k`, k labelled training rows per class (seeded, never validation or test rows) are put before
-each text, each followed by its class's word. Class probabilities are the softmax of the words' log-probabilities,
-and a two-class run then gets its decision threshold calibrated on validation like every run. The run stores its
-prompt, shots and words (JSON); the decoder loads from the model's source as LoRA runs load their base.
+each text, each followed by its class's word. A decoder prefers some words whatever the text (SmolLM2 answers "no"
+to every tweet), so one offset per class is fitted to the scores of `prompt.calibration_rows` other training rows;
+class probabilities are the softmax of the words' log-probabilities plus the offsets, and a two-class run then gets
+its decision threshold calibrated on validation like every run. The run stores its prompt, shots, words and offsets
+(JSON); the decoder loads from the model's source as LoRA runs load their base.
 """
 
 from __future__ import annotations
@@ -79,6 +81,33 @@ def choose_shots(train: pd.DataFrame, label_names: list, shots: int, seed: int) 
     return [(str(train["text"].iloc[row]), int(train["label"].iloc[row])) for row in rng.permutation(chosen)]
 
 
+def choose_calibration_rows(train: pd.DataFrame, shots: list[tuple[str, int]], rows: int, seed: int) -> pd.DataFrame:
+    """`rows` training rows drawn with `seed`, none with a shot's text (its answer stands in the prompt)."""
+    others = train[~train["text"].isin({text for text, _ in shots})]
+    return others.sample(n=min(rows, len(others)), random_state=seed)
+
+
+def fit_offsets(scores: np.ndarray, labels: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """Offsets b (b[0] = 0) minimising the class-weighted cross-entropy of softmax(scores + b), a convex problem in
+    K-1 numbers. scikit-learn's logistic regression cannot hold the scores' coefficients at one, so scipy's L-BFGS
+    solves it; the bounds keep a class missing from the rows at a finite offset."""
+    from scipy.optimize import minimize
+
+    weights = np.asarray(class_weights, dtype=np.float64)[labels]
+    onehot = np.eye(scores.shape[1])[labels]
+
+    def loss(free: np.ndarray) -> tuple[float, np.ndarray]:
+        shifted = scores + np.concatenate([[0.0], free])
+        log_p = shifted - shifted.max(1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        gradient = (weights[:, None] * (np.exp(log_p) - onehot)).sum(0)[1:]
+        return -(weights * (log_p * onehot).sum(1)).sum() / weights.sum(), gradient / weights.sum()
+
+    free = minimize(loss, np.zeros(scores.shape[1] - 1), jac=True, method="L-BFGS-B",
+                    bounds=[(-50.0, 50.0)] * (scores.shape[1] - 1)).x  # fmt: skip
+    return np.concatenate([[0.0], free])
+
+
 @dataclass
 class PromptClassifier:
     """A decoder, its tokenizer, the prompt template, one answer word per class, and the shots before each text."""
@@ -98,6 +127,7 @@ class PromptClassifier:
     max_length: int
     batch_size: int
     threshold: float | None = None
+    offsets: list[float] | None = None  # added to the classes' scores; None = raw log-probabilities
 
     @classmethod
     def build(cls, config: RunConfig, label_names: list, shots: list[tuple[str, int]]) -> PromptClassifier:
@@ -186,11 +216,15 @@ class PromptClassifier:
             inputs |= {"past_key_values": cache, "attention_mask": torch.cat([before, mask], dim=1)}
         return self.model(**inputs).logits.float().log_softmax(dim=-1)
 
+    def calibrate(self, texts: list[str], labels: np.ndarray, class_weights: np.ndarray) -> None:
+        """Fit the offsets on labelled training rows; the decoder does not change."""
+        self.offsets = fit_offsets(self.word_log_probabilities(texts), labels, class_weights).tolist()
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """Softmax over the classes' word log-probabilities, shape (len(texts), classes)."""
+        """Softmax over the classes' word log-probabilities plus their offsets, shape (len(texts), classes)."""
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float64)
-        scores = self.word_log_probabilities(texts)
+        scores = self.word_log_probabilities(texts) + np.asarray(self.offsets or 0.0)
         scores -= scores.max(axis=1, keepdims=True)
         return np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
 
@@ -199,7 +233,8 @@ class PromptClassifier:
 
         def build(directory: Path) -> None:
             settings = {"template": self.template, "words": self.words, "label_names": self.label_names,
-                        "shots": [{"text": text, "label": label} for text, label in self.shots]}  # fmt: skip
+                        "shots": [{"text": text, "label": label} for text, label in self.shots],
+                        "offsets": self.offsets}  # fmt: skip
             (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False), "utf-8")
             self.tokenizer.save_pretrained(directory)
 
@@ -208,7 +243,8 @@ class PromptClassifier:
     def read_saved(self, run_dir: str | Path) -> PromptClassifier:
         """This decoder with the prompt read back from the run's files (records.saved_copy checks they agree)."""
         settings = _read_settings(RunDir(run_dir).file(MODEL_DIR))
-        return replace(self, template=settings["template"], words=settings["words"], shots=settings["shots"])
+        return replace(self, template=settings["template"], words=settings["words"], shots=settings["shots"],
+                       offsets=settings["offsets"])  # fmt: skip
 
     @classmethod
     def load(cls, run_dir: str | Path, batch_size: int | None = None) -> PromptClassifier:
@@ -221,7 +257,7 @@ class PromptClassifier:
                                 label_words=dict(zip(map(str, summary.label_names), settings["words"], strict=True)))  # fmt: skip
         classifier = cls._from(config, prompt, resolve_source(config.model), tokenizer, summary.label_names,
                                settings["shots"], batch_size)  # fmt: skip
-        classifier.threshold = summary.threshold
+        classifier.threshold, classifier.offsets = summary.threshold, settings["offsets"]
         return classifier
 
     def export_merged(self, directory: Path) -> dict:
@@ -236,4 +272,5 @@ class PromptClassifier:
 def _read_settings(directory: Path) -> dict:
     settings = read_json(directory / SETTINGS_FILE)
     settings["shots"] = [(shot["text"], int(shot["label"])) for shot in settings["shots"]]
+    settings.setdefault("offsets", None)  # runs from before the offsets
     return settings
