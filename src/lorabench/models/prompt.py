@@ -1,5 +1,5 @@
 """The `prompt` kind (`model.method: prompt`): a decoder answers a prompt, and each class scores the log-probability
-of its label word after it. Nothing trains: "do I need to train at all?" answered on the user's own data.
+of its label word after it. The decoder never trains: "do I need to train at all?" answered on the user's own data.
 
 With `prompt.shots: k`, k labelled training rows per class (seeded, never validation or test rows) are put before
 each text, each followed by its class's word. A decoder prefers some words whatever the text (SmolLM2 answers "no"
