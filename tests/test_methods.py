@@ -268,6 +268,17 @@ def test_prompt_scores_are_the_label_words_log_probabilities(prompt_run):
     np.testing.assert_allclose(
         short.word_log_probabilities(texts), [_by_hand(short, short.prompt_ids(text)) for text in texts], atol=1e-4
     )
+    # the shots are read once per classifier, not at every call: a served text pays for its own tokens only
+    served, reads = replace(classifier), []
+    hook = served.model.register_forward_pre_hook(
+        lambda _, args, kwargs: reads.append("past_key_values" not in kwargs), with_kwargs=True
+    )
+    try:
+        answers = [served.predict_proba([text]) for text in texts + texts]
+    finally:
+        hook.remove()
+    assert reads.count(True) == 1 and len(reads) == 5
+    np.testing.assert_allclose(np.vstack(answers), np.vstack([softmax / softmax.sum(1, keepdims=True)] * 2), atol=1e-4)
 
 
 def test_prompt_shots_stay_whole_and_a_window_too_small_for_them_is_refused(prompt_run):
