@@ -129,7 +129,8 @@ class PromptClassifier:
     threshold: float | None = None
     offsets: list[float] | None = None  # added to the classes' scores; None = raw log-probabilities
     # The shots' token ids and the decoder's keys and values for them, read at the first call and kept: a served
-    # text would otherwise pay for the whole shots prefix again (3.3 s instead of 0.2 for 8 shots of SmolLM2).
+    # text would otherwise pay for the whole shots prefix again (8 shots of SmolLM2: 3.3 s a text instead of 0.23,
+    # bench/results/prompt_inference_cost.json).
     _shots_read: tuple[list[int], Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
