@@ -459,6 +459,20 @@ def test_long_texts_are_truncated_and_counted(cli, tmp_path, tiny_models):
     assert json.loads((out / "summary.json").read_text())["truncated_texts"] == 10
 
 
+def test_window_beyond_the_models_positions_is_refused(cli, tmp_path, tiny_models):
+    """The tiny RoBERTa numbers 130 positions from padding_idx + 1: 128 tokens a row, named before any write."""
+    frame = rows(20)
+    frame.loc[0, "text"] = " ".join(["earthquake"] * 300)
+    data = write(tmp_path / "d" / "train.csv", frame)
+    out = tmp_path / "out"
+    result = cli("train", "--model", tiny_models["roberta"], "--data", data, "--out", out, "--max-length", 200)
+    assert_refused(result, "at most 128 tokens", "train.max_length 200", "--max-length 128")
+    assert not out.exists()
+    result = cli("-q", "train", "--model", tiny_models["roberta"], "--data", data, "--out", out, "--max-length", 128,
+                 "--epochs", 1)  # fmt: skip
+    assert result.code == 0, result
+
+
 # ---- the output directory ---------------------------------------------------------------------------------------
 
 

@@ -97,6 +97,17 @@ def can_pack(model) -> bool:
     return classifier(model).config.model_type in PACKED_ENCODERS + PACKED_DECODERS
 
 
+def position_limit(model) -> int | None:
+    """The most tokens a row may hold for a model with a learned table of absolute positions (BERT, RoBERTa,
+    MPNet: those numbering from padding_idx + 1 lose padding_idx + 1 entries); None when positions are computed
+    (rotary decoders), which have no table to run past."""
+    for name, module in classifier(model).named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            skipped = 0 if module.padding_idx is None else module.padding_idx + 1
+            return module.num_embeddings - skipped
+    return None
+
+
 def padded_inputs(sequences: list[list[int]], pad_id: int, padding_side: str) -> dict[str, torch.Tensor]:
     """Padded batch; the attention mask is dropped when no row is padded (sorted batches mostly), which spares
     the eager kernels a mask addition and lets SDPA take its mask-free kernel."""
