@@ -271,7 +271,7 @@ def test_prompt_scores_are_the_label_words_log_probabilities(prompt_run):
     # the shots are read once per classifier, not at every call: a served text pays for its own tokens only
     served, reads = replace(classifier), []
     hook = served.model.register_forward_pre_hook(
-        lambda _, args, kwargs: reads.append("past_key_values" not in kwargs), with_kwargs=True
+        lambda _, args, kwargs: reads.append("cache" not in kwargs), with_kwargs=True
     )
     try:
         answers = [served.predict_proba([text]) for text in texts + texts]

@@ -211,7 +211,7 @@ class PromptClassifier:
             if shots_ids:
                 with torch.inference_mode():
                     ids = torch.tensor([shots_ids], device=self.model.device)
-                    cache = self.model(ids, use_cache=True).past_key_values
+                    cache = self.model(ids, use_cache=True).cache
             self._shots_read = (shots_ids, cache)
         return self._shots_read
 
@@ -226,7 +226,7 @@ class PromptClassifier:
             cache.batch_repeat_interleave(len(sequences))
             mask = inputs["attention_mask"]
             before = torch.ones(len(sequences), cache.get_seq_length(), dtype=mask.dtype, device=device)
-            inputs |= {"past_key_values": cache, "attention_mask": torch.cat([before, mask], dim=1)}
+            inputs |= {"cache": cache, "attention_mask": torch.cat([before, mask], dim=1)}
         width = max(map(len, read_at))
         keep = torch.tensor([positions + positions[-1:] * (width - len(positions)) for positions in read_at])
         return self.model(**inputs, logits_to_keep=keep.to(device)).logits.float().log_softmax(dim=-1)
