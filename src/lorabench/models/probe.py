@@ -145,7 +145,7 @@ class ProbeClassifier:
 
     def read_saved(self, run_dir: str | Path) -> ProbeClassifier:
         """This encoder with the head read back from the run's files (records.saved_copy checks the two agree)."""
-        regression, settings = read_head(RunDir(run_dir).file(MODEL_DIR))
+        regression, settings, _ = read_head(RunDir(run_dir).file(MODEL_DIR))
         return replace(self, regression=regression, settings=settings)
 
     @classmethod
@@ -154,7 +154,7 @@ class ProbeClassifier:
         run = RunDir(run_dir)
         config, summary = run.config(), run.summary()
         directory = run.file(MODEL_DIR)
-        regression, settings = read_head(directory)
+        regression, settings, _ = read_head(directory)
         tokenizer = load_tokenizer(str(directory), trust_remote_code=config.model.trust_remote_code)
         probe = cls._with_encoder(config, resolve_source(config.model), tokenizer, summary.label_names, batch_size)
         return replace(probe, regression=regression, settings=settings, threshold=summary.threshold)
@@ -213,7 +213,8 @@ def save_head(probe: ProbeClassifier, directory: Path) -> None:
     probe.tokenizer.save_pretrained(directory)
 
 
-def read_head(directory: Path) -> tuple[LogisticRegression, dict]:
+def read_head(directory: Path) -> tuple[LogisticRegression, dict, str]:
+    """The saved logistic regression, its fit settings (C, cv_folds) and the pooling it was fitted on."""
     try:
         arrays = load_arrays(directory / HEAD_FILE)
         settings = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))
@@ -223,7 +224,7 @@ def read_head(directory: Path) -> tuple[LogisticRegression, dict]:
     regression.classes_ = np.arange(len(settings["label_names"]))
     regression.coef_, regression.intercept_ = arrays["coef"], arrays["intercept"]
     regression.n_features_in_ = arrays["coef"].shape[1]
-    return regression, {key: settings[key] for key in ("C", "cv_folds") if key in settings}
+    return regression, {key: settings[key] for key in ("C", "cv_folds") if key in settings}, settings["pooling"]
 
 
 def _files_stamp(resolved: ResolvedModel) -> list:

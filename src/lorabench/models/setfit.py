@@ -11,7 +11,6 @@ traces encoder, pooling and head as for a probe. `setfit` is an optional depende
 
 from __future__ import annotations
 
-import json
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from lorabench.core.console import progress_enabled
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir, replace_dir
 from lorabench.data.tokenization import load_tokenizer
-from lorabench.models.probe import SETTINGS_FILE, ProbeClassifier, read_head, save_head
+from lorabench.models.probe import ProbeClassifier, read_head, save_head
 from lorabench.models.weights import ResolvedModel, resolve_source
 
 KIND = "setfit"
@@ -102,11 +101,10 @@ class SetFitClassifier(ProbeClassifier):
     def _read(cls, run: RunDir, label_names: list, batch_size: int | None) -> SetFitClassifier:
         """The tuned encoder, tokenizer, pooling and head from the run's files."""
         config, directory = run.config(), run.file(MODEL_DIR)
-        regression, settings = read_head(directory)
+        regression, settings, pooling = read_head(directory)
         tokenizer = load_tokenizer(str(directory), trust_remote_code=config.model.trust_remote_code)
         resolved = ResolvedModel(str(directory / ENCODER_DIR), None, True)
         classifier = cls._with_encoder(config, resolved, tokenizer, label_names, batch_size)
-        pooling = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))["pooling"]
         return replace(classifier, pooling=pooling, regression=regression, settings=settings)
 
     def export_merged(self, directory: Path) -> dict:
