@@ -460,16 +460,30 @@ def test_long_texts_are_truncated_and_counted(cli, tmp_path, tiny_models):
 
 
 def test_window_beyond_the_models_positions_is_refused(cli, tmp_path, tiny_models):
-    """The tiny RoBERTa numbers 130 positions from padding_idx + 1: 128 tokens a row, named before any write."""
+    """The tiny RoBERTa numbers 130 positions from padding_idx + 1: 128 tokens a row. A longer row is named in one
+    line before anything is written, when training (LoRA, probe) and when a run predicts."""
+    long_text = " ".join(["earthquake"] * 300)
+    short = write(tmp_path / "short" / "train.csv", rows(20))
     frame = rows(20)
-    frame.loc[0, "text"] = " ".join(["earthquake"] * 300)
-    data = write(tmp_path / "d" / "train.csv", frame)
-    out = tmp_path / "out"
-    result = cli("train", "--model", tiny_models["roberta"], "--data", data, "--out", out, "--max-length", 200)
-    assert_refused(result, "at most 128 tokens", "train.max_length 200", "--max-length 128")
-    assert not out.exists()
-    result = cli("-q", "train", "--model", tiny_models["roberta"], "--data", data, "--out", out, "--max-length", 128,
+    frame.loc[0, "text"] = long_text
+    data = write(tmp_path / "long" / "train.csv", frame)
+    fragments = ("at most 128 tokens", "train.max_length 200", "--max-length 128")
+    for method in ("lora", "probe"):
+        out = tmp_path / f"out-{method}"
+        result = cli("train", "--model", tiny_models["roberta"], "--method", method, "--data", data, "--out", out,
+                     "--max-length", 200)  # fmt: skip
+        assert_refused(result, *fragments)
+        assert not out.exists()
+    run = tmp_path / "run"
+    result = cli("-q", "train", "--model", tiny_models["roberta"], "--data", short, "--out", run, "--max-length", 200,
                  "--epochs", 1)  # fmt: skip
+    assert result.code == 0, result
+    texts = write(tmp_path / "texts.csv", pd.DataFrame({"id": [1, 2], "text": ["fire", long_text]}))
+    result = cli("predict", "--run", run, "--data", texts, "--out", tmp_path / "predicted.csv")
+    assert_refused(result, *fragments)
+    assert not (tmp_path / "predicted.csv").exists()
+    result = cli("-q", "train", "--model", tiny_models["roberta"], "--data", data, "--out", tmp_path / "fits",
+                 "--max-length", 128, "--epochs", 1)  # fmt: skip
     assert result.code == 0, result
 
 

@@ -25,7 +25,7 @@ from lorabench.core.storage import RunDir, replace_dir
 from lorabench.data.batching import length_sorted_batches
 from lorabench.data.tokenization import Encoded, encode, encode_windows, load_tokenizer, mean_by_owner
 from lorabench.models.onnx import MODEL_FILE, OnnxSettings, export_onnx
-from lorabench.models.packing import batch_logits, own_pooling
+from lorabench.models.packing import batch_logits, check_positions, own_pooling
 from lorabench.models.weights import ResolvedModel, load_base_model, resolve_source
 
 KIND = "lora"
@@ -259,6 +259,7 @@ class LoraClassifier:
             encoded, owners = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "predict"), None
         # A decoder tokenizer without BOS turns "" into no tokens at all; score it as a lone pad (= eos) token.
         encoded.input_ids = [ids or [self.tokenizer.pad_token_id] for ids in encoded.input_ids]
+        check_positions(self.model, int(encoded.lengths.max()), self.max_length)
         probabilities = self.score(encoded, "predict")
         return probabilities if owners is None else mean_by_owner(probabilities, owners, len(texts))
 

@@ -97,15 +97,20 @@ def can_pack(model) -> bool:
     return classifier(model).config.model_type in PACKED_ENCODERS + PACKED_DECODERS
 
 
-def position_limit(model) -> int | None:
-    """The most tokens a row may hold for a model with a learned table of absolute positions (BERT, RoBERTa,
-    MPNet: those numbering from padding_idx + 1 lose padding_idx + 1 entries); None when positions are computed
-    (rotary decoders), which have no table to run past."""
+def check_positions(model, longest: int, max_length: int) -> None:
+    """Refuse rows longer than a learned table of absolute positions (BERT, RoBERTa, MPNet; those numbering from
+    padding_idx + 1 lose padding_idx + 1 entries), which would fail deep in the embeddings with an index error.
+    Rotary decoders compute their positions: no table to run past."""
     for name, module in classifier(model).named_modules():
         if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
-            skipped = 0 if module.padding_idx is None else module.padding_idx + 1
-            return module.num_embeddings - skipped
-    return None
+            limit = module.num_embeddings - (0 if module.padding_idx is None else module.padding_idx + 1)
+            if longest > limit:
+                raise LorabenchError(
+                    f"the model reads at most {limit} tokens (its table of positions), but train.max_length "
+                    f"{max_length} keeps texts of up to {longest}: set train.max_length to {limit} or less "
+                    f"(train --max-length {limit})"
+                )
+            return
 
 
 def padded_inputs(sequences: list[list[int]], pad_id: int, padding_side: str) -> dict[str, torch.Tensor]:

@@ -30,7 +30,13 @@ from lorabench.data.batching import length_sorted_batches
 from lorabench.data.tokenization import encode, load_tokenizer
 from lorabench.models.onnx import MODEL_FILE as ONNX_FILE
 from lorabench.models.onnx import OnnxSettings, export_onnx
-from lorabench.models.packing import classifier, is_decoder_classifier, padded_inputs, resolve_pooling
+from lorabench.models.packing import (
+    check_positions,
+    classifier,
+    is_decoder_classifier,
+    padded_inputs,
+    resolve_pooling,
+)
 from lorabench.models.split_zip import cache_root
 from lorabench.models.weights import ResolvedModel, load_base_model, resolve_source, sentence_transformers_pooling
 
@@ -107,6 +113,7 @@ class ProbeClassifier:
         encoded = encode(self.tokenizer, texts, np.full(len(texts), -1), self.max_length, "embed")
         pad_id = self.tokenizer.pad_token_id
         sequences = [ids or [pad_id] for ids in encoded.input_ids]  # an empty text: one pad token, as lora does
+        check_positions(self.encoder, max(map(len, sequences)), self.max_length)
         device = next(self.encoder.parameters()).device
         options = {"use_cache": False} if is_decoder_classifier(self.encoder) else {}
         vectors = np.zeros((len(texts), self.encoder.config.hidden_size), dtype=np.float32)

@@ -15,7 +15,7 @@ from lorabench.core.errors import LorabenchError
 from lorabench.data.sources import TextSplits, load_splits
 from lorabench.data.tokenization import Encoded, encode, load_tokenizer, truncation_note
 from lorabench.models.lora import FULL_KIND, add_lora
-from lorabench.models.packing import can_pack, choose_attention, position_limit, resolve_pooling
+from lorabench.models.packing import can_pack, check_positions, choose_attention, resolve_pooling
 from lorabench.models.weights import load_base_model, resolve_source, sentence_transformers_pooling
 
 
@@ -64,7 +64,7 @@ def prepare(config: RunConfig) -> Prepared:
         for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
         if frame is not None
     }
-    _check_positions(config, model, encoded.values())
+    check_positions(model, max(max(split.lengths, default=0) for split in encoded.values()), config.train.max_length)
     prepared = Prepared(
         config, splits, tokenizer, model, encoded["train"], encoded["validation"], encoded.get("test"), pooling
     )
@@ -77,16 +77,3 @@ def prepare(config: RunConfig) -> Prepared:
     if note:
         say(f"note: {note}")
     return prepared
-
-
-def _check_positions(config: RunConfig, model, splits_encoded) -> None:
-    """Refuse, before anything is written, rows longer than the model's position table (else the first batch
-    fails deep in its embeddings with an index error)."""
-    limit = position_limit(model)
-    kept = max((max(encoded.lengths, default=0) for encoded in splits_encoded), default=0)
-    if limit is not None and kept > limit:
-        raise LorabenchError(
-            f"{config.model.name} reads at most {limit} tokens (its table of positions), but train.max_length "
-            f"{config.train.max_length} keeps texts of up to {kept}: set train.max_length to {limit} or less "
-            f"(train --max-length {limit})"
-        )
