@@ -130,7 +130,8 @@ def test_allowed_pickle_weights_of_plain_tensors_load(tiny_models, small_data, t
     torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
     (model / "model.safetensors").unlink()
     config = resolve_config(
-        str(model), overrides={"data": {"source": str(small_data)}, "model": {"allow_pickle": True}}
+        str(model),
+        overrides={"data": {"source": str(small_data)}, "model": {"allow_pickle": True}, "train": {"max_length": 128}},
     )
     prepared = prepare(config)
     original = load_file(tiny_models["roberta"] / "model.safetensors")
@@ -160,7 +161,9 @@ def test_hub_models_load_without_remote_code_and_from_safetensors(monkeypatch, t
     # pooling auto asks the hub for a sentence-transformers modules.json: none here (unpatched, the request waits
     # for the network's timeout, 20 s)
     monkeypatch.setattr("transformers.utils.cached_file", lambda *args, **kwargs: None)
-    prepare(resolve_config("some-org/some-model", overrides={"data": {"source": str(small_data)}}))
+    # the tiny model reads 128 tokens a text; a few of the real tweets run longer in its 300-token vocabulary
+    overrides = {"data": {"source": str(small_data)}, "train": {"max_length": 128}}
+    prepare(resolve_config("some-org/some-model", overrides=overrides))
     assert {source for source, _ in calls} == {"some-org/some-model"}
     assert len(calls) >= 2 and all(kwargs["trust_remote_code"] is False for _, kwargs in calls)
     model_kwargs = calls[-1][1]
