@@ -461,14 +461,14 @@ def test_long_texts_are_truncated_and_counted(cli, tmp_path, tiny_models):
 
 def test_window_beyond_the_models_positions_is_refused(cli, tmp_path, tiny_models):
     """The tiny RoBERTa numbers 130 positions from padding_idx + 1: 128 tokens a row. A longer row is named in one
-    line before anything is written, when training (LoRA, probe) and when a run predicts."""
+    line before anything is written, when training (LoRA, probe, SetFit) and when a run predicts."""
     long_text = " ".join(["earthquake"] * 300)
     short = write(tmp_path / "short" / "train.csv", rows(20))
     frame = rows(20)
     frame.loc[0, "text"] = long_text
     data = write(tmp_path / "long" / "train.csv", frame)
     fragments = ("at most 128 tokens", "train.max_length 200", "--max-length 128")
-    for method in ("lora", "probe"):
+    for method in ("lora", "probe", "setfit"):
         out = tmp_path / f"out-{method}"
         result = cli("train", "--model", tiny_models["roberta"], "--method", method, "--data", data, "--out", out,
                      "--max-length", 200)  # fmt: skip

@@ -25,6 +25,7 @@ from lorabench.core.console import progress_enabled
 from lorabench.core.errors import LorabenchError
 from lorabench.core.storage import RunDir, replace_dir
 from lorabench.data.tokenization import load_tokenizer
+from lorabench.models.packing import check_positions
 from lorabench.models.probe import ProbeClassifier, read_head, save_head
 from lorabench.models.weights import ResolvedModel, resolve_source
 
@@ -59,6 +60,8 @@ class SetFitClassifier(ProbeClassifier):
         resolved = resolve_source(config.model)
         if resolved.gguf_file:
             raise LorabenchError("model.method setfit needs a model sentence-transformers loads, not a GGUF file")
+        longest = max(map(len, self.tokenizer([str(text) for text in texts])["input_ids"]), default=0)
+        check_positions(self.encoder, min(longest, self.max_length), self.max_length)  # before the tuning, too
         device = next(self.encoder.parameters()).device
         transformer = Transformer(resolved.source, max_seq_length=self.max_length)
         transformer.model = self.encoder.requires_grad_(True).train()  # the encoder loaded (and configured) already
