@@ -64,16 +64,16 @@ def prepare(config: RunConfig) -> Prepared:
         for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
         if frame is not None
     }
-    check_positions(model, max(max(split.lengths, default=0) for split in encoded.values()), config.train.max_length)
+    longest = max(split.longest for split in encoded.values())  # in tokens, before truncation
+    check_positions(model, min(longest, config.train.max_length), config.train.max_length)
     prepared = Prepared(
         config, splits, tokenizer, model, encoded["train"], encoded["validation"], encoded.get("test"), pooling
     )
     for note in splits.notes:
         say(f"note: {note}")
-    splits_encoded = [encoded for encoded in (prepared.train, prepared.validation, prepared.test) if encoded]
     limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None  # else: unset
-    note = truncation_note(prepared.truncated_texts, sum(map(len, splits_encoded)),
-                           max(encoded.longest for encoded in splits_encoded), config.train.max_length, limit)  # fmt: skip
+    note = truncation_note(prepared.truncated_texts, sum(map(len, encoded.values())), longest,
+                           config.train.max_length, limit)  # fmt: skip
     if note:
         say(f"note: {note}")
     return prepared
