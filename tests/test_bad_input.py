@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import Result
+from conftest import Result, smollm2_gguf
 
 
 def assert_refused(result: Result, *fragments: str) -> None:
@@ -390,16 +390,10 @@ def test_bad_model_is_refused_before_loading(case, cli, tmp_path, tiny_models, s
 
 
 def test_truncated_real_gguf_is_refused(cli, tmp_path, small_data):
-    from lorabench.core.config import ModelConfig, preset_dict
-    from lorabench.models.weights import resolve_source
-
-    try:
-        real = resolve_source(ModelConfig(**preset_dict("smollm2")["model"], name="smollm2"))
-    except Exception as err:  # the offline model package is not installed
-        pytest.skip(str(err))
+    real = smollm2_gguf()
     model = tmp_path / "m"
     model.mkdir()
-    with open(Path(real.source) / real.gguf_file, "rb") as handle:
+    with open(real, "rb") as handle:
         (model / "model.gguf").write_bytes(handle.read(30_000_000))  # an interrupted download
     result = cli(
         "train", "--model", model, "--gguf-file", "model.gguf", "--data", small_data, "--out", tmp_path / "out"

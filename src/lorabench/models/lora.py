@@ -24,6 +24,7 @@ from lorabench.core.runtime import autocast_dtype, choose_device
 from lorabench.core.storage import RunDir, replace_dir
 from lorabench.data.batching import length_sorted_batches
 from lorabench.data.tokenization import Encoded, encode, encode_windows, load_tokenizer, mean_by_owner
+from lorabench.models.dequantized import drop_dequantized_gguf_marker
 from lorabench.models.onnx import MODEL_FILE, OnnxSettings, export_onnx
 from lorabench.models.packing import batch_logits, check_positions, own_pooling
 from lorabench.models.weights import ResolvedModel, load_base_model, resolve_source
@@ -317,7 +318,7 @@ class LoraClassifier:
         only sheds its adapter layers), on the CPU."""
         already = not _unmerged_lora_layers(self.model)
         merged = (self.model.unload() if already else self.model.merge_and_unload(safe_merge=True)).to("cpu")
-        _drop_dequantized_gguf_marker(merged)
+        drop_dequantized_gguf_marker(merged)
         return merged
 
 
@@ -361,25 +362,10 @@ class FullClassifier(LoraClassifier):
             )
 
     def save(self, run_dir: str | Path) -> None:
-        _drop_dequantized_gguf_marker(self.model)  # a de-quantized GGUF base saves as plain weights
+        drop_dequantized_gguf_marker(self.model)  # a de-quantized GGUF base saves as plain weights
         super().save(run_dir)
 
     def _merged(self):
         """The model itself: there is no adapter to merge."""
-        _drop_dequantized_gguf_marker(self.model)
+        drop_dequantized_gguf_marker(self.model)
         return self.model.to("cpu")
-
-
-def _drop_dequantized_gguf_marker(model) -> None:
-    """A GGUF base (smollm2) is loaded de-quantized into plain fp32 layers, but transformers keeps its GGUF
-    quantizer on the model and then refuses to save it; without the marker it saves as an ordinary checkpoint."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is None:
-        return
-    if quantizer.quantization_config.quant_method != "gguf" or getattr(quantizer, "packed_modules", None):
-        raise LorabenchError("export --merge needs a base with plain (de-quantized) weights; this one is quantized")
-    model.hf_quantizer = None
-    if getattr(model, "is_quantized", False):
-        model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config

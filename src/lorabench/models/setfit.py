@@ -57,9 +57,9 @@ class SetFitClassifier(ProbeClassifier):
             raise LorabenchError(
                 f"model.method setfit needs the setfit package ({err.name} is missing): pip install 'lorabench[setfit]'"
             ) from err
-        resolved = resolve_source(config.model)
-        if resolved.gguf_file:
+        if config.model.gguf_file:  # its de-quantized copy (lorabench.models.dequantized) is a decoder
             raise LorabenchError("model.method setfit needs a model sentence-transformers loads, not a GGUF file")
+        resolved = resolve_source(config.model)
         longest = max(map(len, self.tokenizer([str(text) for text in texts])["input_ids"]), default=0)
         check_positions(self.encoder, min(longest, self.max_length), self.max_length)  # before the tuning, too
         device = next(self.encoder.parameters()).device

@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from lorabench.core.config import ModelConfig
 from lorabench.core.errors import LorabenchError, first_line
+from lorabench.models.dequantized import dequantized_folder
 from lorabench.models.split_zip import PREFIX as SPLIT_ZIP
 from lorabench.models.split_zip import assembled_model
 
@@ -73,6 +74,10 @@ def resolve_source(config: ModelConfig) -> ResolvedModel:
         resolved = ResolvedModel(str(path.expanduser()) if is_local else source, config.gguf_file, is_local)
     if resolved.is_local:
         check_local_model(Path(resolved.source), config)
+    if resolved.gguf_file:
+        folder = dequantized_folder(Path(resolved.source), resolved.gguf_file, config.name)
+        if folder is not None:  # everything downstream loads a plain folder (lorabench.models.dequantized)
+            return ResolvedModel(str(folder), None, True)
     return resolved
 
 
