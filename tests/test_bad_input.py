@@ -358,6 +358,20 @@ def _gguf_garbage_after_magic(tmp, tiny):
     return ["--model", tmp / "m", "--gguf-file", "model.gguf"], ["not a valid GGUF file"]
 
 
+def _gguf_unknown_architecture(tmp, tiny):
+    import gguf
+    import numpy as np
+
+    (tmp / "m").mkdir(parents=True)
+    writer = gguf.GGUFWriter(str(tmp / "m" / "model.gguf"), "no-such-architecture")  # well formed, but no reader
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return ["--model", tmp / "m", "--gguf-file", "model.gguf"], ["architecture no-such-architecture is not supported"]
+
+
 def _gguf_missing(tmp, tiny):
     (tmp / "m").mkdir(parents=True)
     return ["--model", tmp / "m", "--gguf-file", "model.gguf"], ["GGUF file model.gguf not found"]
@@ -377,6 +391,7 @@ MODEL_CASES = {
     "gguf_wrong_magic": _gguf_wrong_magic,
     "gguf_garbage_after_magic": _gguf_garbage_after_magic,
     "gguf_missing": _gguf_missing,
+    "gguf_unknown_architecture": _gguf_unknown_architecture,
 }
 
 

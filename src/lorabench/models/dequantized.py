@@ -46,6 +46,8 @@ def dequantized_folder(directory: Path, gguf_file: str, model_name: str) -> Path
         with FileLock(models / f"{target.name}.lock"):
             if not (target / "config.json").is_file():  # another process may have written it while this one waited
                 _write(directory, gguf_file, target, model_name)
+    except (ValueError, KeyError, RuntimeError) as err:  # an architecture transformers' GGUF reader lacks
+        raise LorabenchError(f"cannot load model {model_name} from {gguf_file}: {first_line(err)}") from err
     except OSError as err:
         raise LorabenchError(
             f"cannot write the de-quantized copy of {gguf_file} into {target} ({first_line(err)}); "
@@ -62,10 +64,10 @@ def _write(directory: Path, gguf_file: str, target: Path, model_name: str) -> No
     quiet_libraries()
     for leftover in target.parent.glob(f".{target.name}.*"):  # a killed copy's; the lock is ours
         shutil.rmtree(leftover, ignore_errors=True)
-    say(f"de-quantizing {gguf_file} of model '{model_name}' into {target} (once)")
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file).save_pretrained(staging)  # checks the kind
+        say(f"de-quantizing {gguf_file} of model '{model_name}' into {target} (once)")
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
         drop_dequantized_gguf_marker(model)
         model.save_pretrained(staging)
