@@ -122,11 +122,11 @@ def _assemble_after(barrier, source: str, builds: str, results) -> None:
     """A spawned process: wait for the other, then assemble, counting the assemblies that really ran."""
     assemble = split_zip._assemble
 
-    def counted(*args) -> None:
+    def counted(*args) -> Path:
         with open(builds, "a", encoding="utf-8") as handle:
             handle.write(f"{os.getpid()}\n")
         time.sleep(0.5)  # hold the lock long enough that the other process must wait on it
-        assemble(*args)
+        return assemble(*args)
 
     split_zip._assemble = counted
     barrier.wait()

