@@ -218,7 +218,8 @@ class TrainSettings(_Section):
     seed: int = Field(0, description="head and LoRA init, batch order and dropout")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto",
-        description="auto: bf16 where the GPU or CPU computes it natively (on a CPU for training only), else fp32",
+        description="auto: bf16 where the GPU or CPU computes it natively (on a CPU for training only), else fp32; "
+        "SetFit's tuning stays fp32 under auto",
     )
     # auto: only when one batch's estimated activations would not fit in the free memory (it costs a forward)
     gradient_checkpointing: bool | Literal["auto"] = Field("auto", description="recompute activations in backward")

@@ -143,8 +143,10 @@ class ProbeClassifier:
     def parameter_count(self) -> int:
         return int(self.regression.coef_.size + self.regression.intercept_.size)
 
-    def tune(self, texts: list[str], labels: np.ndarray, config: RunConfig) -> None:
-        """Nothing: a probe's encoder stays frozen (lorabench.models.setfit tunes its own first)."""
+    def tune(self, texts: list[str], labels: np.ndarray, config: RunConfig) -> str:
+        """Nothing: a probe's encoder stays frozen (lorabench.models.setfit tunes its own first). Returns the
+        precision the encoder trained in, for the run record: none trained, and embeddings are computed in fp32."""
+        return "fp32"
 
     def save(self, run_dir: str | Path) -> None:
         """The head's arrays, its settings and the tokenizer into the run's probe/ directory, swapped in whole."""

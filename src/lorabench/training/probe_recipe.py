@@ -39,7 +39,7 @@ def train_probe(
     texts, labels = splits.train["text"].tolist(), splits.train["label"].to_numpy()
     started = time.perf_counter()
     with stage("tuning the encoder on pairs of training texts", name):
-        probe.tune(texts, labels, config)
+        precision = probe.tune(texts, labels, config)
     with stage("embedding the training texts", name):
         features = probe.embed(texts)
     with stage("fitting", name):
@@ -62,7 +62,7 @@ def train_probe(
             "best_epoch": 1, "epochs": 1, "train_seconds": round(train_seconds, 2), "peak_memory_mb": peak_memory_mb(),
             "trainable_params": params, "total_params": params + frozen,
             "trainable_percent": round(100.0 * params / (params + frozen), 4), "device": probe.encoder.device.type,
-            "processes": 1, "effective_batch": {"rows": len(labels)}, "lr": lr, "precision": "fp32",
+            "processes": 1, "effective_batch": {"rows": len(labels)}, "lr": lr, "precision": precision,
             "versions": package_versions(VERSIONED_PACKAGES), "pooling": probe.pooling, "method": config.method,
         }  # fmt: skip
         return finish_one_pass(probe, config, splits, run, details, train_loss, on_epoch_end)
